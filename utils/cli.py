@@ -1,0 +1,76 @@
+"""``agc``: one namespaced command whose subcommands follow the pipeline's order.
+
+Subcommands live beside the code they drive and are imported only when used, so that
+``agc --help`` stays fast.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import logging
+import sys
+
+import click
+
+from utils.errors import AGCError
+
+# name -> "module:attribute", in pipeline order
+SUBCOMMANDS: dict[str, str] = {
+    "generate": "utils.toymc.cli:generate",
+    "servicex-endpoint": "utils.delivery.cli:endpoint",
+    "run": "utils.pipeline_cli:run",
+    "io-only": "utils.pipeline_cli:io_only",
+    "fit": "utils.statistics_cli:fit",
+    "validate": "utils.statistics_cli:validate",
+    "train": "utils.ml.cli:train",
+    "benchmark": "utils.benchmark:benchmark",
+    "publish": "utils.preservation:publish",
+    "reinterpret": "utils.preservation:reinterpret",
+}
+
+
+class LazyGroup(click.Group):
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return [name for name in SUBCOMMANDS if self._available(name)]
+
+    @staticmethod
+    def _available(name: str) -> bool:
+        module = SUBCOMMANDS[name].split(":")[0]
+        try:
+            return importlib.util.find_spec(module) is not None
+        except ModuleNotFoundError:
+            return False
+
+    def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
+        if name not in SUBCOMMANDS or not self._available(name):
+            return None
+        module, attr = SUBCOMMANDS[name].split(":")
+        return getattr(importlib.import_module(module), attr)
+
+
+@click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("-v", "--verbose", is_flag=True, help="Log debug messages.")
+def cli(verbose: bool) -> None:
+    """The AGC CMS open data ttbar analysis."""
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+
+
+def main() -> None:
+    try:
+        cli(standalone_mode=False)
+    except AGCError as err:
+        click.secho(f"error: {err}", fg="red", err=True)
+        sys.exit(2)
+    except click.exceptions.Abort:
+        sys.exit(130)
+    except click.ClickException as err:
+        err.show()
+        sys.exit(err.exit_code)
+
+
+if __name__ == "__main__":
+    main()
