@@ -1,0 +1,176 @@
+"""The pipeline's stages as functions the notebook and the CLI call in order:
+dataset -> fileset -> (delivery) -> processing -> histograms -> inference -> metrics."""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from coffea import processor
+
+from utils.config import REPO_ROOT, AnalysisConfig, load_analysis_config
+from utils.errors import ConfigError
+from utils.executors import make_executor
+from utils.fileset import REAL_DATASET, build_fileset, normalisation
+from utils.histograms import AnalysisHistograms, HistogramAccumulator
+from utils.metrics import git_commit, machine, package_versions, peak_memory_mb
+from utils.processor import IO_BRANCH_SETS, TtbarAnalysis
+from utils.schema import AGCSchema
+
+log = logging.getLogger(__name__)
+
+PIPELINES = ("direct", "servicex")
+
+
+@dataclass
+class RunParameters:
+    """The knobs of a run (the notebook's ``parameters`` cell), validated."""
+
+    dataset: str = "embedded:quickstart"  # embedded:<preset> | cms-open-data-2015 | path to a JSON
+    n_files_max_per_sample: int = -1
+    pipeline: str = "direct"  # direct | servicex
+    use_dask: bool = False
+    executor: str = "futures"  # iterative | futures (ignored when use_dask)
+    num_cores: int = 2
+    chunksize: int = 500_000
+    af_name: str = "local"
+    scheduler_address: str | None = None
+    systematics: str = "all"  # all | none
+    disable_processing: bool = False
+    io_file_percent: int = 4
+    use_ml: bool = True
+    cores_per_worker: int = 1
+    output_dir: str = "outputs"
+
+    def __post_init__(self) -> None:
+        problems = []
+        if self.pipeline not in PIPELINES:
+            problems.append(f"PIPELINE={self.pipeline!r}: allowed {list(PIPELINES)}")
+        if self.executor not in ("iterative", "futures"):
+            problems.append(f"EXECUTOR={self.executor!r}: allowed ['iterative', 'futures'] (or USE_DASK=True)")
+        if self.systematics not in ("all", "none"):
+            problems.append(f"SYSTEMATICS={self.systematics!r}: allowed ['all', 'none']")
+        if self.io_file_percent not in IO_BRANCH_SETS:
+            problems.append(f"IO_FILE_PERCENT={self.io_file_percent!r}: allowed {sorted(IO_BRANCH_SETS)}")
+        if self.num_cores < 1:
+            problems.append(f"NUM_CORES={self.num_cores!r}: must be at least 1")
+        if self.chunksize < 1:
+            problems.append(f"CHUNKSIZE={self.chunksize!r}: must be at least 1")
+        if self.n_files_max_per_sample == 0 or self.n_files_max_per_sample < -1:
+            problems.append(f"N_FILES_MAX_PER_SAMPLE={self.n_files_max_per_sample!r}: -1 (all) or a positive number")
+        if problems:
+            raise ConfigError("invalid run parameters:\n  " + "\n  ".join(problems))
+
+    @property
+    def executor_name(self) -> str:
+        return "dask" if self.use_dask else self.executor
+
+
+def resolve_dataset(spec: str, workers: int = 1) -> Path:
+    """The dataset description JSON of ``embedded:<preset>``, ``cms-open-data-2015`` or a path.
+    The embedded dataset is generated on first use (and cached)."""
+    if spec.startswith("embedded:"):
+        from utils.toymc import ensure_dataset
+
+        return ensure_dataset(spec.split(":", 1)[1], workers=workers)
+    if spec == "cms-open-data-2015":
+        return REAL_DATASET
+    path = Path(spec)
+    if not path.is_absolute():
+        path = (REPO_ROOT / path) if (REPO_ROOT / path).exists() else path
+    if not path.is_file():
+        raise ConfigError(
+            f"dataset {spec!r}: not 'embedded:<preset>', 'cms-open-data-2015', or an existing JSON file"
+        )
+    return path
+
+
+@dataclass
+class ProcessingResult:
+    """What the processing stage returns."""
+
+    histograms: AnalysisHistograms | None
+    metrics: dict[str, Any]
+    nevents: dict[str, int]
+    selected: dict[str, dict[str, int]] = field(default_factory=dict)
+
+
+def process_fileset(
+    fileset: dict[str, dict[str, Any]],
+    params: RunParameters,
+    config: AnalysisConfig | None = None,
+    classifier=None,
+) -> ProcessingResult:
+    """Run the processor over a fileset with the executor the parameters choose."""
+    config = config or load_analysis_config()
+    proc = TtbarAnalysis(
+        config,
+        classifier=classifier,
+        disable_processing=params.disable_processing,
+        io_file_percent=params.io_file_percent,
+        systematics=params.systematics == "all",
+    )
+    with make_executor(params.executor_name, params.num_cores, params.scheduler_address, params.af_name) as ex:
+        runner = processor.Runner(
+            executor=ex.executor,
+            schema=AGCSchema,
+            savemetrics=True,
+            chunksize=params.chunksize,
+            metadata_cache={},
+        )
+        t0 = time.monotonic()
+        output, metrics = runner(fileset, processor_instance=proc, treename="events")
+        walltime = time.monotonic() - t0
+        workers = ex.workers
+    metrics = dict(metrics)
+    metrics.update({"walltime": walltime, "num_workers": workers, "peak_memory_mb": peak_memory_mb()})
+    histograms = None
+    if not params.disable_processing:
+        accumulators: dict[str, HistogramAccumulator] = output.get("hists", {})
+        histograms = AnalysisHistograms.from_accumulators(accumulators, normalisation(fileset, config), config)
+    return ProcessingResult(histograms, metrics, dict(output.get("nevents", {})), dict(output.get("selected", {})))
+
+
+def run_metrics(params: RunParameters, result: ProcessingResult, stage_times: dict[str, float],
+                dataset_path: Path, fileset: dict[str, Any]) -> dict[str, Any]:  # fmt: skip
+    """The metrics JSON of a run: the reference's fields plus stages, versions and machine."""
+    m = result.metrics
+    entries = int(m.get("entries", 0))
+    processtime = float(m.get("processtime", 0.0)) or float("nan")
+    walltime = float(m.get("walltime", 0.0)) or float("nan")
+    return {
+        "walltime": m.get("walltime"),
+        "entries": entries,
+        "processtime": m.get("processtime"),
+        "chunks": m.get("chunks"),
+        "bytesread": m.get("bytesread"),
+        "columns": sorted(m.get("columns", [])),
+        "num_workers": m.get("num_workers"),
+        "af": params.af_name,
+        "dataset_source": str(dataset_path),
+        "use_dask": params.use_dask,
+        "pipeline": params.pipeline,
+        "n_files_max_per_sample": params.n_files_max_per_sample,
+        "chunksize": params.chunksize,
+        "cores_per_worker": params.cores_per_worker,
+        "systematics": params.systematics,
+        "disable_processing": params.disable_processing,
+        "io_file_percent": params.io_file_percent,
+        "entries_per_processtime_hz": entries / processtime,
+        "entries_per_walltime_hz": entries / walltime,
+        "stage_walltime_s": dict(stage_times),
+        "peak_memory_mb": m.get("peak_memory_mb"),
+        "n_files": sum(len(v["files"]) for v in fileset.values()),
+        "parameters": asdict(params),
+        "packages": package_versions(),
+        "git_commit": git_commit(),
+        "machine": machine(),
+    }
+
+
+def fileset_for(params: RunParameters) -> tuple[Path, dict[str, Any]]:
+    dataset_path = resolve_dataset(params.dataset, workers=params.num_cores)
+    return dataset_path, build_fileset(dataset_path, params.n_files_max_per_sample)

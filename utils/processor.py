@@ -1,0 +1,142 @@
+"""The coffea processor of the AGC ttbar analysis.
+
+Per chunk it reads exactly the columns in :data:`utils.selection.READ_BRANCHES`, runs the
+selection kernel once per jet-kinematic variation, classifies the selected events with the
+per-region ML models when given, and fills fixed-point histogram accumulators for the nominal
+histograms and every weight, jet-kinematic and alternative-sample variation.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any, Protocol
+
+import awkward as ak
+import numpy as np
+from coffea import processor
+
+from utils.config import AnalysisConfig, load_analysis_config
+from utils.fileset import DATA_PROCESS
+from utils.histograms import HistogramAccumulator
+from utils.schema import branch_to_field
+from utils.selection import EventSelection, chunk_arrays, select_events
+
+log = logging.getLogger(__name__)
+
+# I/O-only mode: fixed branch sets that make up about this per cent of a real file's bytes
+IO_BRANCH_SETS: dict[int, tuple[str, ...]] = {
+    4: ("jet_pt", "jet_eta", "jet_phi", "jet_btag", "jet_e", "muon_pt", "electron_pt"),
+}
+IO_BRANCH_SETS[15] = (*IO_BRANCH_SETS[4], "trigobj_e")
+IO_BRANCH_SETS[25] = (*IO_BRANCH_SETS[15], "trigobj_pt")
+IO_BRANCH_SETS[50] = (*IO_BRANCH_SETS[25], "trigobj_eta", "trigobj_phi", "jet_px", "jet_py", "jet_pz", "jet_ch")
+
+
+class Classifier(Protocol):
+    """What the processor needs of an ML classifier (see :mod:`utils.ml.inference`)."""
+
+    def feature_names(self, region: str) -> tuple[str, ...] | None: ...
+
+    def classify(self, region: str, features: np.ndarray) -> np.ndarray: ...
+
+
+def sample_variations(config: AnalysisConfig, process: str, variation: str) -> tuple[str, ...]:
+    """Every histogram variation a sample fills, nominal (or its own name) first."""
+    if variation != "nominal" or process == DATA_PROCESS:
+        return (variation,)
+    return (*config.jet_variations, *config.weight_variations(process))
+
+
+class TtbarAnalysis(processor.ProcessorABC):
+    """The AGC ttbar processor.
+
+    Parameters
+    ----------
+    config : the analysis configuration (default: ``analysis_config.yml``)
+    classifier : per-region ML classifier; ``None`` puts every event in classification 0
+    disable_processing : I/O-only mode: read ``IO_BRANCH_SETS[io_file_percent]`` and nothing else
+    io_file_percent : 4, 15, 25 or 50
+    systematics : fill the weight and jet-kinematic variations of nominal samples
+    """
+
+    def __init__(
+        self,
+        config: AnalysisConfig | None = None,
+        classifier: Classifier | None = None,
+        disable_processing: bool = False,
+        io_file_percent: int = 4,
+        systematics: bool = True,
+    ):
+        self.config = config if config is not None else load_analysis_config()
+        self.classifier = classifier
+        self.disable_processing = disable_processing
+        if io_file_percent not in IO_BRANCH_SETS:
+            raise ValueError(f"io_file_percent must be one of {sorted(IO_BRANCH_SETS)}, got {io_file_percent!r}")
+        self.io_file_percent = io_file_percent
+        self.systematics = systematics
+
+    # -- I/O only -----------------------------------------------------------------------------
+    def _read_only(self, events) -> dict[str, Any]:
+        for branch in IO_BRANCH_SETS[self.io_file_percent]:
+            arr = events
+            for part in branch_to_field(branch):
+                arr = arr[part]
+            ak.materialize(arr)
+        return {"nevents": {events.metadata["dataset"]: len(events)}}
+
+    # -- classification -------------------------------------------------------------------------
+    def classify(self, sel: EventSelection) -> np.ndarray:
+        cls = np.zeros(len(sel.index), dtype=np.int64)
+        if self.classifier is None or len(sel.index) == 0:
+            return cls
+        for r, region in enumerate(self.config.regions):
+            names = self.classifier.feature_names(region.name)
+            if names is None:
+                continue
+            mask = sel.region == r
+            if mask.any():
+                cls[mask] = self.classifier.classify(region.name, sel.feature_matrix(names, mask))
+        return cls
+
+    # -- processing -----------------------------------------------------------------------------
+    def process(self, events) -> dict[str, Any]:
+        if self.disable_processing:
+            return self._read_only(events)
+        cfg = self.config
+        meta = events.metadata
+        dataset, process, variation = meta["dataset"], meta["process"], meta["variation"]
+        variations = sample_variations(cfg, process, variation) if self.systematics else (variation,)
+        acc = HistogramAccumulator.empty(cfg, process, variations)
+        arrays = chunk_arrays(events)
+        jet_variations = cfg.jet_variations if variations[0] == "nominal" and len(variations) > 1 else ("nominal",)
+        selected: dict[str, int] = {}
+        for jet_variation in jet_variations:
+            sel = select_events(arrays, cfg, jet_variation)
+            obs = sel.observable(cfg)
+            cls = self.classify(sel)
+            name = variation if jet_variation == "nominal" else jet_variation
+            acc.fill(name, sel.region, obs, cls)
+            for r, region in enumerate(cfg.region_names):
+                selected[f"{name}/{region}"] = int(np.count_nonzero(sel.region == r))
+            if jet_variation == "nominal" and len(variations) > 1:
+                self._fill_weight_variations(acc, sel, obs, cls, process)
+        return {
+            "hists": {dataset: acc},
+            "nevents": {dataset: arrays.n_events},
+            "selected": {dataset: selected},
+        }
+
+    def _fill_weight_variations(self, acc, sel: EventSelection, obs, cls, process: str) -> None:
+        cfg = self.config
+        for i in range(cfg.btag_n_jets):
+            shift = cfg.btag_magnitude * sel.weight_jet_pt[:, i] / cfg.btag_pt_reference
+            acc.fill(f"{cfg.btag_name}_{i}_up", sel.region, obs, cls, 1.0 + shift)
+            acc.fill(f"{cfg.btag_name}_{i}_down", sel.region, obs, cls, 1.0 - shift)
+        for fw in cfg.flat_weights:
+            if process in fw.processes:
+                ones = np.ones(len(obs))
+                acc.fill(f"{fw.name}_up", sel.region, obs, cls, ones * (1.0 + fw.magnitude))
+                acc.fill(f"{fw.name}_down", sel.region, obs, cls, ones * (1.0 - fw.magnitude))
+
+    def postprocess(self, accumulator):
+        return accumulator

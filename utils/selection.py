@@ -1,0 +1,355 @@
+"""Object and event selection, regions and observables: the single source that the processor,
+the ServiceX query and the ML training use."""
+
+from __future__ import annotations
+
+# Branches of the 2015 ntuple that the analysis reads (jet four-momenta are built from
+# pt/eta/phi/mass; px/py/pz/e are never read). Counters are found by the schema.
+JET_FIELDS = ("pt", "eta", "phi", "mass", "btag")
+READ_BRANCHES: tuple[str, ...] = (
+    *(f"jet_{f}" for f in JET_FIELDS),
+    "electron_pt",
+    "muon_pt",
+)
+
+import logging
+import math
+from dataclasses import dataclass
+
+import awkward as ak
+import numba
+import numpy as np
+
+from utils.config import AnalysisConfig
+
+log = logging.getLogger(__name__)
+
+# Jet-kinematic variation modes of the kernel
+MODE_NOMINAL, MODE_SCALE, MODE_RESOLUTION = 0, 1, 2
+
+# Per-event features the kernel computes, in this column order of ``EventSelection.features``.
+FEATURE_NAMES: tuple[str, ...] = (
+    "ht",
+    "m_bjj",
+    "trijet_mean_delta_r",
+    "aplanarity",
+    "lepton_pt",
+    "leading_jet_pt",
+)
+OBSERVABLES = ("ht", "m_bjj")
+
+
+# --- reproducible per-jet random numbers ---------------------------------------------------------
+# The resolution smearing of a jet must not depend on entry numbers, chunking, executor or on
+# what a ServiceX skim removed. It is derived from the jet itself: a counter-based hash
+# (SplitMix64 finaliser) of the bit patterns of its stored pt, eta and phi and the configured seed,
+# turned into a normal number by the Box-Muller transform and clipped at 5 sigma.
+
+_GOLDEN = np.uint64(0x9E3779B97F4A7C15)
+
+
+@numba.njit(inline="always")
+def _mix64(z):
+    z = (z ^ (z >> numba.uint64(30))) * numba.uint64(0xBF58476D1CE4E5B9)
+    z = (z ^ (z >> numba.uint64(27))) * numba.uint64(0x94D049BB133111EB)
+    return z ^ (z >> numba.uint64(31))
+
+
+@numba.njit(inline="always")
+def _jet_normal(pt_bits, eta_bits, phi_bits, seed):
+    key = (
+        numba.uint64(pt_bits)
+        ^ (numba.uint64(eta_bits) << numba.uint64(21))
+        ^ (numba.uint64(phi_bits) << numba.uint64(42))
+        ^ (numba.uint64(phi_bits) >> numba.uint64(22))
+    )
+    h1 = _mix64(key + numba.uint64(seed) * numba.uint64(0x9E3779B97F4A7C15))
+    h2 = _mix64(h1 + numba.uint64(0x9E3779B97F4A7C15))
+    # 53-bit uniforms in (0, 1]
+    u1 = ((h1 >> numba.uint64(11)) + numba.uint64(1)) * (1.0 / 9007199254740992.0)
+    u2 = (h2 >> numba.uint64(11)) * (1.0 / 9007199254740992.0)
+    z = math.sqrt(-2.0 * math.log(u1)) * math.cos(2.0 * math.pi * u2)
+    return min(5.0, max(-5.0, z))
+
+
+@numba.njit(cache=True)
+def _resolution_factors_kernel(pt_bits, eta_bits, phi_bits, seed, sigma, out):
+    for i in range(pt_bits.shape[0]):
+        out[i] = 1.0 + sigma * _jet_normal(pt_bits[i], eta_bits[i], phi_bits[i], seed)
+
+
+def jet_resolution_factors(pt, eta, phi, seed: int, sigma: float) -> np.ndarray:
+    """The pt_res_up smearing factor of each jet (flat float32 arrays in, float64 out)."""
+    pt, eta, phi = (np.ascontiguousarray(a, dtype=np.float32) for a in (pt, eta, phi))
+    out = np.empty(len(pt), dtype=np.float64)
+    _resolution_factors_kernel(pt.view(np.uint32), eta.view(np.uint32), phi.view(np.uint32), seed, sigma, out)
+    return out
+
+
+# --- the selection kernel --------------------------------------------------------------------------
+
+
+@numba.njit(inline="always")
+def _delta_r(eta1, phi1, eta2, phi2):
+    dphi = phi1 - phi2
+    while dphi > math.pi:
+        dphi -= 2.0 * math.pi
+    while dphi < -math.pi:
+        dphi += 2.0 * math.pi
+    deta = eta1 - eta2
+    return math.sqrt(deta * deta + dphi * dphi)
+
+
+@numba.njit(inline="always")
+def _smallest_eigenvalue_sym3(a, b, c, d, e, f):
+    """Smallest eigenvalue of [[a, d, e], [d, b, f], [e, f, c]] (analytic, trigonometric form)."""
+    p1 = d * d + e * e + f * f
+    q = (a + b + c) / 3.0
+    if p1 < 1e-300:
+        return min(a, min(b, c))
+    p2 = (a - q) ** 2 + (b - q) ** 2 + (c - q) ** 2 + 2.0 * p1
+    p = math.sqrt(p2 / 6.0)
+    inv = 1.0 / p
+    b11, b22, b33 = (a - q) * inv, (b - q) * inv, (c - q) * inv
+    b12, b13, b23 = d * inv, e * inv, f * inv
+    det = b11 * (b22 * b33 - b23 * b23) - b12 * (b12 * b33 - b23 * b13) + b13 * (b12 * b23 - b22 * b13)
+    r = min(1.0, max(-1.0, det / 2.0))
+    phi = math.acos(r) / 3.0
+    return q + 2.0 * p * math.cos(phi + 2.0 * math.pi / 3.0)
+
+
+@numba.njit(cache=True)
+def _select_kernel(
+    jet_offsets, jet_pt, jet_eta, jet_phi, jet_mass, jet_btag,
+    el_offsets, el_pt, mu_offsets, mu_pt,
+    mode, scale_factor, res_seed, res_sigma,
+    lepton_pt_min, jet_pt_min, btag_threshold, n_leptons, min_jets, min_btags,
+    region_min_btags, region_max_btags, n_weight_jets,
+    out_region, out_features, out_weight_jet_pt,
+):  # fmt: skip
+    n_events = jet_offsets.shape[0] - 1
+    max_jets = 0
+    for i in range(n_events):
+        max_jets = max(max_jets, jet_offsets[i + 1] - jet_offsets[i])
+    sel = np.empty(max_jets, dtype=np.int64)
+    fac = np.empty(max_jets, dtype=np.float64)
+    pt_bits = jet_pt.view(np.uint32)
+    eta_bits = jet_eta.view(np.uint32)
+    phi_bits = jet_phi.view(np.uint32)
+    n_regions = region_min_btags.shape[0]
+    for i in range(n_events):
+        out_region[i] = -1
+        # leptons
+        n_lep = 0
+        lep_pt = 0.0
+        for j in range(el_offsets[i], el_offsets[i + 1]):
+            if el_pt[j] > lepton_pt_min:
+                n_lep += 1
+                lep_pt += el_pt[j]
+        for j in range(mu_offsets[i], mu_offsets[i + 1]):
+            if mu_pt[j] > lepton_pt_min:
+                n_lep += 1
+                lep_pt += mu_pt[j]
+        if n_lep != n_leptons:
+            continue
+        # jets, after the jet-pT variation
+        n_sel = 0
+        n_b = 0
+        for j in range(jet_offsets[i], jet_offsets[i + 1]):
+            if mode == 0:
+                f = 1.0
+            elif mode == 1:
+                f = scale_factor
+            else:
+                f = 1.0 + res_sigma * _jet_normal(pt_bits[j], eta_bits[j], phi_bits[j], res_seed)
+            if jet_pt[j] * f > jet_pt_min:
+                sel[n_sel] = j
+                fac[n_sel] = f
+                n_sel += 1
+                if jet_btag[j] > btag_threshold:
+                    n_b += 1
+        if n_sel < min_jets or n_b < min_btags:
+            continue
+        region = -1
+        for r in range(n_regions):
+            if n_b >= region_min_btags[r] and (region_max_btags[r] < 0 or n_b <= region_max_btags[r]):
+                region = r
+                break
+        if region < 0:
+            continue
+        out_region[i] = region
+        # HT, leading jet, sphericity tensor
+        ht = 0.0
+        lead = 0.0
+        sxx = syy = szz = sxy = sxz = syz = 0.0
+        norm = 0.0
+        for k in range(n_sel):
+            j = sel[k]
+            pt = jet_pt[j] * fac[k]
+            ht += pt
+            lead = max(lead, pt)
+            px = pt * math.cos(jet_phi[j])
+            py = pt * math.sin(jet_phi[j])
+            pz = pt * math.sinh(jet_eta[j])
+            sxx += px * px
+            syy += py * py
+            szz += pz * pz
+            sxy += px * py
+            sxz += px * pz
+            syz += py * pz
+            norm += px * px + py * py + pz * pz
+        lam = _smallest_eigenvalue_sym3(sxx / norm, syy / norm, szz / norm, sxy / norm, sxz / norm, syz / norm)
+        # hadronic top candidate: trijet with >= 1 b-tag and the largest vector-sum pT
+        best_pt2 = -1.0
+        best_m = np.nan
+        best_dr = np.nan
+        for a in range(n_sel - 2):
+            ja = sel[a]
+            for b in range(a + 1, n_sel - 1):
+                jb = sel[b]
+                for c in range(b + 1, n_sel):
+                    jc = sel[c]
+                    if not (
+                        jet_btag[ja] > btag_threshold or jet_btag[jb] > btag_threshold or jet_btag[jc] > btag_threshold
+                    ):
+                        continue
+                    px = py = pz = en = 0.0
+                    for k in (a, b, c):
+                        j = sel[k]
+                        pt = jet_pt[j] * fac[k]
+                        m = jet_mass[j] * fac[k]
+                        jpx = pt * math.cos(jet_phi[j])
+                        jpy = pt * math.sin(jet_phi[j])
+                        jpz = pt * math.sinh(jet_eta[j])
+                        px += jpx
+                        py += jpy
+                        pz += jpz
+                        en += math.sqrt(jpx * jpx + jpy * jpy + jpz * jpz + m * m)
+                    pt2 = px * px + py * py
+                    if pt2 > best_pt2:
+                        best_pt2 = pt2
+                        best_m = math.sqrt(max(en * en - px * px - py * py - pz * pz, 0.0))
+                        best_dr = (
+                            _delta_r(jet_eta[ja], jet_phi[ja], jet_eta[jb], jet_phi[jb])
+                            + _delta_r(jet_eta[ja], jet_phi[ja], jet_eta[jc], jet_phi[jc])
+                            + _delta_r(jet_eta[jb], jet_phi[jb], jet_eta[jc], jet_phi[jc])
+                        ) / 3.0
+        out_features[i, 0] = ht
+        out_features[i, 1] = best_m
+        out_features[i, 2] = best_dr
+        out_features[i, 3] = 1.5 * max(lam, 0.0)
+        out_features[i, 4] = lep_pt
+        out_features[i, 5] = lead
+        for k in range(n_weight_jets):
+            out_weight_jet_pt[i, k] = jet_pt[sel[k]] * fac[k] if k < n_sel else 0.0
+
+
+@dataclass(frozen=True)
+class EventSelection:
+    """Selected events of one chunk under one jet-kinematic variation.
+
+    ``index`` are the positions of the selected events in the chunk, ``region`` the index into
+    ``AnalysisConfig.regions``, ``features`` one row per selected event with columns
+    ``FEATURE_NAMES``, ``weight_jet_pt`` the pT of the first selected jets (for b-tag weights).
+    """
+
+    variation: str
+    index: np.ndarray
+    region: np.ndarray
+    features: np.ndarray
+    weight_jet_pt: np.ndarray
+
+    def feature(self, name: str) -> np.ndarray:
+        return self.features[:, FEATURE_NAMES.index(name)]
+
+    def observable(self, config: AnalysisConfig) -> np.ndarray:
+        """The region's observable for each selected event (HT or m_bjj, as configured)."""
+        obs = np.empty(len(self.index), dtype=np.float64)
+        for r, region in enumerate(config.regions):
+            m = self.region == r
+            obs[m] = self.feature(region.observable)[m]
+        return obs
+
+    def feature_matrix(self, names: tuple[str, ...], mask: np.ndarray | None = None) -> np.ndarray:
+        cols = [FEATURE_NAMES.index(n) for n in names]
+        rows = self.features if mask is None else self.features[mask]
+        return np.ascontiguousarray(rows[:, cols], dtype=np.float32)
+
+
+@dataclass(frozen=True)
+class ChunkArrays:
+    """The flat columns the selection needs, read once per chunk."""
+
+    jet_offsets: np.ndarray
+    jet_pt: np.ndarray
+    jet_eta: np.ndarray
+    jet_phi: np.ndarray
+    jet_mass: np.ndarray
+    jet_btag: np.ndarray
+    el_offsets: np.ndarray
+    el_pt: np.ndarray
+    mu_offsets: np.ndarray
+    mu_pt: np.ndarray
+
+    @property
+    def n_events(self) -> int:
+        return len(self.jet_offsets) - 1
+
+
+def _offsets_and_content(array: ak.Array, dtype) -> tuple[np.ndarray, np.ndarray]:
+    """Offsets (int64, starting at 0) and flat content of a singly-jagged numeric array."""
+    layout = ak.to_layout(array)
+    if isinstance(layout, ak.contents.ListOffsetArray) and isinstance(layout.content, ak.contents.NumpyArray):
+        offsets = np.asarray(layout.offsets.data, dtype=np.int64)
+        content = np.asarray(layout.content.data)[offsets[0] : offsets[-1]]
+        offsets = offsets - offsets[0]
+    else:  # general layouts (ListArray, indexed, ...)
+        counts = ak.to_numpy(ak.num(array, axis=1)).astype(np.int64)
+        offsets = np.zeros(len(counts) + 1, dtype=np.int64)
+        np.cumsum(counts, out=offsets[1:])
+        content = ak.to_numpy(ak.flatten(array, axis=1))
+    return offsets, np.ascontiguousarray(content, dtype=dtype)
+
+
+def chunk_arrays(events) -> ChunkArrays:
+    """Materialise exactly the columns in ``READ_BRANCHES`` from NanoEvents (or any record array
+    with ``jet``, ``electron`` and ``muon`` collections)."""
+    jets = events.jet
+    jet_offsets, jet_pt = _offsets_and_content(jets.pt, np.float32)
+    cols = {}
+    for f in ("eta", "phi", "mass"):
+        cols[f] = _offsets_and_content(jets[f], np.float32)[1]
+    jet_btag = _offsets_and_content(jets.btag, np.float64)[1]
+    el_offsets, el_pt = _offsets_and_content(events.electron.pt, np.float32)
+    mu_offsets, mu_pt = _offsets_and_content(events.muon.pt, np.float32)
+    return ChunkArrays(jet_offsets, jet_pt, cols["eta"], cols["phi"], cols["mass"], jet_btag,
+                       el_offsets, el_pt, mu_offsets, mu_pt)  # fmt: skip
+
+
+def select_events(arrays: ChunkArrays, config: AnalysisConfig, variation: str = "nominal") -> EventSelection:
+    """Apply the object and event selection under a jet-kinematic variation.
+
+    ``variation`` is ``"nominal"``, the jet-pT scale variation name or the resolution variation
+    name of the configuration. A varied jet has its whole four-momentum scaled (pt and mass by the
+    same factor, eta and phi unchanged), before the jet pT cut.
+    """
+    modes = {"nominal": MODE_NOMINAL, config.pt_scale_name: MODE_SCALE, config.pt_res_name: MODE_RESOLUTION}
+    if variation not in modes:
+        raise ValueError(f"unknown jet variation {variation!r}; allowed: {list(modes)}")
+    n = arrays.n_events
+    region = np.empty(n, dtype=np.int64)
+    features = np.full((n, len(FEATURE_NAMES)), np.nan, dtype=np.float64)
+    weight_pt = np.zeros((n, config.btag_n_jets), dtype=np.float64)
+    min_b = np.array([r.min_btags for r in config.regions], dtype=np.int64)
+    max_b = np.array([-1 if r.max_btags is None else r.max_btags for r in config.regions], dtype=np.int64)
+    _select_kernel(
+        arrays.jet_offsets, arrays.jet_pt, arrays.jet_eta, arrays.jet_phi, arrays.jet_mass, arrays.jet_btag,
+        arrays.el_offsets, arrays.el_pt, arrays.mu_offsets, arrays.mu_pt,
+        modes[variation], config.pt_scale_factor, config.pt_res_seed, config.pt_res_sigma,
+        config.lepton_pt_min, config.jet_pt_min, config.btag_threshold,
+        config.n_leptons, config.min_jets, config.min_btags,
+        min_b, max_b, config.btag_n_jets,
+        region, features, weight_pt,
+    )  # fmt: skip
+    index = np.flatnonzero(region >= 0)
+    return EventSelection(variation, index, region[index], features[index], weight_pt[index])
