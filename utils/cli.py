@@ -20,7 +20,6 @@ SUBCOMMANDS: dict[str, str] = {
     "generate": "utils.toymc.cli:generate",
     "servicex-endpoint": "utils.delivery.cli:endpoint",
     "run": "utils.pipeline_cli:run",
-    "io-only": "utils.pipeline_cli:io_only",
     "fit": "utils.statistics_cli:fit",
     "validate": "utils.statistics_cli:validate",
     "train": "utils.ml.cli:train",

@@ -174,3 +174,38 @@ def run_metrics(params: RunParameters, result: ProcessingResult, stage_times: di
 def fileset_for(params: RunParameters) -> tuple[Path, dict[str, Any]]:
     dataset_path = resolve_dataset(params.dataset, workers=params.num_cores)
     return dataset_path, build_fileset(dataset_path, params.n_files_max_per_sample)
+
+
+def new_output_dir(params: RunParameters, base: str | Path | None = None) -> Path:
+    """A fresh output folder for one run: ``<output_dir>/<timestamp>-<dataset tag>``."""
+    from utils.metrics import timestamp
+
+    root = Path(base if base is not None else params.output_dir)
+    if not root.is_absolute():
+        root = REPO_ROOT / root
+    tag = params.dataset.replace("embedded:", "").replace("/", "_").replace(".json", "")
+    path = root / f"{timestamp()}-{tag}"
+    n = 1
+    while path.exists():
+        n += 1
+        path = root / f"{timestamp()}-{tag}-{n}"
+    path.mkdir(parents=True)
+    return path
+
+
+def make_classifier(use_ml: bool, models_dir: str | Path | None = None):
+    """The per-region ML classifier from ``models/`` (``None`` when ML is off)."""
+    if not use_ml:
+        return None
+    from utils.ml.inference import MLClassifier
+
+    return MLClassifier.from_directory(models_dir)
+
+
+def fileset_summary(fileset: dict[str, Any]) -> list[dict[str, Any]]:
+    """One row per sample: files, events and cross-section (for display)."""
+    return [
+        {"sample": name, "files": len(entry["files"]), "events": entry["metadata"]["nevts"],
+         "xsec [pb]": entry["metadata"]["xsec"]}
+        for name, entry in fileset.items()
+    ]  # fmt: skip

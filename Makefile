@@ -1,0 +1,35 @@
+# Quick start: `make run` (set up, generate the embedded dataset, run the analysis), `make test`.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: setup run test lint sync-notebooks clean-outputs
+
+setup: $(STAMP)
+
+# torch first and exactly pinned (the CPU build on local disk); then the single specification
+$(STAMP): requirements.txt pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet "$$(grep -E '^torch==' requirements.txt)"
+	$(BIN)/pip install --quiet -r requirements.txt
+	$(BIN)/pip install --quiet --no-deps -e .
+	touch $(STAMP)
+
+run: setup
+	$(BIN)/agc generate --preset quickstart --workers 2
+	$(BIN)/agc run --dataset embedded:quickstart
+
+test: setup
+	$(BIN)/python -m pytest
+
+lint: setup
+	$(BIN)/ruff check utils tests
+	$(BIN)/ruff format --check utils tests
+
+sync-notebooks: setup
+	$(BIN)/jupytext --sync notebooks/*.ipynb
+
+clean-outputs:
+	rm -rf outputs

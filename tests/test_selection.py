@@ -1,0 +1,146 @@
+"""Selection, observables and features on hand-made events with hand-computed answers."""
+
+import math
+
+import awkward as ak
+import numpy as np
+import pytest
+
+from utils.config import load_analysis_config
+from utils.selection import FEATURE_NAMES, chunk_arrays, jet_resolution_factors, select_events
+
+CFG = load_analysis_config()
+TETRA_PT = 30.0 * math.sqrt(2.0)  # |p| = 30*sqrt(3) along (1, 1, 1)-type directions
+TETRA_ETA = math.asinh(1.0 / math.sqrt(2.0))
+
+
+def make_events(events):
+    """events: list of dicts with jets [(pt, eta, phi, mass, btag)], electrons [pt], muons [pt]."""
+    jets = [[dict(zip(("pt", "eta", "phi", "mass", "btag"), j, strict=True)) for j in e["jets"]] for e in events]
+    return ak.Array(
+        {
+            "jet": ak.Array(jets, with_name=None),
+            "electron": ak.zip({"pt": ak.Array([e.get("electrons", []) for e in events], with_name=None)}),
+            "muon": ak.zip({"pt": ak.Array([e.get("muons", []) for e in events], with_name=None)}),
+        }
+    )
+
+
+EVENTS = [
+    # 0: 4j2b; hand-computed below
+    {"jets": [(80, 0, 0, 0, 0.9), (60, 0, math.pi / 2, 0, 0.1), (40, 0, math.pi, 0, 0.8), (30, 0, -math.pi / 2, 0, 0.2)],
+     "electrons": [35.0]},
+    # 1: two leptons -> rejected
+    {"jets": [(80, 0, 0, 0, 0.9), (60, 0, 1, 0, 0.1), (40, 0, 2, 0, 0.8), (30, 0, 3, 0, 0.2)],
+     "electrons": [35.0], "muons": [30.0]},
+    # 2: fourth jet at 24.5 GeV: selected only under pt_scale_up (x1.03 -> 25.235), 4j1b
+    {"jets": [(70, 0.1, 0.5, 5, 0.7), (50, -0.3, 2.0, 5, 0.2), (40, 1.0, -2.0, 5, 0.1), (24.5, 0.2, 3.0, 5, 0.3)],
+     "muons": [40.0]},
+    # 3: tetrahedral jets (isotropic tensor: aplanarity 0.5), one b-tag -> 4j1b
+    {"jets": [(TETRA_PT, TETRA_ETA, math.pi / 4, 0, 0.95), (TETRA_PT, -TETRA_ETA, -math.pi / 4, 0, 0.1),
+              (TETRA_PT, -TETRA_ETA, 3 * math.pi / 4, 0, 0.1), (TETRA_PT, TETRA_ETA, -3 * math.pi / 4, 0, 0.1)],
+     "muons": [27.0], "electrons": [10.0]},
+    # 4: b-tag exactly at the threshold is not a tag (strict >) -> no b-tag -> rejected
+    {"jets": [(80, 0, 0, 0, 0.5), (60, 0, 1, 0, 0.1), (40, 0, 2, 0, 0.1), (30, 0, 3, 0, 0.2)], "electrons": [35.0]},
+    # 5: lepton exactly at 25 GeV is not selected -> zero leptons -> rejected
+    {"jets": [(80, 0, 0, 0, 0.9), (60, 0, 1, 0, 0.1), (40, 0, 2, 0, 0.1), (30, 0, 3, 0, 0.2)], "electrons": [25.0]},
+    # 6: Delta phi across the +-pi boundary inside the chosen trijet; 5 jets, 2 b-tags
+    {"jets": [(90, 0, 3.0, 0, 0.9), (70, 0, -3.0, 0, 0.9), (50, 0.5, 3.1, 0, 0.1), (30, 0, 0.0, 0, 0.1),
+              (26, 2.0, 1.5, 0, 0.1)], "muons": [50.0]},
+]  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def arrays():
+    return chunk_arrays(make_events(EVENTS))
+
+
+def feature(sel, i, name):
+    return sel.features[list(sel.index).index(i), FEATURE_NAMES.index(name)]
+
+
+def test_nominal_selection_and_regions(arrays):
+    sel = select_events(arrays, CFG, "nominal")
+    assert list(sel.index) == [0, 3, 6]
+    regions = [CFG.region_names[r] for r in sel.region]
+    assert regions == ["4j2b", "4j1b", "4j2b"]
+
+
+def test_ht_and_m_bjj_hand_computed(arrays):
+    sel = select_events(arrays, CFG, "nominal")
+    assert feature(sel, 0, "ht") == pytest.approx(210.0)
+    # trijets with a b-tag: (1,2,4) has the largest vector-sum pT^2 = 80^2 + 30^2 = 7300;
+    # massless jets at eta 0: m^2 = (80 + 60 + 30)^2 - 7300 = 21600
+    assert feature(sel, 0, "m_bjj") == pytest.approx(math.sqrt(21600.0), rel=1e-6)
+    assert feature(sel, 0, "trijet_mean_delta_r") == pytest.approx(2 * math.pi / 3, rel=1e-6)
+    assert feature(sel, 0, "lepton_pt") == pytest.approx(35.0)
+    assert feature(sel, 0, "leading_jet_pt") == pytest.approx(80.0)
+    # jets in the transverse plane: the sphericity tensor has a zero eigenvalue
+    assert feature(sel, 0, "aplanarity") == pytest.approx(0.0, abs=1e-7)
+    # the observable of a region is the configured one
+    obs = sel.observable(CFG)
+    assert obs[0] == pytest.approx(math.sqrt(21600.0)) and obs[1] == pytest.approx(4 * TETRA_PT)
+
+
+def test_aplanarity_of_isotropic_event(arrays):
+    sel = select_events(arrays, CFG, "nominal")
+    assert feature(sel, 3, "aplanarity") == pytest.approx(0.5, rel=1e-5)
+    assert feature(sel, 3, "lepton_pt") == pytest.approx(27.0)
+
+
+def test_delta_phi_wrapped_across_pi(arrays):
+    sel = select_events(arrays, CFG, "nominal")
+    # best trijet is (1,2,3) [pt 90, 70, 50 near phi = +-pi]; pairwise Delta R with wrapped Delta phi
+    dphi12 = 2 * math.pi - 6.0
+    dr12 = abs(dphi12)
+    dr13 = math.hypot(0.5, 0.1)
+    dr23 = math.hypot(0.5, 2 * math.pi - 6.1)
+    assert feature(sel, 6, "trijet_mean_delta_r") == pytest.approx((dr12 + dr13 + dr23) / 3, rel=1e-6)
+
+
+def test_event_passes_only_under_pt_scale_up(arrays):
+    nominal = select_events(arrays, CFG, "nominal")
+    scaled = select_events(arrays, CFG, "pt_scale_up")
+    assert 2 not in nominal.index
+    assert 2 in scaled.index
+    assert CFG.region_names[scaled.region[list(scaled.index).index(2)]] == "4j1b"
+    assert feature(scaled, 2, "ht") == pytest.approx(1.03 * (70 + 50 + 40 + 24.5), rel=1e-6)
+    # a kinematic variation scales the whole four-momentum: m_bjj scales by the same factor
+    assert feature(scaled, 0, "m_bjj") == pytest.approx(1.03 * math.sqrt(21600.0), rel=1e-6)
+
+
+def test_resolution_variation_is_per_jet_and_reproducible(arrays):
+    res = select_events(arrays, CFG, "pt_res_up")
+    again = select_events(arrays, CFG, "pt_res_up")
+    np.testing.assert_array_equal(res.features, again.features)
+    # HT under smearing equals the sum of the per-jet factors times pT
+    j = arrays.jet_offsets
+    f = jet_resolution_factors(arrays.jet_pt[j[0]:j[1]], arrays.jet_eta[j[0]:j[1]], arrays.jet_phi[j[0]:j[1]],
+                               CFG.pt_res_seed, CFG.pt_res_sigma)  # fmt: skip
+    pt = arrays.jet_pt[j[0] : j[1]] * f
+    assert feature(res, 0, "ht") == pytest.approx(float(np.sum(pt[pt > 25])), rel=1e-6)
+
+
+def test_resolution_factors_are_normal_with_configured_width():
+    rng = np.random.default_rng(1)
+    pt = rng.uniform(20, 200, 200_000).astype(np.float32)
+    eta = rng.uniform(-2.4, 2.4, 200_000).astype(np.float32)
+    phi = rng.uniform(-np.pi, np.pi, 200_000).astype(np.float32)
+    f = jet_resolution_factors(pt, eta, phi, seed=2015, sigma=0.05)
+    assert np.mean(f) == pytest.approx(1.0, abs=5e-4)
+    assert np.std(f) == pytest.approx(0.05, rel=0.02)
+    # a different seed gives a different stream; the same jet always gets the same number
+    g = jet_resolution_factors(pt, eta, phi, seed=2016, sigma=0.05)
+    assert np.corrcoef(f, g)[0, 1] < 0.01
+    np.testing.assert_array_equal(f[:10], jet_resolution_factors(pt[:10], eta[:10], phi[:10], 2015, 0.05))
+
+
+def test_btag_weight_jets_are_the_selected_leading_jets(arrays):
+    sel = select_events(arrays, CFG, "nominal")
+    row = list(sel.index).index(0)
+    np.testing.assert_allclose(sel.weight_jet_pt[row], [80, 60, 40, 30])
+
+
+def test_unknown_variation_is_rejected(arrays):
+    with pytest.raises(ValueError, match="unknown jet variation"):
+        select_events(arrays, CFG, "pt_scale_down")
