@@ -143,8 +143,14 @@ def histogram_name(region: str, process: str, variation: str) -> str:
     return f"{region}_{process}" if variation == "nominal" else f"{region}_{process}_{variation}"
 
 
-def _project(h: hist.Hist, region: str, process: str, variation: str) -> hist.Hist:
-    return h[{"region": region, "process": process, "variation": variation, "classification": sum}]
+def category_name(classification: int) -> str:
+    """ML-score category tag in histogram names: ``{region}_ML{c}_{process}[_{variation}]``."""
+    return f"ML{classification}"
+
+
+def _project(h: hist.Hist, region: str, process: str, variation: str, classification=sum) -> hist.Hist:
+    cls = sum if classification is sum else hist.loc(classification)
+    return h[{"region": region, "process": process, "variation": variation, "classification": cls}]
 
 
 @dataclass(frozen=True)
@@ -167,18 +173,26 @@ class AnalysisHistograms:
         return self.hist[key]
 
 
-def template_histograms(histograms: AnalysisHistograms, config: AnalysisConfig) -> dict[str, hist.Hist]:
-    """All 1D templates by their ``histograms.root`` name, plus ``{region}_pseudodata``
-    (and ``{region}_data`` when a data sample was processed)."""
+def template_histograms(
+    histograms: AnalysisHistograms, config: AnalysisConfig, ml_categories: bool = False
+) -> dict[str, hist.Hist]:
+    """All 1D templates by their ``histograms.root`` name, plus ``{region}_pseudodata``.
+
+    With ``ml_categories``, also every template split by ML classification, named
+    ``{region}_ML{c}_{process}[_{variation}]`` (and ``{region}_ML{c}_pseudodata``).
+    """
     out: dict[str, hist.Hist] = {}
+    categories: list = [sum] + (list(range(N_CLASSES)) if ml_categories else [])
     for region in config.region_names:
-        for process, variation in sorted(histograms.filled):
-            out[histogram_name(region, process, variation)] = _project(histograms.hist, region, process, variation)
-        out[f"{region}_pseudodata"] = pseudodata(histograms, region, config)
+        for cls in categories:
+            tag = region if cls is sum else f"{region}_{category_name(cls)}"
+            for process, variation in sorted(histograms.filled):
+                out[histogram_name(tag, process, variation)] = _project(histograms.hist, region, process, variation, cls)
+            out[f"{tag}_pseudodata"] = pseudodata(histograms, region, config, cls)
     return out
 
 
-def pseudodata(histograms: AnalysisHistograms, region: str, config: AnalysisConfig) -> hist.Hist:
+def pseudodata(histograms: AnalysisHistograms, region: str, config: AnalysisConfig, classification=sum) -> hist.Hist:
     """Pseudo-data of a region as configured (sum of weight x template)."""
     out = None
     missing = []
@@ -186,7 +200,7 @@ def pseudodata(histograms: AnalysisHistograms, region: str, config: AnalysisConf
         if (process, variation) not in histograms.filled:
             missing.append(f"{process}/{variation}")
             continue
-        part = _project(histograms.hist, region, process, variation) * weight
+        part = _project(histograms.hist, region, process, variation, classification) * weight
         out = part if out is None else out + part
     if missing:
         raise AGCError(
@@ -196,9 +210,11 @@ def pseudodata(histograms: AnalysisHistograms, region: str, config: AnalysisConf
     return out
 
 
-def save_histograms(histograms: AnalysisHistograms, path: str | Path, config: AnalysisConfig) -> list[str]:
+def save_histograms(
+    histograms: AnalysisHistograms, path: str | Path, config: AnalysisConfig, ml_categories: bool = False
+) -> list[str]:
     """Write every template and the pseudo-data to ``path`` (atomically); return the names."""
-    templates = template_histograms(histograms, config)
+    templates = template_histograms(histograms, config, ml_categories)
     with atomic_path(path) as tmp, uproot.recreate(tmp) as f:
         for name in sorted(templates):
             f[name] = templates[name]
