@@ -101,6 +101,8 @@ def build_fileset(
                 )
             fileset[f"{process}__{variation}"] = {
                 "files": {_resolve(f["path"], path.parent): TREE_NAME for f in files},
+                # per-file event counts of the description (checked before processing)
+                "file_nevts": {_resolve(f["path"], path.parent): int(f["nevts"]) for f in files},
                 "metadata": {
                     "process": process,
                     "variation": variation,

@@ -12,10 +12,11 @@ from typing import Any
 from coffea import processor
 
 from utils.config import REPO_ROOT, AnalysisConfig, load_analysis_config
-from utils.errors import ConfigError
+from utils.errors import AGCError, ConfigError
 from utils.executors import make_executor
 from utils.fileset import REAL_DATASET, build_fileset, normalisation
 from utils.histograms import AnalysisHistograms, HistogramAccumulator
+from utils.inputs import InputReport, preflight
 from utils.metrics import git_commit, machine, package_versions, peak_memory_mb
 from utils.processor import IO_BRANCH_SETS, TtbarAnalysis
 from utils.schema import AGCSchema
@@ -42,6 +43,7 @@ class RunParameters:
     disable_processing: bool = False
     io_file_percent: int = 4
     use_ml: bool = True
+    on_bad_input: str = "fail"  # fail | skip
     cores_per_worker: int = 1
     output_dir: str = "outputs"
 
@@ -55,6 +57,8 @@ class RunParameters:
             problems.append(f"SYSTEMATICS={self.systematics!r}: allowed ['all', 'none']")
         if self.io_file_percent not in IO_BRANCH_SETS:
             problems.append(f"IO_FILE_PERCENT={self.io_file_percent!r}: allowed {sorted(IO_BRANCH_SETS)}")
+        if self.on_bad_input not in ("fail", "skip"):
+            problems.append(f"ON_BAD_INPUT={self.on_bad_input!r}: allowed ['fail', 'skip']")
         if self.num_cores < 1:
             problems.append(f"NUM_CORES={self.num_cores!r}: must be at least 1")
         if self.chunksize < 1:
@@ -96,6 +100,7 @@ class ProcessingResult:
     metrics: dict[str, Any]
     nevents: dict[str, int]
     selected: dict[str, dict[str, int]] = field(default_factory=dict)
+    input_report: InputReport | None = None
 
 
 def process_fileset(
@@ -104,14 +109,22 @@ def process_fileset(
     config: AnalysisConfig | None = None,
     classifier=None,
 ) -> ProcessingResult:
-    """Run the processor over a fileset with the executor the parameters choose."""
+    """Run the processor over a fileset with the executor the parameters choose.
+
+    Input files are checked first (:func:`utils.inputs.preflight`); with ``on_bad_input="skip"``
+    bad files and unreadable chunks are left out, reported in ``input_report``, and the
+    normalisation uses the events actually processed.
+    """
     config = config or load_analysis_config()
+    expected = {p: n for e in fileset.values() for p, n in e.get("file_nevts", {}).items()}
+    fileset, report = preflight(fileset, params.on_bad_input, expected)
     proc = TtbarAnalysis(
         config,
         classifier=classifier,
         disable_processing=params.disable_processing,
         io_file_percent=params.io_file_percent,
         systematics=params.systematics == "all",
+        on_bad_input=params.on_bad_input,
     )
     with make_executor(params.executor_name, params.num_cores, params.scheduler_address, params.af_name) as ex:
         runner = processor.Runner(
@@ -122,16 +135,48 @@ def process_fileset(
             metadata_cache={},
         )
         t0 = time.monotonic()
-        output, metrics = runner(fileset, processor_instance=proc, treename="events")
+        try:
+            output, metrics = runner(fileset, processor_instance=proc, treename="events")
+        except Exception as err:
+            raise _project_error(err) from None
         walltime = time.monotonic() - t0
         workers = ex.workers
     metrics = dict(metrics)
-    metrics.update({"walltime": walltime, "num_workers": workers, "peak_memory_mb": peak_memory_mb()})
+    worker_peak = output.get("peak_memory")
+    metrics.update({
+        "walltime": walltime,
+        "num_workers": workers,
+        "peak_memory_mb": peak_memory_mb(),
+        "peak_memory_per_worker_mb": worker_peak.mb if worker_peak is not None else None,
+    })
+    report.bad.extend(output.get("bad_chunks", []))
+    for sample, lost in _chunk_losses(output.get("bad_chunks", [])).items():
+        fileset[sample]["metadata"]["nevts"] -= lost
     histograms = None
     if not params.disable_processing:
         accumulators: dict[str, HistogramAccumulator] = output.get("hists", {})
         histograms = AnalysisHistograms.from_accumulators(accumulators, normalisation(fileset, config), config)
-    return ProcessingResult(histograms, metrics, dict(output.get("nevents", {})), dict(output.get("selected", {})))
+    metrics["input_report"] = report.to_dict()
+    return ProcessingResult(histograms, metrics, dict(output.get("nevents", {})), dict(output.get("selected", {})),
+                            report)  # fmt: skip
+
+
+def _chunk_losses(bad_chunks) -> dict[str, int]:
+    out: dict[str, int] = {}
+    for b in bad_chunks:
+        out[b.sample] = out.get(b.sample, 0) + b.events_lost
+    return out
+
+
+def _project_error(err: BaseException) -> BaseException:
+    """The project error inside coffea's wrapping (``Failed processing file: ...``), if any;
+    else an :class:`AGCError` that keeps coffea's message (which names the file and chunk)."""
+    seen = err
+    while seen is not None:
+        if isinstance(seen, AGCError):
+            return seen
+        seen = seen.__cause__ or seen.__context__
+    return AGCError(f"processing failed: {err}")
 
 
 def run_metrics(params: RunParameters, result: ProcessingResult, stage_times: dict[str, float],
@@ -163,6 +208,8 @@ def run_metrics(params: RunParameters, result: ProcessingResult, stage_times: di
         "entries_per_walltime_hz": entries / walltime,
         "stage_walltime_s": dict(stage_times),
         "peak_memory_mb": m.get("peak_memory_mb"),
+        "peak_memory_per_worker_mb": m.get("peak_memory_per_worker_mb"),
+        "input_report": m.get("input_report"),
         "n_files": sum(len(v["files"]) for v in fileset.values()),
         "parameters": asdict(params),
         "packages": package_versions(),
@@ -209,3 +256,73 @@ def fileset_summary(fileset: dict[str, Any]) -> list[dict[str, Any]]:
          "xsec [pb]": entry["metadata"]["xsec"]}
         for name, entry in fileset.items()
     ]  # fmt: skip
+
+
+def _sha256(path: Path) -> str:
+    import hashlib
+
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+MANIFEST_NAME = "manifest.json"
+
+
+def finish_run(
+    output_dir: Path,
+    params: RunParameters,
+    result: ProcessingResult,
+    stage_times: dict[str, float],
+    dataset_path: Path,
+    fileset: dict[str, Any],
+    extra_metrics: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Write the run's metrics JSON, its input report (when inputs were left out), and, last,
+    the run manifest that marks the output folder complete. Returns the metrics."""
+    from utils.io import write_json_atomic
+    from utils.metrics import write_metrics
+
+    output_dir = Path(output_dir)
+    metrics = run_metrics(params, result, stage_times, dataset_path, fileset)
+    metrics.update(extra_metrics or {})
+    write_metrics(output_dir / "metrics.json", metrics)
+    if result.input_report is not None and result.input_report.bad:
+        write_json_atomic(output_dir / "input_report.json", result.input_report.to_dict())
+    outputs = {
+        str(p.relative_to(output_dir)): {"sha256": _sha256(p), "bytes": p.stat().st_size}
+        for p in sorted(output_dir.rglob("*"))
+        if p.is_file() and not p.name.startswith(".tmp-") and p.name != MANIFEST_NAME and p.suffix != ".ipynb"
+    }
+    config_path = Path(load_analysis_config().source)
+    manifest = {
+        "complete": True,
+        "outputs": outputs,
+        "inputs": {
+            "dataset_description": {"path": str(dataset_path), "sha256": _sha256(dataset_path)},
+            "samples": {s: {"files": len(e["files"]), "nevts": e["metadata"]["nevts"]} for s, e in fileset.items()},
+            "analysis_config": {"path": str(config_path), "sha256": _sha256(config_path)},
+        },
+        "parameters": asdict(params),
+        "git_commit": metrics.get("git_commit"),
+        "packages": metrics.get("packages"),
+    }
+    write_json_atomic(output_dir / MANIFEST_NAME, manifest)
+    return metrics
+
+
+def is_complete(output_dir: str | Path) -> bool:
+    """Whether a run's output folder is complete: its manifest exists and every output it lists
+    is present with the recorded checksum."""
+    import json
+
+    path = Path(output_dir) / MANIFEST_NAME
+    if not path.is_file():
+        return False
+    manifest = json.loads(path.read_text())
+    return bool(manifest.get("complete")) and all(
+        (Path(output_dir) / name).is_file() and _sha256(Path(output_dir) / name) == entry["sha256"]
+        for name, entry in manifest["outputs"].items()
+    )

@@ -9,6 +9,8 @@ histograms and every weight, jet-kinematic and alternative-sample variation.
 from __future__ import annotations
 
 import logging
+import resource
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 import awkward as ak
@@ -17,7 +19,9 @@ from coffea import processor
 
 from utils.config import AnalysisConfig, load_analysis_config
 from utils.fileset import DATA_PROCESS
+from utils.errors import InputFileError
 from utils.histograms import HistogramAccumulator
+from utils.inputs import BadInput
 from utils.schema import branch_to_field
 from utils.selection import EventSelection, chunk_arrays, select_events
 
@@ -30,6 +34,20 @@ IO_BRANCH_SETS: dict[int, tuple[str, ...]] = {
 IO_BRANCH_SETS[15] = (*IO_BRANCH_SETS[4], "trigobj_e")
 IO_BRANCH_SETS[25] = (*IO_BRANCH_SETS[15], "trigobj_pt")
 IO_BRANCH_SETS[50] = (*IO_BRANCH_SETS[25], "trigobj_eta", "trigobj_phi", "jet_px", "jet_py", "jet_pz", "jet_ch")
+
+
+@dataclass(frozen=True)
+class PeakMemory:
+    """Peak resident memory (MB) of the worker processes; accumulates as the maximum."""
+
+    mb: float
+
+    @classmethod
+    def now(cls) -> PeakMemory:
+        return cls(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0)
+
+    def __add__(self, other: PeakMemory) -> PeakMemory:
+        return PeakMemory(max(self.mb, other.mb))
 
 
 class Classifier(Protocol):
@@ -57,6 +75,8 @@ class TtbarAnalysis(processor.ProcessorABC):
     disable_processing : I/O-only mode: read ``IO_BRANCH_SETS[io_file_percent]`` and nothing else
     io_file_percent : 4, 15, 25 or 50
     systematics : fill the weight and jet-kinematic variations of nominal samples
+    on_bad_input : "fail" raises :class:`InputFileError` for a chunk that cannot be read;
+        "skip" leaves it out and reports it (``bad_chunks``) with the events lost
     """
 
     def __init__(
@@ -66,6 +86,7 @@ class TtbarAnalysis(processor.ProcessorABC):
         disable_processing: bool = False,
         io_file_percent: int = 4,
         systematics: bool = True,
+        on_bad_input: str = "fail",
     ):
         self.config = config if config is not None else load_analysis_config()
         self.classifier = classifier
@@ -74,6 +95,7 @@ class TtbarAnalysis(processor.ProcessorABC):
             raise ValueError(f"io_file_percent must be one of {sorted(IO_BRANCH_SETS)}, got {io_file_percent!r}")
         self.io_file_percent = io_file_percent
         self.systematics = systematics
+        self.on_bad_input = on_bad_input
 
     # -- I/O only -----------------------------------------------------------------------------
     def _read_only(self, events) -> dict[str, Any]:
@@ -82,7 +104,7 @@ class TtbarAnalysis(processor.ProcessorABC):
             for part in branch_to_field(branch):
                 arr = arr[part]
             ak.materialize(arr)
-        return {"nevents": {events.metadata["dataset"]: len(events)}}
+        return {"nevents": {events.metadata["dataset"]: len(events)}, "peak_memory": PeakMemory.now()}
 
     # -- classification -------------------------------------------------------------------------
     def classify(self, sel: EventSelection) -> np.ndarray:
@@ -107,7 +129,10 @@ class TtbarAnalysis(processor.ProcessorABC):
         dataset, process, variation = meta["dataset"], meta["process"], meta["variation"]
         variations = sample_variations(cfg, process, variation) if self.systematics else (variation,)
         acc = HistogramAccumulator.empty(cfg, process, variations)
-        arrays = chunk_arrays(events)
+        try:
+            arrays = chunk_arrays(events)
+        except Exception as err:  # corrupt basket, truncated read, wrong type: a clear report
+            return self._bad_chunk(events, acc, err)
         jet_variations = cfg.jet_variations if variations[0] == "nominal" and len(variations) > 1 else ("nominal",)
         selected: dict[str, int] = {}
         for jet_variation in jet_variations:
@@ -124,7 +149,23 @@ class TtbarAnalysis(processor.ProcessorABC):
             "hists": {dataset: acc},
             "nevents": {dataset: arrays.n_events},
             "selected": {dataset: selected},
+            "peak_memory": PeakMemory.now(),
         }
+
+    def _bad_chunk(self, events, acc: HistogramAccumulator, err: Exception) -> dict[str, Any]:
+        meta = events.metadata
+        start, stop = meta["entrystart"], meta["entrystop"]
+        problem = f"cannot read entries {start}-{stop} ({type(err).__name__}: {err})"
+        if self.on_bad_input != "skip":
+            raise InputFileError(
+                f"{meta['filename']}: {problem}.\n  sample: {meta['dataset']}\n  what to do: replace the file, "
+                "or rerun with ON_BAD_INPUT='skip' to leave these entries out (the normalisation then uses "
+                "the events actually processed)"
+            ) from err
+        log.warning("skipping %s entries %d-%d: %s", meta["filename"], start, stop, err)
+        bad = BadInput(meta["dataset"], meta["filename"], problem, stop - start, start, stop)
+        return {"hists": {meta["dataset"]: acc}, "nevents": {meta["dataset"]: 0}, "bad_chunks": [bad],
+                "peak_memory": PeakMemory.now()}  # fmt: skip
 
     def _fill_weight_variations(self, acc, sel: EventSelection, obs, cls, process: str) -> None:
         cfg = self.config
