@@ -69,6 +69,9 @@ def check_file(path: str, treename: str = "events", expected_entries: int | None
     except Exception as err:  # uproot raises many types for non-ROOT or truncated files
         return f"not a readable ROOT file ({type(err).__name__}: {err})"
     with f:
+        size = f.file.source.num_bytes
+        if size is not None and f.file.fEND > size:
+            return f"truncated: the header says {f.file.fEND} bytes, the file has {size}"
         try:
             tree = f[treename]
         except Exception:
