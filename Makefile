@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: setup run test lint sync-notebooks clean-outputs
+.PHONY: setup browser-deps run test lint sync-notebooks clean-outputs
 
 setup: $(STAMP)
 
@@ -21,7 +21,18 @@ run: setup
 	$(BIN)/agc generate --preset quickstart --workers 2
 	$(BIN)/agc run --dataset embedded:quickstart
 
-test: setup
+# Debian's chromium for tests/test_browser.py (Playwright drives it; it downloads no browser).
+# Installed with apt-get when missing and we are root; otherwise that test skips, saying why.
+browser-deps:
+	@command -v chromium >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	    echo "browser-deps: installing chromium with apt-get"; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; \
+	  else \
+	    echo "browser-deps: chromium missing and apt-get unavailable or not root: the browser test will skip"; \
+	  fi; }
+
+test: setup browser-deps
 	$(BIN)/python -m pytest
 
 lint: setup
