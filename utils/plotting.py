@@ -20,6 +20,18 @@ from utils.io import atomic_path  # noqa: E402
 log = logging.getLogger(__name__)
 
 OBSERVABLE_LABELS = {"ht": r"$H_T$ [GeV]", "m_bjj": r"$m_{bjj}$ [GeV]"}
+PROCESS_LABELS = {
+    "ttbar": r"$t\bar{t}$",
+    "wjets": "W+jets",
+    "single_top_s_chan": "single top, s-channel",
+    "single_top_t_chan": "single top, t-channel",
+    "single_top_tW": "tW",
+    "data": "data",
+}
+
+
+def process_label(process: str) -> str:
+    return PROCESS_LABELS.get(process, process)
 
 
 def set_style() -> None:
@@ -52,7 +64,8 @@ def plot_stack(
     fig, ax = plt.subplots()
     stack = [h[{"region": region, "process": p, "variation": "nominal", "classification": cls}] for p in processes]
     order = sorted(range(len(stack)), key=lambda i: stack[i].sum().value)
-    mplhep.histplot([stack[i] for i in order], label=[processes[i] for i in order], stack=True, histtype="fill",
+    mplhep.histplot([stack[i] for i in order], label=[process_label(processes[i]) for i in order], stack=True,
+                    histtype="fill",
                     edgecolor="grey", linewidth=1, ax=ax)  # fmt: skip
     if ("data", "nominal") in histograms.filled:
         data = h[{"region": region, "process": "data", "variation": "nominal", "classification": cls}]
@@ -60,8 +73,7 @@ def plot_stack(
     observable = config.region(region).observable
     ax.set_xlabel(OBSERVABLE_LABELS.get(observable, observable))
     ax.set_ylabel("Events")
-    ax.set_title(region_title(config, region), fontsize=16)
-    ax.legend(frameon=False)
+    ax.legend(frameon=False, title=region_title(config, region), title_fontsize=14)
     mplhep.cms.label("Open Data", data=True, lumi=round(config.luminosity / 1000.0, 2), com=13, ax=ax, loc=0)
     return _save(fig, path)
 
@@ -81,6 +93,5 @@ def plot_variations(
     observable = config.region(region).observable
     ax.set_xlabel(OBSERVABLE_LABELS.get(observable, observable))
     ax.set_ylabel("Events")
-    ax.set_title(f"{process}: {region_title(config, region)}", fontsize=16)
-    ax.legend(frameon=False)
+    ax.legend(frameon=False, title=f"{process_label(process)}, {region_title(config, region)}", title_fontsize=14)
     return _save(fig, path)
