@@ -58,14 +58,14 @@ def test_semantic_check_names_region():
 def test_ml_features_of_unknown_region():
     data = modified()
     data["ml"]["features"]["5j3b"] = ["ht"]
-    with pytest.raises(ConfigError, match="5j3b.*no such region"):
+    with pytest.raises(ConfigError, match=r"5j3b.*no such region"):
         parse_analysis_config(data)
 
 
 def test_missing_file_and_bad_yaml(tmp_path):
-    with pytest.raises(ConfigError, match="not found"):
+    with pytest.raises(ConfigError, match=r"not found"):
         load_analysis_config(tmp_path / "nope.yml")
     bad = tmp_path / "bad.yml"
     bad.write_text("objects: [unclosed\n")
-    with pytest.raises(ConfigError, match="bad.yml: not valid YAML"):
+    with pytest.raises(ConfigError, match=r"bad\.yml: not valid YAML"):
         load_analysis_config(bad)

@@ -61,7 +61,7 @@ def test_histogram_names_and_pseudodata(config, tmp_path):
     path = tmp_path / "histograms.root"
     names = save_histograms(hists, path, config)
     with uproot.open(path) as f:
-        keys = {k.split(";")[0] for k in f.keys()}
+        keys = {k.split(";")[0] for k in f.keys()}  # noqa: SIM118 (uproot directory)
         assert keys == set(names)
         for must in ("4j2b_ttbar", "4j1b_ttbar_btag_var_2_up", "4j1b_wjets_scale_var_down", "4j2b_ttbar_PS_var",
                      "4j1b_ttbar_pt_res_up", "4j2b_single_top_tW_pt_scale_up", "4j1b_pseudodata"):  # fmt: skip

@@ -32,7 +32,7 @@ def load_schema(name: str) -> dict[str, Any]:
 
 
 def _format_path(path) -> str:
-    return "".join(f"[{p!r}]" if isinstance(p, int) else f"[{p!r}]" for p in path) or "(top level)"
+    return "".join(f"[{p!r}]" for p in path) or "(top level)"
 
 
 def validate_against_schema(data: Any, schema: dict[str, Any], source: str) -> None:

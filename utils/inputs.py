@@ -23,7 +23,7 @@ log = logging.getLogger(__name__)
 
 POLICIES = ("fail", "skip")
 # the dtype each analysis branch must have (jagged numeric)
-EXPECTED_KIND = {b: "f" for b in READ_BRANCHES}
+EXPECTED_KIND = dict.fromkeys(READ_BRANCHES, "f")
 
 
 @dataclass(frozen=True)

@@ -31,8 +31,8 @@ def atomic_path(target: str | Path, suffix: str | None = None) -> Iterator[Path]
         yield tmp_path
         with open(tmp_path, "rb+") as f:
             os.fsync(f.fileno())
-        os.chmod(tmp_path, 0o644)  # mkstemp creates 0600; outputs are ordinary readable files
-        os.replace(tmp_path, target)
+        tmp_path.chmod(0o644)  # mkstemp creates 0600; outputs are ordinary readable files
+        tmp_path.replace(target)
     finally:
         if tmp_path.exists():
             tmp_path.unlink()

@@ -18,8 +18,8 @@ import numpy as np
 from coffea import processor
 
 from utils.config import AnalysisConfig, load_analysis_config
-from utils.fileset import DATA_PROCESS
 from utils.errors import InputFileError
+from utils.fileset import DATA_PROCESS
 from utils.histograms import HistogramAccumulator
 from utils.inputs import BadInput
 from utils.schema import branch_to_field

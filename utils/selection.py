@@ -3,15 +3,6 @@ the ServiceX query and the ML training use."""
 
 from __future__ import annotations
 
-# Branches of the 2015 ntuple that the analysis reads (jet four-momenta are built from
-# pt/eta/phi/mass; px/py/pz/e are never read). Counters are found by the schema.
-JET_FIELDS = ("pt", "eta", "phi", "mass", "btag")
-READ_BRANCHES: tuple[str, ...] = (
-    *(f"jet_{f}" for f in JET_FIELDS),
-    "electron_pt",
-    "muon_pt",
-)
-
 import logging
 import math
 from dataclasses import dataclass
@@ -21,6 +12,16 @@ import numba
 import numpy as np
 
 from utils.config import AnalysisConfig
+
+# Branches of the 2015 ntuple that the analysis reads (jet four-momenta are built from
+# pt/eta/phi/mass; px/py/pz/e are never read). Counters are found by the schema.
+JET_FIELDS = ("pt", "eta", "phi", "mass", "btag")
+READ_BRANCHES: tuple[str, ...] = (
+    *(f"jet_{f}" for f in JET_FIELDS),
+    "electron_pt",
+    "muon_pt",
+)
+
 
 log = logging.getLogger(__name__)
 
