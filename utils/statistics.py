@@ -784,11 +784,12 @@ def run_inference(
     figures: bool = True,
     strategy: int | None = None,
     keep_templates: bool = True,
+    figure_format: str = "pdf",
 ) -> InferenceResult:
     """Run the whole inference stage on one ``histograms.root``; write everything to ``output_dir``.
 
     Writes ``workspace.json``, ``fit_results.json``, ``templates/`` (if ``keep_templates``) and
-    ``figures/*.pdf``. ``strategy``: the MINUIT strategy of every fit (None: pyhf's choice, 1).
+    ``figures/*.<figure_format>``. ``strategy``: the MINUIT strategy of every fit (None: pyhf's choice, 1).
     ``ranking`` refits the model four times per parameter (about two minutes for the AGC model).
     """
     from utils import plotting_stats
@@ -819,7 +820,8 @@ def run_inference(
         if figures:
             with timer("figures"):
                 figure_paths = plotting_stats.inference_figures(
-                    output_dir / FIGURES_DIRNAME, model, data, fit_results, config, ranking_results
+                    output_dir / FIGURES_DIRNAME, model, data, fit_results, config, ranking_results,
+                    suffix=f".{figure_format}",
                 )
 
     poi_index = model.config.poi_index
