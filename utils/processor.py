@@ -19,6 +19,7 @@ from coffea import processor
 
 from utils.config import AnalysisConfig, load_analysis_config
 from utils.errors import InputFileError
+from utils.fastio import use_fast_zlib
 from utils.fileset import DATA_PROCESS
 from utils.histograms import HistogramAccumulator
 from utils.inputs import BadInput
@@ -122,6 +123,7 @@ class TtbarAnalysis(processor.ProcessorABC):
 
     # -- processing -----------------------------------------------------------------------------
     def process(self, events) -> dict[str, Any]:
+        use_fast_zlib()  # in every worker: ISA-L inflates the baskets (identical bytes, ~2x faster)
         if self.disable_processing:
             return self._read_only(events)
         cfg = self.config
