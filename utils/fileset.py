@@ -108,6 +108,7 @@ def build_fileset(
                     "variation": variation,
                     "nevts": int(sum(f["nevts"] for f in files)),
                     "xsec": xsec,
+                    **({"lumi": float(entry["lumi"])} if "lumi" in entry else {}),
                 },
             }
     if not fileset:
@@ -115,8 +116,23 @@ def build_fileset(
     return fileset
 
 
-def normalisation(fileset: dict[str, dict[str, Any]], config: AnalysisConfig) -> dict[str, float]:
-    """Per-event weight of each sample: xsec x lumi / nevts (1 for data)."""
+def data_luminosity(fileset: dict[str, dict[str, Any]]) -> float | None:
+    """The integrated luminosity (/pb) of the fileset's data sample, if it records one."""
+    for entry in fileset.values():
+        if entry["metadata"]["process"] == DATA_PROCESS and entry["metadata"].get("lumi") is not None:
+            return float(entry["metadata"]["lumi"])
+    return None
+
+
+def normalisation(
+    fileset: dict[str, dict[str, Any]], config: AnalysisConfig, luminosity: float | None = None
+) -> dict[str, float]:
+    """Per-event weight of each sample: xsec x lumi / nevts (1 for data).
+
+    ``luminosity`` overrides the configured one, e.g. to normalise MC to a data sample's
+    luminosity (:func:`data_luminosity`).
+    """
+    lumi = config.luminosity if luminosity is None else luminosity
     out = {}
     for sample, entry in fileset.items():
         meta = entry["metadata"]
@@ -125,5 +141,5 @@ def normalisation(fileset: dict[str, dict[str, Any]], config: AnalysisConfig) ->
         elif meta["nevts"] == 0:
             out[sample] = 0.0
         else:
-            out[sample] = meta["xsec"] * config.luminosity / meta["nevts"]
+            out[sample] = meta["xsec"] * lumi / meta["nevts"]
     return out

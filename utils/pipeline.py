@@ -108,12 +108,14 @@ def process_fileset(
     params: RunParameters,
     config: AnalysisConfig | None = None,
     classifier=None,
+    luminosity: float | None = None,
 ) -> ProcessingResult:
     """Run the processor over a fileset with the executor the parameters choose.
 
     Input files are checked first (:func:`utils.inputs.preflight`); with ``on_bad_input="skip"``
     bad files and unreadable chunks are left out, reported in ``input_report``, and the
-    normalisation uses the events actually processed.
+    normalisation uses the events actually processed. ``luminosity`` overrides the configured
+    luminosity for the MC normalisation (e.g. a data sample's, see ``fileset.data_luminosity``).
     """
     config = config or load_analysis_config()
     expected = {p: n for e in fileset.values() for p, n in e.get("file_nevts", {}).items()}
@@ -155,7 +157,7 @@ def process_fileset(
     histograms = None
     if not params.disable_processing:
         accumulators: dict[str, HistogramAccumulator] = output.get("hists", {})
-        histograms = AnalysisHistograms.from_accumulators(accumulators, normalisation(fileset, config), config)
+        histograms = AnalysisHistograms.from_accumulators(accumulators, normalisation(fileset, config, luminosity), config)
     metrics["input_report"] = report.to_dict()
     return ProcessingResult(histograms, metrics, dict(output.get("nevents", {})), dict(output.get("selected", {})),
                             report)  # fmt: skip
