@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: setup browser-deps run test lint sync-notebooks clean-outputs
+.PHONY: setup browser-deps run references test lint sync-notebooks clean-outputs
 
 setup: $(STAMP)
 
@@ -19,7 +19,11 @@ $(STAMP): requirements.txt pyproject.toml
 
 run: setup
 	$(BIN)/agc generate --preset quickstart --workers 2
-	$(BIN)/agc run --dataset embedded:quickstart
+	$(BIN)/agc run --dataset embedded:quickstart --validate references/histograms_quickstart.json
+
+# Regenerate the reference histograms of the embedded datasets: only on purpose (see utils/references.py)
+references: setup
+	$(BIN)/python -m utils.references tiny quickstart
 
 # Debian's chromium for tests/test_browser.py (Playwright drives it; it downloads no browser).
 # Installed with apt-get when missing and we are root; otherwise that test skips, saying why.

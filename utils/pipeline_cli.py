@@ -57,7 +57,10 @@ def execute_notebook(
 @click.option("--output", type=click.Path(path_type=Path), default=None,
               help="Output folder (default: outputs/<timestamp>-<dataset>).")
 @click.option("--notebook", type=click.Path(path_type=Path, exists=True), default=MAIN_NOTEBOOK, show_default=True)
-def run(dataset: str, parameters: tuple[tuple[str, str], ...], output: Path | None, notebook: Path) -> None:
+@click.option("--validate", "reference", type=click.Path(path_type=Path, exists=True), default=None,
+              help="Compare the run's histograms.root with this reference JSON (agc validate).")
+def run(dataset: str, parameters: tuple[tuple[str, str], ...], output: Path | None, notebook: Path,
+        reference: Path | None) -> None:  # fmt: skip
     """Run the analysis notebook end to end (papermill) and print the fitted ttbar_norm."""
     params = {"DATASET": dataset, **{k: _parse_value(v) for k, v in parameters}}
     run_params = RunParameters(dataset=dataset)
@@ -70,7 +73,16 @@ def run(dataset: str, parameters: tuple[tuple[str, str], ...], output: Path | No
     if results.is_file():
         poi = json.loads(results.read_text())["poi"]
         click.echo(f"fit result for {poi['name']}: {poi['bestfit']:.3f} +/- {poi['uncertainty']:.3f}")
-    click.echo(f"done in {elapsed:.0f} s; outputs:")
-    for path in sorted(output.rglob("*")):
-        if path.is_file() and not path.name.startswith(".tmp-"):
-            click.echo(f"  {path.relative_to(output)}")
+    click.echo(f"done in {elapsed:.0f} s; outputs in {output}:")
+    for path in sorted(p for p in output.iterdir() if not p.name.startswith(".tmp-")):
+        n = sum(1 for _ in path.rglob("*")) if path.is_dir() else 0
+        click.echo(f"  {path.name}/ ({n} files)" if path.is_dir() else f"  {path.name}")
+    if reference is not None:
+        from utils.validation import validate_histograms
+
+        report = validate_histograms(output / "histograms.root", reference)
+        click.echo(report.summary())
+        if not report.ok:
+            for m in report.mismatches[:20]:
+                click.echo(f"  {m}")
+            raise AGCError(f"histograms differ from the reference {reference}")

@@ -1,0 +1,44 @@
+"""Closure and injection: an embedded "data" sample generated with a known ttbar signal strength
+is fitted back within its uncertainty."""
+
+import pytest
+import yaml
+
+from utils.config import REPO_ROOT
+from utils.fileset import build_fileset, data_luminosity
+from utils.histograms import save_histograms
+from utils.pipeline import RunParameters, process_fileset
+
+TRUE_MU = 1.2
+
+
+@pytest.mark.slow
+def test_injected_ttbar_strength_is_recovered(tmp_path, config):
+    from utils.statistics import run_inference
+    from utils.toymc import build_dataset
+    from utils.toymc.presets import DEFAULT_PRESETS
+
+    # the tiny MC with ten times its usual data luminosity, ttbar scaled by TRUE_MU
+    presets = yaml.safe_load(DEFAULT_PRESETS.read_text())
+    presets["presets"]["tiny"]["data"]["lumi_fraction"] *= 10
+    presets_path = tmp_path / "presets.yml"
+    presets_path.write_text(yaml.safe_dump(presets))
+    path = build_dataset("tiny", tmp_path / "embedded", with_data=True, mu=TRUE_MU, workers=2,
+                         presets_path=presets_path).fileset_path  # fmt: skip
+    fileset = build_fileset(path)
+    lumi = data_luminosity(fileset)
+    assert lumi is not None and lumi < config.luminosity
+    result = process_fileset(fileset, RunParameters(executor="futures", num_cores=2), config, luminosity=lumi)
+    histograms = tmp_path / "histograms.root"
+    names = save_histograms(result.histograms, histograms, config)
+    assert "4j2b_data" in names and "4j1b_data" in names
+
+    model = yaml.safe_load((REPO_ROOT / "cabinetry_config.yml").read_text())
+    (data_sample,) = [s for s in model["Samples"] if s.get("Data")]
+    data_sample["SamplePath"] = "data"  # fit the generated data instead of the pseudo-data
+    config_path = tmp_path / "cabinetry_data.yml"
+    config_path.write_text(yaml.safe_dump(model))
+    fit = run_inference(histograms, tmp_path / "fit", config_path, figures=False)
+    assert fit.poi_name == "ttbar_norm"
+    assert abs(fit.bestfit - TRUE_MU) < 2 * fit.uncertainty, (fit.bestfit, fit.uncertainty)
+    assert fit.uncertainty < 0.3
