@@ -17,6 +17,7 @@ from utils.executors import make_executor
 from utils.fileset import REAL_DATASET, build_fileset, normalisation
 from utils.histograms import AnalysisHistograms, HistogramAccumulator
 from utils.inputs import InputReport, preflight
+from utils.io import sha256_file
 from utils.metrics import git_commit, machine, package_versions, peak_memory_mb
 from utils.processor import IO_BRANCH_SETS, TtbarAnalysis
 from utils.schema import AGCSchema
@@ -260,15 +261,6 @@ def fileset_summary(fileset: dict[str, Any]) -> list[dict[str, Any]]:
     ]  # fmt: skip
 
 
-def _sha256(path: Path) -> str:
-    import hashlib
-
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
 
 MANIFEST_NAME = "manifest.json"
 
@@ -294,7 +286,7 @@ def finish_run(
     if result.input_report is not None and result.input_report.bad:
         write_json_atomic(output_dir / "input_report.json", result.input_report.to_dict())
     outputs = {
-        str(p.relative_to(output_dir)): {"sha256": _sha256(p), "bytes": p.stat().st_size}
+        str(p.relative_to(output_dir)): {"sha256": sha256_file(p), "bytes": p.stat().st_size}
         for p in sorted(output_dir.rglob("*"))
         if p.is_file() and not p.name.startswith(".tmp-") and p.name != MANIFEST_NAME and p.suffix != ".ipynb"
     }
@@ -303,9 +295,9 @@ def finish_run(
         "complete": True,
         "outputs": outputs,
         "inputs": {
-            "dataset_description": {"path": str(dataset_path), "sha256": _sha256(dataset_path)},
+            "dataset_description": {"path": str(dataset_path), "sha256": sha256_file(dataset_path)},
             "samples": {s: {"files": len(e["files"]), "nevts": e["metadata"]["nevts"]} for s, e in fileset.items()},
-            "analysis_config": {"path": str(config_path), "sha256": _sha256(config_path)},
+            "analysis_config": {"path": str(config_path), "sha256": sha256_file(config_path)},
         },
         "parameters": asdict(params),
         "git_commit": metrics.get("git_commit"),
@@ -325,6 +317,6 @@ def is_complete(output_dir: str | Path) -> bool:
         return False
     manifest = json.loads(path.read_text())
     return bool(manifest.get("complete")) and all(
-        (Path(output_dir) / name).is_file() and _sha256(Path(output_dir) / name) == entry["sha256"]
+        (Path(output_dir) / name).is_file() and sha256_file(Path(output_dir) / name) == entry["sha256"]
         for name, entry in manifest["outputs"].items()
     )

@@ -43,7 +43,7 @@ from utils.config import (
     validate_against_schema,
 )
 from utils.errors import ConfigError, StatisticsError
-from utils.io import write_json_atomic, write_text_atomic
+from utils.io import sha256_file, write_json_atomic, write_text_atomic
 
 log = logging.getLogger(__name__)
 
@@ -684,13 +684,6 @@ def _atomic_dir(target: Path) -> Iterator[Path]:
             shutil.rmtree(tmp)
 
 
-def _file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
 
 @contextlib.contextmanager
 def _template_folder(output_dir: Path, keep: bool) -> Iterator[Path]:
@@ -851,7 +844,7 @@ def run_inference(
     content = result.to_dict()
     content["inputs"] = {
         "histograms": str(histograms_path.resolve()),
-        "histograms_sha256": _file_sha256(histograms_path),
+        "histograms_sha256": sha256_file(histograms_path),
         "cabinetry_config": str(Path(cabinetry_config_path or DEFAULT_CABINETRY_CONFIG).resolve()),
         "versions": _versions(),
     }

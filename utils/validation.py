@@ -15,7 +15,6 @@ mismatches too.
 from __future__ import annotations
 
 import fnmatch
-import hashlib
 import json
 import logging
 from collections.abc import Iterable, Mapping
@@ -27,7 +26,7 @@ import numpy as np
 
 from utils.config import load_schema, validate_against_schema
 from utils.errors import ConfigError, InputFileError
-from utils.io import write_text_atomic
+from utils.io import sha256_file, write_text_atomic
 
 log = logging.getLogger(__name__)
 
@@ -135,9 +134,6 @@ def read_histogram_file(path: str | Path) -> dict[str, HistogramContent]:
     return out
 
 
-def _file_sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
-
 
 def reference_dict(
     histograms: Mapping[str, HistogramContent],
@@ -192,7 +188,7 @@ def dump_reference(
         migrations=migrations,
         rtol=rtol,
         source=histograms_path.name,
-        source_sha256=_file_sha256(histograms_path),
+        source_sha256=sha256_file(histograms_path),
     )
     validate_against_schema(content, load_schema("histogram_reference"), f"reference of {histograms_path}")
     if output_path is not None:

@@ -23,6 +23,7 @@ from typing import Any
 
 from utils.config import REPO_ROOT
 from utils.errors import ModelError
+from utils.io import sha256_file
 
 log = logging.getLogger(__name__)
 
@@ -40,14 +41,6 @@ def card_path(models_dir: str | Path, region: str) -> Path:
 
 def sha256_bytes(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
-
-
-def sha256_file(path: str | Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 @dataclass(frozen=True)

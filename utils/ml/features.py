@@ -15,7 +15,6 @@ split therefore depends only on the event, never on file order, chunking or work
 
 from __future__ import annotations
 
-import hashlib
 import logging
 from collections.abc import Mapping
 from concurrent.futures import ProcessPoolExecutor
@@ -28,6 +27,7 @@ import numpy as np
 from utils.config import REPO_ROOT, AnalysisConfig
 from utils.errors import ModelError
 from utils.fileset import DATA_PROCESS, TREE_NAME, normalisation
+from utils.io import sha256_file
 from utils.selection import FEATURE_NAMES, chunk_arrays, select_events
 
 log = logging.getLogger(__name__)
@@ -166,14 +166,6 @@ def display_path(path: str | Path) -> str:
         return str(p)
 
 
-def file_sha256(path: str | Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 @dataclass(frozen=True)
 class _FileJob:
     sample: str
@@ -213,7 +205,7 @@ def _select_file(job: _FileJob) -> _FilePart:
         feats.append(sel.features)
         regions.append(sel.region)
         entries.append(sel.index + start)
-    source = SourceFile(job.sample, job.process, job.path, 0, n_entries, file_sha256(job.path))
+    source = SourceFile(job.sample, job.process, job.path, 0, n_entries, sha256_file(job.path))
     if not feats:
         return _FilePart(source, np.empty((0, len(FEATURE_NAMES))), np.empty(0, np.int64), np.empty(0, np.int64))
     return _FilePart(source, np.concatenate(feats), np.concatenate(regions), np.concatenate(entries))
