@@ -13,7 +13,6 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
-import jsonschema
 import yaml
 
 from utils.errors import ConfigError
@@ -40,6 +39,8 @@ def validate_against_schema(data: Any, schema: dict[str, Any], source: str) -> N
 
     All violations are reported at once, each with the path of the offending key.
     """
+    import jsonschema  # imported here: it takes seconds, and workers never validate
+
     validator = jsonschema.Draft202012Validator(schema)
     errors = sorted(validator.iter_errors(data), key=lambda e: list(map(str, e.absolute_path)))
     if errors:

@@ -3,6 +3,7 @@ dataset -> fileset -> (delivery) -> processing -> histograms -> inference -> met
 
 from __future__ import annotations
 
+import functools
 import logging
 import time
 from dataclasses import asdict, dataclass, field
@@ -13,7 +14,7 @@ from coffea import processor
 
 from utils.config import REPO_ROOT, AnalysisConfig, load_analysis_config
 from utils.errors import AGCError, ConfigError
-from utils.executors import make_executor
+from utils.executors import make_executor, warm_processor
 from utils.fileset import REAL_DATASET, build_fileset, normalisation
 from utils.histograms import AnalysisHistograms, HistogramAccumulator
 from utils.inputs import InputReport, preflight
@@ -129,7 +130,12 @@ def process_fileset(
         systematics=params.systematics == "all",
         on_bad_input=params.on_bad_input,
     )
-    with make_executor(params.executor_name, params.num_cores, params.scheduler_address, params.af_name) as ex:
+    # every worker runs the processor on a few events before the clock starts: numba kernels,
+    # torch and the ML models are loaded then, not inside the first chunk's processtime
+    warm = functools.partial(warm_processor, proc, fileset, AGCSchema) if fileset else None
+    with make_executor(
+        params.executor_name, params.num_cores, params.scheduler_address, params.af_name, warm=warm
+    ) as ex:
         runner = processor.Runner(
             executor=ex.executor,
             schema=AGCSchema,
@@ -144,10 +150,12 @@ def process_fileset(
             raise _project_error(err) from None
         walltime = time.monotonic() - t0
         workers = ex.workers
+        startup = ex.startup_s
     metrics = dict(metrics)
     worker_peak = output.get("peak_memory")
     metrics.update({
         "walltime": walltime,
+        "executor_startup_s": startup,
         "num_workers": workers,
         "peak_memory_mb": peak_memory_mb(),
         "peak_memory_per_worker_mb": worker_peak.mb if worker_peak is not None else None,
@@ -185,6 +193,8 @@ def _project_error(err: BaseException) -> BaseException:
 def run_metrics(params: RunParameters, result: ProcessingResult, stage_times: dict[str, float],
                 dataset_path: Path, fileset: dict[str, Any]) -> dict[str, Any]:  # fmt: skip
     """The metrics JSON of a run: the reference's fields plus stages, versions and machine."""
+    from utils.benchmark import input_size_metrics
+
     m = result.metrics
     entries = int(m.get("entries", 0))
     processtime = float(m.get("processtime", 0.0)) or float("nan")
@@ -212,8 +222,10 @@ def run_metrics(params: RunParameters, result: ProcessingResult, stage_times: di
         "stage_walltime_s": dict(stage_times),
         "peak_memory_mb": m.get("peak_memory_mb"),
         "peak_memory_per_worker_mb": m.get("peak_memory_per_worker_mb"),
+        "executor_startup_s": m.get("executor_startup_s"),
         "input_report": m.get("input_report"),
         "n_files": sum(len(v["files"]) for v in fileset.values()),
+        **input_size_metrics(fileset),
         "parameters": asdict(params),
         "packages": package_versions(),
         "git_commit": git_commit(),

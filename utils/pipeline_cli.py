@@ -33,6 +33,7 @@ def execute_notebook(
     """Execute a notebook with papermill; the executed copy goes into ``output_dir``."""
     import papermill
 
+    output_dir = Path(output_dir).resolve()  # the kernel runs in notebooks/: never a relative path
     output_dir.mkdir(parents=True, exist_ok=True)
     executed = output_dir / notebook.name
     parameters = {**parameters, "OUTPUT_DIR": str(output_dir)}
