@@ -24,7 +24,7 @@ from utils.fileset import DATA_PROCESS
 from utils.histograms import HistogramAccumulator
 from utils.inputs import BadInput
 from utils.schema import branch_to_field
-from utils.selection import EventSelection, chunk_arrays, select_events
+from utils.selection import EventSelection, chunk_arrays, select_variations
 
 log = logging.getLogger(__name__)
 
@@ -137,8 +137,7 @@ class TtbarAnalysis(processor.ProcessorABC):
             return self._bad_chunk(events, acc, err)
         jet_variations = cfg.jet_variations if variations[0] == "nominal" and len(variations) > 1 else ("nominal",)
         selected: dict[str, int] = {}
-        for jet_variation in jet_variations:
-            sel = select_events(arrays, cfg, jet_variation)
+        for jet_variation, sel in select_variations(arrays, cfg, jet_variations).items():
             obs = sel.observable(cfg)
             cls = self.classify(sel)
             name = variation if jet_variation == "nominal" else jet_variation

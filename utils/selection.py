@@ -123,11 +123,13 @@ def _smallest_eigenvalue_sym3(a, b, c, d, e, f):
 def _select_kernel(
     jet_offsets, jet_pt, jet_eta, jet_phi, jet_mass, jet_btag,
     el_offsets, el_pt, mu_offsets, mu_pt,
-    mode, scale_factor, res_seed, res_sigma,
+    modes, scale_factor, res_seed, res_sigma,
     lepton_pt_min, jet_pt_min, btag_threshold, n_leptons, min_jets, min_btags,
     region_min_btags, region_max_btags, n_weight_jets,
-    out_region, out_features, out_weight_jet_pt,
+    out_count, out_index, out_region, out_features, out_weight_jet_pt,
 ):  # fmt: skip
+    """One pass over the events for every jet variation in ``modes``; selected events are
+    appended to row ``k`` of the outputs of variation ``k`` (``out_count[k]`` of them)."""
     n_events = jet_offsets.shape[0] - 1
     max_jets = 0
     for i in range(n_events):
@@ -138,9 +140,10 @@ def _select_kernel(
     eta_bits = jet_eta.view(np.uint32)
     phi_bits = jet_phi.view(np.uint32)
     n_regions = region_min_btags.shape[0]
+    for k in range(modes.shape[0]):
+        out_count[k] = 0
     for i in range(n_events):
-        out_region[i] = -1
-        # leptons
+        # leptons: the same under every jet variation
         n_lep = 0
         lep_pt = 0.0
         for j in range(el_offsets[i], el_offsets[i + 1]):
@@ -151,98 +154,105 @@ def _select_kernel(
             if mu_pt[j] > lepton_pt_min:
                 n_lep += 1
                 lep_pt += mu_pt[j]
-        if n_lep != n_leptons:
+        if n_lep != n_leptons or jet_offsets[i + 1] - jet_offsets[i] < min_jets:
             continue
-        # jets, after the jet-pT variation
-        n_sel = 0
-        n_b = 0
-        for j in range(jet_offsets[i], jet_offsets[i + 1]):
-            if mode == 0:
-                f = 1.0
-            elif mode == 1:
-                f = scale_factor
-            else:
-                f = 1.0 + res_sigma * _jet_normal(pt_bits[j], eta_bits[j], phi_bits[j], res_seed)
-            if jet_pt[j] * f > jet_pt_min:
-                sel[n_sel] = j
-                fac[n_sel] = f
-                n_sel += 1
-                if jet_btag[j] > btag_threshold:
-                    n_b += 1
-        if n_sel < min_jets or n_b < min_btags:
-            continue
-        region = -1
-        for r in range(n_regions):
-            if n_b >= region_min_btags[r] and (region_max_btags[r] < 0 or n_b <= region_max_btags[r]):
-                region = r
-                break
-        if region < 0:
-            continue
-        out_region[i] = region
-        # HT, leading jet, sphericity tensor
-        ht = 0.0
-        lead = 0.0
-        sxx = syy = szz = sxy = sxz = syz = 0.0
-        norm = 0.0
-        for k in range(n_sel):
-            j = sel[k]
-            pt = jet_pt[j] * fac[k]
-            ht += pt
-            lead = max(lead, pt)
-            px = pt * math.cos(jet_phi[j])
-            py = pt * math.sin(jet_phi[j])
-            pz = pt * math.sinh(jet_eta[j])
-            sxx += px * px
-            syy += py * py
-            szz += pz * pz
-            sxy += px * py
-            sxz += px * pz
-            syz += py * pz
-            norm += px * px + py * py + pz * pz
-        lam = _smallest_eigenvalue_sym3(sxx / norm, syy / norm, szz / norm, sxy / norm, sxz / norm, syz / norm)
-        # hadronic top candidate: trijet with >= 1 b-tag and the largest vector-sum pT
-        best_pt2 = -1.0
-        best_m = np.nan
-        best_dr = np.nan
-        for a in range(n_sel - 2):
-            ja = sel[a]
-            for b in range(a + 1, n_sel - 1):
-                jb = sel[b]
-                for c in range(b + 1, n_sel):
-                    jc = sel[c]
-                    if not (
-                        jet_btag[ja] > btag_threshold or jet_btag[jb] > btag_threshold or jet_btag[jc] > btag_threshold
-                    ):
-                        continue
-                    px = py = pz = en = 0.0
-                    for k in (a, b, c):
-                        j = sel[k]
-                        pt = jet_pt[j] * fac[k]
-                        m = jet_mass[j] * fac[k]
-                        jpx = pt * math.cos(jet_phi[j])
-                        jpy = pt * math.sin(jet_phi[j])
-                        jpz = pt * math.sinh(jet_eta[j])
-                        px += jpx
-                        py += jpy
-                        pz += jpz
-                        en += math.sqrt(jpx * jpx + jpy * jpy + jpz * jpz + m * m)
-                    pt2 = px * px + py * py
-                    if pt2 > best_pt2:
-                        best_pt2 = pt2
-                        best_m = math.sqrt(max(en * en - px * px - py * py - pz * pz, 0.0))
-                        best_dr = (
-                            _delta_r(jet_eta[ja], jet_phi[ja], jet_eta[jb], jet_phi[jb])
-                            + _delta_r(jet_eta[ja], jet_phi[ja], jet_eta[jc], jet_phi[jc])
-                            + _delta_r(jet_eta[jb], jet_phi[jb], jet_eta[jc], jet_phi[jc])
-                        ) / 3.0
-        out_features[i, 0] = ht
-        out_features[i, 1] = best_m
-        out_features[i, 2] = best_dr
-        out_features[i, 3] = 1.5 * max(lam, 0.0)
-        out_features[i, 4] = lep_pt
-        out_features[i, 5] = lead
-        for k in range(n_weight_jets):
-            out_weight_jet_pt[i, k] = jet_pt[sel[k]] * fac[k] if k < n_sel else 0.0
+        for k in range(modes.shape[0]):
+            mode = modes[k]
+            # jets, after the jet-pT variation
+            n_sel = 0
+            n_b = 0
+            for j in range(jet_offsets[i], jet_offsets[i + 1]):
+                if mode == 0:
+                    f = 1.0
+                elif mode == 1:
+                    f = scale_factor
+                else:
+                    f = 1.0 + res_sigma * _jet_normal(pt_bits[j], eta_bits[j], phi_bits[j], res_seed)
+                if jet_pt[j] * f > jet_pt_min:
+                    sel[n_sel] = j
+                    fac[n_sel] = f
+                    n_sel += 1
+                    if jet_btag[j] > btag_threshold:
+                        n_b += 1
+            if n_sel < min_jets or n_b < min_btags:
+                continue
+            region = -1
+            for r in range(n_regions):
+                if n_b >= region_min_btags[r] and (region_max_btags[r] < 0 or n_b <= region_max_btags[r]):
+                    region = r
+                    break
+            if region < 0:
+                continue
+            row = out_count[k]
+            out_count[k] = row + 1
+            out_index[k, row] = i
+            out_region[k, row] = region
+            # HT, leading jet, sphericity tensor
+            ht = 0.0
+            lead = 0.0
+            sxx = syy = szz = sxy = sxz = syz = 0.0
+            norm = 0.0
+            for m in range(n_sel):
+                j = sel[m]
+                pt = jet_pt[j] * fac[m]
+                ht += pt
+                lead = max(lead, pt)
+                px = pt * math.cos(jet_phi[j])
+                py = pt * math.sin(jet_phi[j])
+                pz = pt * math.sinh(jet_eta[j])
+                sxx += px * px
+                syy += py * py
+                szz += pz * pz
+                sxy += px * py
+                sxz += px * pz
+                syz += py * pz
+                norm += px * px + py * py + pz * pz
+            lam = _smallest_eigenvalue_sym3(sxx / norm, syy / norm, szz / norm, sxy / norm, sxz / norm, syz / norm)
+            # hadronic top candidate: trijet with >= 1 b-tag and the largest vector-sum pT
+            best_pt2 = -1.0
+            best_m = np.nan
+            best_dr = np.nan
+            for a in range(n_sel - 2):
+                ja = sel[a]
+                for b in range(a + 1, n_sel - 1):
+                    jb = sel[b]
+                    for c in range(b + 1, n_sel):
+                        jc = sel[c]
+                        if not (
+                            jet_btag[ja] > btag_threshold
+                            or jet_btag[jb] > btag_threshold
+                            or jet_btag[jc] > btag_threshold
+                        ):
+                            continue
+                        px = py = pz = en = 0.0
+                        for m in (a, b, c):
+                            j = sel[m]
+                            pt = jet_pt[j] * fac[m]
+                            mass = jet_mass[j] * fac[m]
+                            jpx = pt * math.cos(jet_phi[j])
+                            jpy = pt * math.sin(jet_phi[j])
+                            jpz = pt * math.sinh(jet_eta[j])
+                            px += jpx
+                            py += jpy
+                            pz += jpz
+                            en += math.sqrt(jpx * jpx + jpy * jpy + jpz * jpz + mass * mass)
+                        pt2 = px * px + py * py
+                        if pt2 > best_pt2:
+                            best_pt2 = pt2
+                            best_m = math.sqrt(max(en * en - px * px - py * py - pz * pz, 0.0))
+                            best_dr = (
+                                _delta_r(jet_eta[ja], jet_phi[ja], jet_eta[jb], jet_phi[jb])
+                                + _delta_r(jet_eta[ja], jet_phi[ja], jet_eta[jc], jet_phi[jc])
+                                + _delta_r(jet_eta[jb], jet_phi[jb], jet_eta[jc], jet_phi[jc])
+                            ) / 3.0
+            out_features[k, row, 0] = ht
+            out_features[k, row, 1] = best_m
+            out_features[k, row, 2] = best_dr
+            out_features[k, row, 3] = 1.5 * max(lam, 0.0)
+            out_features[k, row, 4] = lep_pt
+            out_features[k, row, 5] = lead
+            for m in range(n_weight_jets):
+                out_weight_jet_pt[k, row, m] = jet_pt[sel[m]] * fac[m] if m < n_sel else 0.0
 
 
 @dataclass(frozen=True)
@@ -327,30 +337,45 @@ def chunk_arrays(events) -> ChunkArrays:
                        el_offsets, el_pt, mu_offsets, mu_pt)  # fmt: skip
 
 
-def select_events(arrays: ChunkArrays, config: AnalysisConfig, variation: str = "nominal") -> EventSelection:
-    """Apply the object and event selection under a jet-kinematic variation.
+def select_variations(
+    arrays: ChunkArrays, config: AnalysisConfig, variations: tuple[str, ...] = ("nominal",)
+) -> dict[str, EventSelection]:
+    """Apply the object and event selection under each jet-kinematic variation, in one pass.
 
-    ``variation`` is ``"nominal"``, the jet-pT scale variation name or the resolution variation
+    A variation is ``"nominal"``, the jet-pT scale variation name or the resolution variation
     name of the configuration. A varied jet has its whole four-momentum scaled (pt and mass by the
     same factor, eta and phi unchanged), before the jet pT cut.
     """
-    modes = {"nominal": MODE_NOMINAL, config.pt_scale_name: MODE_SCALE, config.pt_res_name: MODE_RESOLUTION}
-    if variation not in modes:
-        raise ValueError(f"unknown jet variation {variation!r}; allowed: {list(modes)}")
-    n = arrays.n_events
-    region = np.empty(n, dtype=np.int64)
-    features = np.full((n, len(FEATURE_NAMES)), np.nan, dtype=np.float64)
-    weight_pt = np.zeros((n, config.btag_n_jets), dtype=np.float64)
+    known = {"nominal": MODE_NOMINAL, config.pt_scale_name: MODE_SCALE, config.pt_res_name: MODE_RESOLUTION}
+    for v in variations:
+        if v not in known:
+            raise ValueError(f"unknown jet variation {v!r}; allowed: {list(known)}")
+    n, nv = arrays.n_events, len(variations)
+    count = np.zeros(nv, dtype=np.int64)
+    index = np.empty((nv, n), dtype=np.int64)
+    region = np.empty((nv, n), dtype=np.int64)
+    features = np.empty((nv, n, len(FEATURE_NAMES)), dtype=np.float64)
+    weight_pt = np.empty((nv, n, config.btag_n_jets), dtype=np.float64)
     min_b = np.array([r.min_btags for r in config.regions], dtype=np.int64)
     max_b = np.array([-1 if r.max_btags is None else r.max_btags for r in config.regions], dtype=np.int64)
     _select_kernel(
         arrays.jet_offsets, arrays.jet_pt, arrays.jet_eta, arrays.jet_phi, arrays.jet_mass, arrays.jet_btag,
         arrays.el_offsets, arrays.el_pt, arrays.mu_offsets, arrays.mu_pt,
-        modes[variation], config.pt_scale_factor, config.pt_res_seed, config.pt_res_sigma,
+        np.array([known[v] for v in variations], dtype=np.int64),
+        config.pt_scale_factor, config.pt_res_seed, config.pt_res_sigma,
         config.lepton_pt_min, config.jet_pt_min, config.btag_threshold,
         config.n_leptons, config.min_jets, config.min_btags,
         min_b, max_b, config.btag_n_jets,
-        region, features, weight_pt,
+        count, index, region, features, weight_pt,
     )  # fmt: skip
-    index = np.flatnonzero(region >= 0)
-    return EventSelection(variation, index, region[index], features[index], weight_pt[index])
+    out = {}
+    for k, v in enumerate(variations):
+        c = count[k]
+        out[v] = EventSelection(v, index[k, :c].copy(), region[k, :c].copy(), features[k, :c].copy(),
+                                weight_pt[k, :c].copy())  # fmt: skip
+    return out
+
+
+def select_events(arrays: ChunkArrays, config: AnalysisConfig, variation: str = "nominal") -> EventSelection:
+    """The selection under one jet-kinematic variation (see :func:`select_variations`)."""
+    return select_variations(arrays, config, (variation,))[variation]
