@@ -103,6 +103,8 @@ class ProcessingResult:
     nevents: dict[str, int]
     selected: dict[str, dict[str, int]] = field(default_factory=dict)
     input_report: InputReport | None = None
+    #: the fileset actually processed: bad inputs left out, nevts of the events processed
+    fileset: dict[str, Any] | None = None
 
 
 def process_fileset(
@@ -169,7 +171,7 @@ def process_fileset(
         histograms = AnalysisHistograms.from_accumulators(accumulators, normalisation(fileset, config, luminosity), config)
     metrics["input_report"] = report.to_dict()
     return ProcessingResult(histograms, metrics, dict(output.get("nevents", {})), dict(output.get("selected", {})),
-                            report)  # fmt: skip
+                            report, fileset)  # fmt: skip
 
 
 def _chunk_losses(bad_chunks) -> dict[str, int]:
@@ -292,6 +294,7 @@ def finish_run(
     from utils.metrics import write_metrics
 
     output_dir = Path(output_dir)
+    fileset = result.fileset if result.fileset is not None else fileset
     metrics = run_metrics(params, result, stage_times, dataset_path, fileset)
     metrics.update(extra_metrics or {})
     write_metrics(output_dir / "metrics.json", metrics)
