@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: setup browser-deps run references test lint sync-notebooks clean-outputs
+.PHONY: setup browser-deps run workflow references test lint sync-notebooks clean-outputs
 
 setup: $(STAMP)
 
@@ -20,6 +20,10 @@ $(STAMP): requirements.txt pyproject.toml
 run: setup
 	$(BIN)/agc generate --preset quickstart --workers 2
 	$(BIN)/agc run --dataset embedded:quickstart --validate references/histograms_quickstart.json
+
+# The preserved workflow (generation, processing per sample, merge, model, fit, limits) with Snakemake
+workflow: setup
+	$(BIN)/snakemake -s workflow/Snakefile --cores 2 --directory outputs/workflow
 
 # Regenerate the reference histograms of the embedded datasets: only on purpose (see utils/references.py)
 references: setup

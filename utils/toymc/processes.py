@@ -416,5 +416,26 @@ for _spec in (
         description="single top tW, inclusive decays",
     ),
     ProcessSpec("wjets", build_w_jets, MappingProxyType(W_JETS_PARAMS), description="W(-> l nu) + jets"),
+    # a new-physics signal family for reinterpretation (utils.preservation, workflow/): one
+    # variation per mass point; not in the data mixture. xsec is a unit cross-section (1 pb):
+    # each mass point's own cross-section is signal-model input, written into its signal
+    # description (workflow/config.yaml), never into the analysis.
+    ProcessSpec(
+        "zprime",
+        build_top_pair,
+        MappingProxyType({**TTBAR_PARAMS, "production": "resonance", "resonance_mass": 750.0, "resonance_width": 22.5}),
+        {
+            "nominal": Variation(),
+            **{
+                f"M{m}": Variation(
+                    physics={"resonance_mass": float(m), "resonance_width": 0.03 * m}, description=f"M(Z') = {m} GeV"
+                )
+                for m in (500, 750, 1000, 1250)
+            },
+        },
+        "Z' -> t t-bar resonance (width 3% of its mass), inclusive top decays",
+        xsec=1.0,
+        include_in_data=False,
+    ),
 ):
     register_process(_spec)

@@ -1,0 +1,542 @@
+"""The preserved likelihood: background-only workspace, signal patches, patchsets, CLs.
+
+The signal model (``cabinetry_config_signal.yml``) says what a signal adds to the analysis
+model of ``cabinetry_config.yml``: one sample, its NormFactor (the POI of every
+reinterpretation, ``mu_sig``) and the background systematics that also act on it. From both:
+
+- :func:`background_only_workspace`: the analysis workspace of the backgrounds (ttbar with its
+  ``ttbar_norm``, now a free nuisance parameter) with the measurement of the signal model: POI
+  the signal strength, which only a signal patch brings to the channels (the HEPData
+  ``BkgOnly.json`` convention);
+- :func:`signal_patch`: the JSON patch that adds one signal (its templates from the signal's
+  histograms alone, modifiers as cabinetry builds them) to every channel;
+- :func:`make_patchset`: patches of a signal family as a ``pyhf.PatchSet`` (validated);
+- :class:`CLsScan`, :func:`upper_limit`, :func:`evaluate`: CLs at a signal strength (as
+  ``pyhf cls``) and the 95% CL upper limit.
+
+Applying a patch to the background-only workspace gives the workspace cabinetry builds from
+all histograms with the signal-plus-background configuration
+(:func:`signal_plus_background_config`), so a signal never needs the backgrounds reprocessed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import itertools
+import logging
+import math
+import tempfile
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from utils.config import REPO_ROOT, AnalysisConfig, load_analysis_config, read_yaml, validate_against_schema
+from utils.errors import ConfigError, StatisticsError
+
+if TYPE_CHECKING:
+    from utils.statistics import LimitSummary
+
+log = logging.getLogger(__name__)
+
+DEFAULT_SIGNAL_CONFIG = REPO_ROOT / "cabinetry_config_signal.yml"
+PATCHSET_VERSION = "1.0.0"
+OPTIMIZER = "minuit"
+#: the band (in sigma) of each CLs curve: observed (taken as the median), expected -2 ... +2
+CURVE_SIGMAS = (0, -2, -1, 0, 1, 2)
+#: pyhf's patchset schema requires a HEPData reference; this one says "none yet"
+PLACEHOLDER_INSPIRE_ID = "ins0000000"
+CLS_LEVEL = 0.05  # 95% CL upper limits
+
+SIGNAL_MODEL_SCHEMA: dict[str, Any] = {
+    "$schema": "https://json-schema.org/draft/2020-12/schema",
+    "type": "object",
+    "additionalProperties": False,
+    "required": ["POI", "Sample", "NormFactor", "Systematics"],
+    "properties": {
+        "POI": {"type": "string", "minLength": 1},
+        "Sample": {
+            "type": "object",
+            "additionalProperties": False,
+            "required": ["Name", "SamplePath"],
+            "properties": {
+                "Name": {"type": "string", "minLength": 1},
+                "SamplePath": {"type": "string", "minLength": 1},
+            },
+        },
+        "NormFactor": {
+            "type": "object",
+            "additionalProperties": False,
+            "required": ["Name", "Nominal", "Bounds"],
+            "properties": {
+                "Name": {"type": "string"},
+                "Nominal": {"type": "number"},
+                "Bounds": {"type": "array", "items": {"type": "number"}, "minItems": 2, "maxItems": 2},
+            },
+        },
+        "Systematics": {"type": "array", "items": {"type": "string"}, "uniqueItems": True},
+    },
+}
+
+
+# -- the signal model ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class SignalModel:
+    """What a signal adds to the analysis model (``cabinetry_config_signal.yml``)."""
+
+    poi: str
+    sample: Mapping[str, Any]
+    norm_factor: Mapping[str, Any]
+    systematics: tuple[str, ...]
+    source: str = ""
+
+    @property
+    def sample_name(self) -> str:
+        return str(self.sample["Name"])
+
+    @property
+    def sample_path(self) -> str:
+        """The process name the signal is processed as (its histograms' SamplePath)."""
+        return str(self.sample["SamplePath"])
+
+
+def load_signal_model(path: str | Path | None = None) -> SignalModel:
+    path = Path(path) if path is not None else DEFAULT_SIGNAL_CONFIG
+    data = read_yaml(path)
+    validate_against_schema(data, SIGNAL_MODEL_SCHEMA, str(path))
+    if data["NormFactor"]["Name"] != data["POI"]:
+        raise ConfigError(
+            f"{path}: at ['NormFactor']['Name']: {data['NormFactor']['Name']!r} must be the POI {data['POI']!r}"
+        )
+    low, high = data["NormFactor"]["Bounds"]
+    if not low <= data["NormFactor"]["Nominal"] <= high:
+        raise ConfigError(f"{path}: at ['NormFactor']: Nominal must lie within Bounds {[low, high]}")
+    return SignalModel(data["POI"], data["Sample"], data["NormFactor"], tuple(data["Systematics"]), str(path))
+
+
+def _as_list(value: Any) -> list[str]:
+    return list(value) if isinstance(value, list) else [value]
+
+
+def signal_plus_background_config(
+    base: Mapping[str, Any], signal: SignalModel, analysis: AnalysisConfig | None = None
+) -> dict[str, Any]:
+    """The raw cabinetry configuration of signal plus background: ``base`` (the analysis
+    model, as read from YAML) with the signal sample appended to Samples, its NormFactor to
+    NormFactors, the POI set, and the sample added to the listed systematics.
+
+    Checks: every listed systematic exists and its templates are ones the processor fills for
+    a nominal sample of the signal; a systematic that names no samples (so acts on all) must be
+    listed.
+    """
+    from utils.processor import sample_variations
+
+    analysis = analysis or load_analysis_config()
+    config = copy.deepcopy(dict(base))
+    where = signal.source or "signal model"
+    names = [s["Name"] for s in config["Samples"]]
+    if signal.sample_name in names:
+        raise ConfigError(f"{where}: at ['Sample']['Name']: {signal.sample_name!r} is already a sample of the model")
+    if signal.poi in [nf["Name"] for nf in config.get("NormFactors", [])]:
+        raise ConfigError(f"{where}: at ['POI']: {signal.poi!r} is already a NormFactor of the model")
+    systematics = {s["Name"]: s for s in config.get("Systematics", [])}
+    unknown = sorted(set(signal.systematics) - set(systematics))
+    if unknown:
+        raise ConfigError(
+            f"{where}: at ['Systematics']: {unknown} are not systematics of the model: {list(systematics)}"
+        )
+    filled = set(sample_variations(analysis, signal.sample_path, "nominal"))
+    problems = []
+    for name, syst in systematics.items():
+        listed = name in signal.systematics
+        if not listed and "Samples" not in syst:
+            problems.append(f"{name!r} acts on every sample: list it, or give it Samples in the analysis model")
+        if not listed:
+            continue
+        for template in ("Up", "Down"):
+            path = syst.get(template, {}).get("VariationPath")
+            if path is not None and path.lstrip("_") not in filled:
+                problems.append(f"{name!r} needs template {path!r}, which a nominal signal sample does not fill")
+        if "Samples" in syst:
+            syst["Samples"] = [*_as_list(syst["Samples"]), signal.sample_name]
+    if problems:
+        raise ConfigError(f"{where}: at ['Systematics']:\n  " + "\n  ".join(problems))
+    config["General"] = {**config["General"], "POI": signal.poi}
+    config["Samples"] = [*config["Samples"], dict(signal.sample)]
+    config["NormFactors"] = [*config.get("NormFactors", []), {**signal.norm_factor, "Samples": signal.sample_name}]
+    return config
+
+
+# -- workspaces and patches ---------------------------------------------------------------------
+
+
+def background_only_workspace(
+    histograms_path: str | Path,
+    sb_config: Mapping[str, Any],
+    cabinetry_config_path: str | Path | None = None,
+) -> dict[str, Any]:
+    """The analysis workspace of the backgrounds (``cabinetry_config_path``) with the
+    measurement of the signal-plus-background model ``sb_config``: POI the signal strength, its
+    bounds and initial value included (pyhf ignores settings of a parameter the model lacks),
+    so that a patch only adds samples to channels (``pyhf cls --patch`` applies patches to the
+    channels of the model, not to the measurement)."""
+    import cabinetry
+
+    from utils.statistics import prepare_workspace
+
+    with tempfile.TemporaryDirectory(prefix="agc-bkgonly-") as tmp:
+        _, ws, _ = prepare_workspace(histograms_path, tmp, cabinetry_config_path, keep_templates=False)
+    ws["measurements"] = cabinetry.workspace.WorkspaceBuilder(dict(sb_config)).measurements()
+    return ws
+
+
+@dataclass(frozen=True)
+class SignalPatch:
+    """One signal point: its name, model parameters, and the JSON patch (RFC 6902) operations."""
+
+    name: str
+    operations: tuple[dict[str, Any], ...]
+    parameters: Mapping[str, float] = field(default_factory=dict)
+    xsec: float | None = None  # pb, for the record (patch metadata)
+
+    def apply(self, background_ws: Mapping[str, Any]) -> dict[str, Any]:
+        import jsonpatch
+
+        return jsonpatch.apply_patch(dict(background_ws), list(self.operations))
+
+
+def signal_patch(
+    signal_histograms: str | Path,
+    sb_config: Mapping[str, Any],
+    signal: SignalModel,
+    background_ws: Mapping[str, Any],
+    name: str,
+    parameters: Mapping[str, float] | None = None,
+    xsec: float | None = None,
+) -> SignalPatch:
+    """The patch adding the signal of ``signal_histograms`` (its templates, read as sample
+    ``signal.sample_path``) to ``background_ws``.
+
+    ``sb_config``: the parsed signal-plus-background configuration
+    (:func:`utils.statistics.parse_cabinetry_config` of :func:`signal_plus_background_config`).
+    Templates are built (rebinned) and turned into the sample's modifiers exactly as cabinetry
+    does for the full model; only the signal sample is built.
+    """
+    import cabinetry
+
+    from utils.statistics import build_templates, with_paths
+
+    only_signal = copy.deepcopy(dict(sb_config))
+    only_signal["Samples"] = [s for s in only_signal["Samples"] if s["Name"] == signal.sample_name]
+    with tempfile.TemporaryDirectory(prefix="agc-signal-templates-") as tmp:
+        config = with_paths(only_signal, signal_histograms, tmp)
+        build_templates(config, signal_histograms)
+        builder = cabinetry.workspace.WorkspaceBuilder(config)
+        channels = builder.channels()
+        measurement = builder.measurements()[0]
+    index = {c["name"]: i for i, c in enumerate(background_ws["channels"])}
+    missing = [c["name"] for c in channels if c["name"] not in index]
+    if missing:
+        raise StatisticsError(f"the background-only workspace has no channel(s) {missing}; it has {list(index)}")
+    operations: list[dict[str, Any]] = []
+    for channel in channels:
+        for sample in channel["samples"]:
+            operations.append({"op": "add", "path": f"/channels/{index[channel['name']]}/samples/-", "value": sample})
+    bkg_measurements = {m["name"]: i for i, m in enumerate(background_ws["measurements"])}
+    if measurement["name"] not in bkg_measurements:
+        raise StatisticsError(
+            f"the background-only workspace has no measurement {measurement['name']!r}; it has {list(bkg_measurements)}"
+        )
+    m = bkg_measurements[measurement["name"]]
+    known = {p["name"] for p in background_ws["measurements"][m]["config"].get("parameters", [])}
+    for parameter in measurement["config"]["parameters"]:
+        if parameter["name"] not in known:
+            operations.append({"op": "add", "path": f"/measurements/{m}/config/parameters/-", "value": parameter})
+    return SignalPatch(name, tuple(operations), dict(parameters or {}), xsec)
+
+
+def make_patchset(
+    background_ws: Mapping[str, Any],
+    patches: Sequence[SignalPatch],
+    *,
+    name: str = "AGC ttbar reinterpretation",
+    description: str = "",
+    labels: Sequence[str] | None = None,
+    inspire_id: str = PLACEHOLDER_INSPIRE_ID,
+) -> dict[str, Any]:
+    """A ``pyhf.PatchSet`` specification (validated against pyhf's schema and digest-checked
+    against ``background_ws``). ``labels``: the model parameters that label the points
+    (default: those every patch has, sorted; ``index`` where they have none in common).
+    ``inspire_id``: the HEPData reference (``ins`` + 7 digits) the schema requires."""
+    import pyhf
+
+    if not patches:
+        raise StatisticsError("a patchset needs at least one signal patch")
+    names = [p.name for p in patches]
+    if len(set(names)) != len(names):
+        raise StatisticsError(f"signal point names must be unique: {names}")
+    if labels is None:
+        labels = sorted(set.intersection(*(set(p.parameters) for p in patches)))
+    if any(k not in p.parameters for p in patches for k in labels):
+        raise StatisticsError(f"every signal point needs the parameters {list(labels)}")
+    if labels:
+        values = {p.name: [float(p.parameters[k]) for k in labels] for p in patches}
+    else:
+        labels, values = ["index"], {p.name: [float(i)] for i, p in enumerate(patches)}
+    spec = {
+        "metadata": {
+            "name": name,
+            "description": description or name,
+            "digests": {"sha256": pyhf.utils.digest(dict(background_ws))},
+            "labels": list(labels),
+            "references": {"hepdata": inspire_id},
+        },
+        "patches": [{"metadata": _patch_metadata(p, values[p.name]), "patch": list(p.operations)} for p in patches],
+        "version": PATCHSET_VERSION,
+    }
+    patchset = pyhf.PatchSet(spec)  # validates the schema
+    patchset.verify(pyhf.Workspace(dict(background_ws)))
+    return spec
+
+
+def _patch_metadata(patch: SignalPatch, values: list[float]) -> dict[str, Any]:
+    out: dict[str, Any] = {"name": patch.name, "values": values}
+    if patch.xsec is not None:
+        out["xsec_pb"] = patch.xsec
+    return out
+
+
+# -- inference ----------------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def pyhf_backend(optimizer: str) -> Iterator[None]:
+    """numpy backend with a chosen optimizer inside the block (results then do not depend on
+    what ran before), restored afterwards."""
+    import pyhf
+
+    previous = pyhf.get_backend()
+    pyhf.set_backend("numpy", optimizer)
+    try:
+        yield
+    finally:
+        pyhf.set_backend(*previous)
+
+
+@dataclass(frozen=True)
+class CLsResult:
+    """CLs of the hypothesis ``poi = poi_value`` (asymptotic, q-tilde, as ``pyhf cls``)."""
+
+    poi_name: str
+    poi_value: float
+    cls_obs: float
+    cls_exp: tuple[float, ...]  # -2, -1, 0, +1, +2 sigma
+
+    @property
+    def curves(self) -> tuple[float, ...]:
+        """Observed, then expected -2 ... +2 sigma."""
+        return (self.cls_obs, *self.cls_exp)
+
+
+class CLsScan:
+    """CLs of one workspace at any value of its POI, each value computed once.
+
+    pyhf's ``hypotest`` (asymptotic, q-tilde) with MINUIT on the numpy backend: the numbers
+    ``pyhf cls --optimizer minuit`` prints. (MINUIT, not pyhf's default scipy: scipy's fits of
+    the AGC model return NaN far above the limit.)
+    """
+
+    def __init__(self, ws: Mapping[str, Any]) -> None:
+        import pyhf
+
+        with pyhf_backend(OPTIMIZER):
+            workspace = pyhf.Workspace(dict(ws))
+            self.model = workspace.model()
+            self.data = workspace.data(self.model)
+        self.poi_name: str = self.model.config.poi_name
+        low, high = self.model.config.suggested_bounds()[self.model.config.poi_index]
+        self.bounds = (float(low), float(high))
+        self._cache: dict[float, CLsResult] = {}
+
+    def __call__(self, poi_value: float) -> CLsResult:
+        import pyhf
+
+        poi_value = float(poi_value)
+        if poi_value not in self._cache:
+            with pyhf_backend(OPTIMIZER):
+                try:
+                    obs, exp = pyhf.infer.hypotest(
+                        poi_value, self.data, self.model, test_stat="qtilde", return_expected_set=True
+                    )
+                except Exception as err:  # pyhf's FailedMinimization and friends
+                    raise StatisticsError(f"CLs at {self.poi_name} = {poi_value:.4g} failed: {err}") from err
+            result = CLsResult(self.poi_name, poi_value, float(obs), tuple(float(x) for x in exp))
+            if not all(math.isfinite(x) for x in result.curves):
+                raise StatisticsError(f"CLs at {self.poi_name} = {poi_value:.4g} is not a number: {result}")
+            self._cache[poi_value] = result
+            log.debug("CLs(%s = %.4g) = %.4g, expected %s", self.poi_name, poi_value, obs, result.cls_exp)
+        return self._cache[poi_value]
+
+    @property
+    def evaluated(self) -> list[CLsResult]:
+        return [self._cache[k] for k in sorted(self._cache)]
+
+    def crossing(self, curve: int, level: float) -> tuple[CLsResult, CLsResult] | None:
+        """The evaluated neighbours between which ``curve`` first falls below ``level``."""
+        points = self.evaluated
+        for a, b in itertools.pairwise(points):
+            if a.curves[curve] > level >= b.curves[curve]:
+                return a, b
+        return None
+
+    def interpolate(self, curve: int, level: float) -> float:
+        """Where ``curve`` crosses ``level``, interpolated between its evaluated neighbours in
+        a variable linear in the POI for the asymptotic expected CLs of band N,
+        Phi(N - mu/sigma) / Phi(N): t = Phi^-1(CLs Phi(N)) = N - mu/sigma (N = 0 for the
+        observed curve)."""
+        from scipy.stats import norm
+
+        pair = self.crossing(curve, level)
+        if pair is None:
+            raise StatisticsError(f"CLs curve {curve} does not cross {level} in the evaluated {self.poi_name} values")
+        scale = norm.cdf(CURVE_SIGMAS[curve])
+
+        def t(cls: float) -> float:
+            return float(norm.ppf(max(cls, 1e-300) * scale))
+
+        a, b = pair
+        fa, fb = t(a.curves[curve]) - t(level), t(b.curves[curve]) - t(level)
+        return a.poi_value + fa * (b.poi_value - a.poi_value) / (fa - fb)
+
+
+def cls_at(ws: Mapping[str, Any], poi_value: float = 1.0) -> CLsResult:
+    """CLs at ``poi_value`` (see :class:`CLsScan`)."""
+    return CLsScan(ws)(poi_value)
+
+
+def upper_limit(
+    scan: CLsScan, *, level: float = CLS_LEVEL, start: float = 1.0, rtol: float = 0.01, max_steps: int = 8
+) -> LimitSummary:
+    """The upper limit on the POI (CLs = ``level``): observed and expected -2 ... +2 sigma.
+
+    Search: CLs at ``start``, then doubled (halved) until the observed and the median expected
+    curves have crossed ``level`` (and the bands too, while within the POI bounds); then secant
+    steps (:meth:`CLsScan.interpolate`) refine the observed and the median expected limit until
+    a step moves them by less than ``rtol`` (relative); the bands are interpolated between the
+    evaluated points (NaN for a band that does not cross within the bounds). About ten CLs evaluations in all
+    (cabinetry's bracketing root search needs some per band, and fails where MINUIT fails at a
+    bracket end).
+    """
+    from utils.statistics import LimitSummary
+
+    low, high = scan.bounds
+    required = (0, 3)  # observed, median expected
+    up = start
+    while max(scan(up).curves) > level:
+        crossed = max(scan(up).curves[c] for c in required) <= level
+        if 2 * up > high and not crossed:
+            raise StatisticsError(
+                f"CLs does not fall to {level} below the {scan.poi_name} bound {high} "
+                f"(at {up:.4g}: observed {scan(up).cls_obs:.3g}, expected {scan(up).cls_exp[2]:.3g})"
+            )
+        if 2 * up > high:
+            break
+        try:
+            scan(2 * up)
+        except StatisticsError:
+            if not crossed:
+                raise
+            log.warning("CLs at %s = %.4g failed; the outer bands end there", scan.poi_name, 2 * up)
+            break
+        up *= 2
+    down = start
+    while min(scan(down).curves) <= level:
+        down /= 2
+        if down < max(low, start * 2.0**-max_steps):
+            raise StatisticsError(f"CLs is already below {level} at {scan.poi_name} = {down * 2:.3g}")
+    for curve in required:
+        previous = None
+        for _ in range(max_steps):
+            estimate = scan.interpolate(curve, level)
+            if previous is not None and abs(estimate - previous) <= rtol * estimate:
+                break
+            previous = estimate
+            scan(estimate)
+    limits = [scan.interpolate(c, level) if scan.crossing(c, level) else math.nan for c in range(6)]
+    if not all(math.isfinite(x) for x in limits):
+        log.warning("%s: expected bands beyond the bound %g are not given", scan.poi_name, high)
+    log.info(
+        "upper limit on %s: observed %.4g, expected %.4g (%d CLs evaluations)",
+        scan.poi_name, limits[0], limits[3], len(scan.evaluated),
+    )  # fmt: skip
+    return LimitSummary(1 - level, limits[0], tuple(limits[1:]))
+
+
+@dataclass(frozen=True)
+class PointResult:
+    """The inference of one signal point: CLs at the nominal signal strength and the upper limit."""
+
+    name: str
+    parameters: Mapping[str, float]
+    xsec: float | None
+    cls: CLsResult
+    limit: LimitSummary | None  # None when not asked for or failed
+    failure: str | None = None
+    timings: Mapping[str, float] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "parameters": dict(self.parameters),
+            "xsec_pb": self.xsec,
+            "poi": self.cls.poi_name,
+            "cls": _json_ready(asdict(self.cls)),
+            "limit": _json_ready(asdict(self.limit)) if self.limit is not None else None,
+            "failure": self.failure,
+            "timings_s": dict(self.timings),
+        }
+
+
+def evaluate(
+    ws: Mapping[str, Any],
+    name: str,
+    parameters: Mapping[str, float] | None = None,
+    xsec: float | None = None,
+    *,
+    with_limit: bool = True,
+) -> PointResult:
+    """CLs at signal strength 1 and (``with_limit``) the 95% CL upper limit
+    (:func:`upper_limit`) of a signal-plus-background workspace. A failed limit search is
+    recorded in ``failure``, not raised."""
+    import time
+
+    timings = {}
+    start = time.perf_counter()
+    scan = CLsScan(ws)
+    cls = scan(1.0)
+    timings["cls"] = round(time.perf_counter() - start, 3)
+    limit = failure = None
+    if with_limit:
+        start = time.perf_counter()
+        try:
+            limit = upper_limit(scan)
+        except StatisticsError as err:
+            failure = str(err)
+            log.error("%s: %s", name, err)
+        timings["limit"] = round(time.perf_counter() - start, 3)
+    log.info("%s: CLs(%s = 1) = %.4g, expected %.4g", name, cls.poi_name, cls.cls_obs, cls.cls_exp[2])
+    return PointResult(name, dict(parameters or {}), xsec, cls, limit, failure, timings)
+
+
+def _json_ready(value: Any) -> Any:
+    """Non-finite numbers as None (strict JSON has no NaN), tuples as lists."""
+    if isinstance(value, dict):
+        return {k: _json_ready(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_json_ready(v) for v in value]
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
