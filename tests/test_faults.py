@@ -105,7 +105,9 @@ def test_skip_mode_reports_and_renormalises(fault, good_file, tmp_path, config):
     assert sum(b.events_lost for b in report.bad) > 0
     assert report.to_dict()["events_lost"]["ttbar__nominal"] == sum(b.events_lost for b in report.bad)
     if fault != "corrupt basket":  # whole file lost: identical to running on the good file alone
-        np.testing.assert_array_equal(skipped.histograms.hist.values(flow=True), clean.histograms.hist.values(flow=True))
+        np.testing.assert_array_equal(
+            skipped.histograms.hist.values(flow=True), clean.histograms.hist.values(flow=True)
+        )
     assert skipped.metrics["input_report"]["n_bad"] == len(report.bad)
 
 
@@ -142,7 +144,9 @@ def test_no_selected_events_still_gives_templates(good_file, tmp_path, config):
         template_histograms(result.histograms, config)  # the other samples are absent here
     h = result.histograms.hist
     for region in config.region_names:
-        assert h[{"region": region, "process": "ttbar", "variation": "pt_res_up", "classification": sum}].sum().value == 0
+        assert (
+            h[{"region": region, "process": "ttbar", "variation": "pt_res_up", "classification": sum}].sum().value == 0
+        )
     assert histogram_name("4j1b", "ttbar", "pt_res_up") == "4j1b_ttbar_pt_res_up"
 
 

@@ -74,7 +74,9 @@ def test_histogram_names_and_pseudodata(config, tmp_path):
         assert len(keys) == 2 * (sum(n_nominal_vars.values()) + 4 + 1)
         for region in ("4j1b", "4j2b"):
             pd = f[f"{region}_pseudodata"].to_hist()
-            expected = 0.5 * (f[f"{region}_ttbar_ME_var"].values(flow=True) + f[f"{region}_ttbar_PS_var"].values(flow=True))
+            expected = 0.5 * (
+                f[f"{region}_ttbar_ME_var"].values(flow=True) + f[f"{region}_ttbar_PS_var"].values(flow=True)
+            )
             for p in ("wjets", "single_top_s_chan", "single_top_t_chan", "single_top_tW"):
                 expected = expected + f[f"{region}_{p}"].values(flow=True)
             np.testing.assert_allclose(pd.values(flow=True), expected, rtol=1e-12)

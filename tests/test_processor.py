@@ -48,7 +48,5 @@ def test_histograms_identical_for_chunk_sizes_and_executors(tiny_dataset, config
     for other in runs[1:]:
         assert other.histograms.filled == ref.filled
         np.testing.assert_array_equal(other.histograms.hist.view(flow=True).value, ref.hist.view(flow=True).value)
-        np.testing.assert_array_equal(
-            other.histograms.hist.view(flow=True).variance, ref.hist.view(flow=True).variance
-        )
+        np.testing.assert_array_equal(other.histograms.hist.view(flow=True).variance, ref.hist.view(flow=True).variance)
     assert runs[1].metrics["chunks"] > runs[0].metrics["chunks"]

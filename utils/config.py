@@ -207,9 +207,7 @@ def _semantic_checks(cfg: AnalysisConfig) -> None:
         raise ConfigError(f"{src}: at ['histogram']: high ({cfg.hist_high}) must exceed low ({cfg.hist_low})")
     for region in cfg.ml_features:
         if region not in names:
-            raise ConfigError(
-                f"{src}: at ['ml']['features'][{region!r}]: no such region; allowed: {list(names)}"
-            )
+            raise ConfigError(f"{src}: at ['ml']['features'][{region!r}]: no such region; allowed: {list(names)}")
     needs_trijet = {"m_bjj", "trijet_mean_delta_r"}
     for region, feats in cfg.ml_features.items():
         if needs_trijet & set(feats) and cfg.region(region).min_btags < 1:

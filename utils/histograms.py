@@ -187,7 +187,9 @@ def template_histograms(
         for cls in categories:
             tag = region if cls is sum else f"{region}_{category_name(cls)}"
             for process, variation in sorted(histograms.filled):
-                out[histogram_name(tag, process, variation)] = _project(histograms.hist, region, process, variation, cls)
+                out[histogram_name(tag, process, variation)] = _project(
+                    histograms.hist, region, process, variation, cls
+                )
             out[f"{tag}_pseudodata"] = pseudodata(histograms, region, config, cls)
     return out
 

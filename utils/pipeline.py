@@ -88,9 +88,7 @@ def resolve_dataset(spec: str, workers: int = 1) -> Path:
     if not path.is_absolute():
         path = (REPO_ROOT / path) if (REPO_ROOT / path).exists() else path
     if not path.is_file():
-        raise ConfigError(
-            f"dataset {spec!r}: not 'embedded:<preset>', 'cms-open-data-2015', or an existing JSON file"
-        )
+        raise ConfigError(f"dataset {spec!r}: not 'embedded:<preset>', 'cms-open-data-2015', or an existing JSON file")
     return path
 
 
@@ -155,20 +153,24 @@ def process_fileset(
         startup = ex.startup_s
     metrics = dict(metrics)
     worker_peak = output.get("peak_memory")
-    metrics.update({
-        "walltime": walltime,
-        "executor_startup_s": startup,
-        "num_workers": workers,
-        "peak_memory_mb": peak_memory_mb(),
-        "peak_memory_per_worker_mb": worker_peak.mb if worker_peak is not None else None,
-    })
+    metrics.update(
+        {
+            "walltime": walltime,
+            "executor_startup_s": startup,
+            "num_workers": workers,
+            "peak_memory_mb": peak_memory_mb(),
+            "peak_memory_per_worker_mb": worker_peak.mb if worker_peak is not None else None,
+        }
+    )
     report.bad.extend(output.get("bad_chunks", []))
     for sample, lost in _chunk_losses(output.get("bad_chunks", [])).items():
         fileset[sample]["metadata"]["nevts"] -= lost
     histograms = None
     if not params.disable_processing:
         accumulators: dict[str, HistogramAccumulator] = output.get("hists", {})
-        histograms = AnalysisHistograms.from_accumulators(accumulators, normalisation(fileset, config, luminosity), config)
+        histograms = AnalysisHistograms.from_accumulators(
+            accumulators, normalisation(fileset, config, luminosity), config
+        )
     metrics["input_report"] = report.to_dict()
     return ProcessingResult(histograms, metrics, dict(output.get("nevents", {})), dict(output.get("selected", {})),
                             report, fileset)  # fmt: skip
@@ -273,7 +275,6 @@ def fileset_summary(fileset: dict[str, Any]) -> list[dict[str, Any]]:
          "xsec [pb]": entry["metadata"]["xsec"]}
         for name, entry in fileset.items()
     ]  # fmt: skip
-
 
 
 MANIFEST_NAME = "manifest.json"

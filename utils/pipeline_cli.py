@@ -51,15 +51,35 @@ def execute_notebook(
 
 
 @click.command()
-@click.option("--dataset", default="embedded:quickstart", show_default=True,
-              help="embedded:<preset>, cms-open-data-2015, or a dataset JSON path")
-@click.option("-p", "--parameter", "parameters", nargs=2, multiple=True, metavar="NAME VALUE",
-              help="A notebook parameter, e.g. -p NUM_CORES 2 -p USE_DASK True (repeatable).")
-@click.option("--output", type=click.Path(path_type=Path), default=None,
-              help="Output folder (default: outputs/<timestamp>-<dataset>).")
+@click.option(
+    "--dataset",
+    default="embedded:quickstart",
+    show_default=True,
+    help="embedded:<preset>, cms-open-data-2015, or a dataset JSON path",
+)
+@click.option(
+    "-p",
+    "--parameter",
+    "parameters",
+    nargs=2,
+    multiple=True,
+    metavar="NAME VALUE",
+    help="A notebook parameter, e.g. -p NUM_CORES 2 -p USE_DASK True (repeatable).",
+)
+@click.option(
+    "--output",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="Output folder (default: outputs/<timestamp>-<dataset>).",
+)
 @click.option("--notebook", type=click.Path(path_type=Path, exists=True), default=MAIN_NOTEBOOK, show_default=True)
-@click.option("--validate", "reference", type=click.Path(path_type=Path, exists=True), default=None,
-              help="Compare the run's histograms.root with this reference JSON (agc validate).")
+@click.option(
+    "--validate",
+    "reference",
+    type=click.Path(path_type=Path, exists=True),
+    default=None,
+    help="Compare the run's histograms.root with this reference JSON (agc validate).",
+)
 def run(dataset: str, parameters: tuple[tuple[str, str], ...], output: Path | None, notebook: Path,
         reference: Path | None) -> None:  # fmt: skip
     """Run the analysis notebook end to end (papermill) and print the fitted ttbar_norm."""

@@ -51,7 +51,7 @@ def write_reference(preset: str, workers: int = 2) -> Path:
 
 def main(argv: list[str] | None = None) -> None:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    for preset in (argv if argv else PRESETS):
+    for preset in argv if argv else PRESETS:
         log.info("wrote %s", write_reference(preset))
 
 

@@ -684,7 +684,6 @@ def _atomic_dir(target: Path) -> Iterator[Path]:
             shutil.rmtree(tmp)
 
 
-
 @contextlib.contextmanager
 def _template_folder(output_dir: Path, keep: bool) -> Iterator[Path]:
     """A scratch folder for cabinetry's template files; kept as ``output_dir/templates`` if asked."""
@@ -813,7 +812,12 @@ def run_inference(
         if figures:
             with timer("figures"):
                 figure_paths = plotting_stats.inference_figures(
-                    output_dir / FIGURES_DIRNAME, model, data, fit_results, config, ranking_results,
+                    output_dir / FIGURES_DIRNAME,
+                    model,
+                    data,
+                    fit_results,
+                    config,
+                    ranking_results,
                     suffix=f".{figure_format}",
                 )
 

@@ -134,7 +134,6 @@ def read_histogram_file(path: str | Path) -> dict[str, HistogramContent]:
     return out
 
 
-
 def reference_dict(
     histograms: Mapping[str, HistogramContent],
     *,
