@@ -58,9 +58,11 @@ def cli(verbose: bool) -> None:
     )
 
 
-def main() -> None:
+def run_command(command: click.Command) -> None:
+    """Run a click command as a program: project errors print one red line (exit 2), not a
+    traceback."""
     try:
-        cli(standalone_mode=False)
+        command(standalone_mode=False)
     except AGCError as err:
         click.secho(f"error: {err}", fg="red", err=True)
         sys.exit(2)
@@ -69,6 +71,10 @@ def main() -> None:
     except click.ClickException as err:
         err.show()
         sys.exit(err.exit_code)
+
+
+def main() -> None:
+    run_command(cli)
 
 
 if __name__ == "__main__":
