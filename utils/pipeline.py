@@ -162,8 +162,9 @@ def process_fileset(
             "peak_memory_per_worker_mb": worker_peak.mb if worker_peak is not None else None,
         }
     )
-    report.bad.extend(output.get("bad_chunks", []))
-    for sample, lost in _chunk_losses(output.get("bad_chunks", [])).items():
+    bad_chunks = InputReport(report.policy, list(output.get("bad_chunks", [])))
+    report.bad.extend(bad_chunks.bad)
+    for sample, lost in bad_chunks.lost_by_sample().items():
         fileset[sample]["metadata"]["nevts"] -= lost
     histograms = None
     if not params.disable_processing:
@@ -174,13 +175,6 @@ def process_fileset(
     metrics["input_report"] = report.to_dict()
     return ProcessingResult(histograms, metrics, dict(output.get("nevents", {})), dict(output.get("selected", {})),
                             report, fileset)  # fmt: skip
-
-
-def _chunk_losses(bad_chunks) -> dict[str, int]:
-    out: dict[str, int] = {}
-    for b in bad_chunks:
-        out[b.sample] = out.get(b.sample, 0) + b.events_lost
-    return out
 
 
 def _project_error(err: BaseException) -> BaseException:
