@@ -25,9 +25,9 @@ run: setup
 workflow: setup
 	$(BIN)/snakemake -s workflow/Snakefile --cores 2 --directory outputs/workflow
 
-# Regenerate the reference histograms of the embedded datasets: only on purpose (see utils/references.py)
+# Regenerate the reference histograms of the embedded datasets: only on purpose (see utils/run/references.py)
 references: setup
-	$(BIN)/python -m utils.references tiny quickstart
+	$(BIN)/python -m utils.run.references tiny quickstart
 
 # Debian's chromium for tests/test_browser.py (Playwright drives it; it downloads no browser).
 # Installed with apt-get when missing and we are root; otherwise that test skips, saying why.

@@ -21,7 +21,7 @@ def config():
 @pytest.fixture(scope="session")
 def tiny_dataset() -> Path:
     """The tiny embedded dataset (generated once, cached under data/embedded/tiny)."""
-    from utils.toymc import ensure_dataset
+    from utils.datasets.embedded import ensure_dataset
 
     return ensure_dataset("tiny", workers=2)
 

@@ -19,7 +19,7 @@ import uproot
 from utils.config import load_analysis_config
 from utils.delivery import write_local_config
 from utils.delivery.local import LocalEndpoint
-from utils.selection import READ_BRANCHES
+from utils.processing.selection import READ_BRANCHES
 
 
 # -- input files in the 2015 ntuple layout --------------------------------------------------------

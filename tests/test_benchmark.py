@@ -11,15 +11,8 @@ import pytest
 import yaml
 from click.testing import CliRunner
 
-from utils.benchmark import (
-    GridPoint,
-    MetricsError,
-    RunRecord,
-    grid_parameter_names,
-    load_grid,
-    summarize,
-    validate_metrics,
-)
+from utils.benchmark.grid import grid_parameter_names, load_grid
+from utils.benchmark.runner import GridPoint, MetricsError, RunRecord, summarize, validate_metrics
 from utils.config import REPO_ROOT
 from utils.errors import ConfigError
 
@@ -121,7 +114,7 @@ def test_grid_parameters_are_the_notebook_parameters():
     """The grid schema knows every knob of the notebook's parameters cell, and nothing else."""
     import papermill
 
-    from utils.pipeline_cli import MAIN_NOTEBOOK
+    from utils.cli.run import MAIN_NOTEBOOK
 
     notebook = set(papermill.inspect_notebook(str(MAIN_NOTEBOOK))) - {"OUTPUT_DIR"}
     assert set(grid_parameter_names()) == notebook
@@ -133,12 +126,14 @@ def test_grid_parameters_are_the_notebook_parameters():
 @pytest.fixture(scope="module")
 def real_metrics(poet_file, config):
     """The metrics dict run_metrics builds for a real processing run (1000 real POET events)."""
-    from utils.pipeline import RunParameters, process_fileset, run_metrics
+    from utils.processing.run import process_fileset
+    from utils.run.metrics import run_metrics
+    from utils.run.parameters import RunParameters
 
     fileset = {"ttbar__nominal": {"files": {str(poet_file): "events"},
                                   "metadata": {"process": "ttbar", "variation": "nominal", "nevts": 1000, "xsec": 729.84}}}  # fmt: skip
     params = RunParameters(executor="iterative", chunksize=500)
-    result = process_fileset(fileset, params, config)
+    result = process_fileset(fileset, params.processing_options(), config)
     metrics = run_metrics(params, result, {"dataset": 0.1, "processing": 1.0}, poet_file, fileset)
     return json.loads(json.dumps(metrics))  # as it is read back from metrics.json
 
@@ -172,9 +167,9 @@ def test_invalid_metrics_fail_naming_the_field(real_metrics, edit, field):
 def test_input_size_sums_compressed_bytes_of_the_analysis_branches(tiny_dataset):
     import uproot
 
-    from utils.benchmark import input_size, input_size_metrics
-    from utils.fileset import build_fileset
-    from utils.selection import READ_BRANCHES
+    from utils.datasets.fileset import build_fileset
+    from utils.processing.selection import READ_BRANCHES
+    from utils.run.metrics import input_size, input_size_metrics
 
     fileset = build_fileset(tiny_dataset, 1)
     size = input_size(fileset)
@@ -232,7 +227,7 @@ def test_summary_parallel_efficiency_and_io_ratio(real_metrics):
 
 
 def test_keep_going_records_failures_and_resume_reruns_only_those(real_metrics, tiny_dataset, tmp_path):
-    from utils.benchmark import run_grid
+    from utils.benchmark.runner import run_grid
     from utils.errors import AGCError
 
     grid = load_grid(BENCHMARKS / "tiny.yml")

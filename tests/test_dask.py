@@ -16,11 +16,11 @@ import cloudpickle
 import numpy as np
 import pytest
 
+from utils.datasets.fileset import build_fileset
 from utils.errors import ConfigError
-from utils.executors import FACILITIES, _reachable, make_executor
-from utils.fileset import build_fileset
-from utils.pipeline import RunParameters, process_fileset
-from utils.processor import TtbarAnalysis
+from utils.processing.executors import FACILITIES, _reachable, make_executor
+from utils.processing.processor import TtbarAnalysis
+from utils.processing.run import ProcessingOptions, process_fileset
 
 
 def _free_port() -> int:
@@ -32,8 +32,8 @@ def _free_port() -> int:
 @pytest.mark.slow
 def test_dask_local_cluster_matches_iterative_bitwise(tiny_dataset, config):
     fileset = build_fileset(tiny_dataset)
-    ref = process_fileset(fileset, RunParameters(executor="iterative", chunksize=10_000), config)
-    dask = process_fileset(fileset, RunParameters(use_dask=True, num_cores=2, chunksize=10_000), config)
+    ref = process_fileset(fileset, ProcessingOptions(executor="iterative", chunksize=10_000), config)
+    dask = process_fileset(fileset, ProcessingOptions(executor="dask", workers=2, chunksize=10_000), config)
     assert dask.metrics["num_workers"] == 2
     assert dask.metrics["chunks"] == ref.metrics["chunks"] > 2  # several chunks per worker: merging is exercised
     assert dask.metrics["entries"] == ref.metrics["entries"]
@@ -99,7 +99,7 @@ def test_workers_are_warm_before_the_run(name):
     with one thread per library pool (OMP_NUM_THREADS=1, as Dask's nanny sets)."""
     warm = functools.partial(importlib.import_module, "json.tool")
     loaded = lambda: (  # noqa: E731 (a lambda is pickled by value: workers cannot import this test module)
-        "json.tool" in sys.modules and "utils.processor" in sys.modules and os.environ.get("OMP_NUM_THREADS") == "1"
+        "json.tool" in sys.modules and "utils.processing.processor" in sys.modules and os.environ.get("OMP_NUM_THREADS") == "1"
     )
     with make_executor(name, 2, warm=warm) as ex:
         assert ex.workers == 2 and ex.startup_s > 0
@@ -110,8 +110,8 @@ def test_workers_are_warm_before_the_run(name):
 
 
 def test_warm_processor_runs_the_processor_on_a_few_events(poet_file, config, monkeypatch):
-    from utils.executors import warm_processor
-    from utils.schema import AGCSchema
+    from utils.processing.executors import warm_processor
+    from utils.processing.schema import AGCSchema
 
     seen = []
     proc = TtbarAnalysis(config)
@@ -144,7 +144,7 @@ def test_processor_pickles_for_workers(config):
 
 
 def test_processor_with_ml_classifier_pickles(config):
-    from utils.pipeline import make_classifier
+    from utils.run.pipeline import make_classifier
 
     try:
         classifier = make_classifier(True)

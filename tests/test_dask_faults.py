@@ -9,12 +9,12 @@ import numpy as np
 import pytest
 from coffea import processor
 
-from utils.executors import make_executor
-from utils.fileset import build_fileset, normalisation
-from utils.histograms import AnalysisHistograms
-from utils.pipeline import RunParameters, process_fileset
-from utils.processor import TtbarAnalysis
-from utils.schema import AGCSchema
+from utils.datasets.fileset import build_fileset, normalisation
+from utils.histograms.accumulate import AnalysisHistograms
+from utils.processing.executors import make_executor
+from utils.processing.processor import TtbarAnalysis
+from utils.processing.run import ProcessingOptions, process_fileset
+from utils.processing.schema import AGCSchema
 
 
 class DiesOnceProcessor(TtbarAnalysis):
@@ -38,7 +38,7 @@ class DiesOnceProcessor(TtbarAnalysis):
 def test_killed_dask_worker_does_not_change_the_result(tiny_dataset, config, tmp_path):
     cloudpickle.register_pickle_by_value(sys.modules[__name__])
     fileset = build_fileset(tiny_dataset)
-    reference = process_fileset(fileset, RunParameters(executor="iterative"), config)
+    reference = process_fileset(fileset, ProcessingOptions(executor="iterative"), config)
     victim = next(iter(fileset["wjets__nominal"]["files"]))
     marker = tmp_path / "killed"
     proc = DiesOnceProcessor(config, str(marker), victim)

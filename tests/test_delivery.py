@@ -37,7 +37,7 @@ from utils.delivery import (
 from utils.delivery.config import ensure_reachable
 from utils.delivery.local import LocalEndpoint, read_endpoint_info
 from utils.errors import ConfigError, DeliveryError
-from utils.selection import READ_BRANCHES
+from utils.processing.selection import READ_BRANCHES
 
 REAL_FILE = REPO_ROOT / "../shared/realdata/poet2015/poet2015_1000evts_merged_events.root"
 VENV_BIN = Path(sys.executable).parent

@@ -4,8 +4,8 @@ import numpy as np
 import uproot
 import uproot.compression
 
-from utils.fastio import use_fast_zlib
-from utils.selection import READ_BRANCHES
+from utils.processing.fastio import use_fast_zlib
+from utils.processing.selection import READ_BRANCHES
 
 
 def test_isal_switch_reads_identical_arrays(poet_file):

@@ -10,10 +10,12 @@ import numpy as np
 import pytest
 import uproot
 
+from utils.datasets.fileset import build_fileset
 from utils.errors import AGCError, InputFileError
-from utils.fileset import build_fileset
 from utils.io import atomic_path, write_json_atomic
-from utils.pipeline import RunParameters, finish_run, is_complete, process_fileset
+from utils.processing.run import ProcessingOptions, process_fileset
+from utils.run.outputs import finish_run, is_complete
+from utils.run.parameters import RunParameters
 
 
 @pytest.fixture(scope="module")
@@ -40,7 +42,7 @@ def entries(path: Path) -> int:
 
 def rewrite(src: Path, dst: Path, drop=(), rename_tree=None, retype=None):
     """Copy the analysis branches of src into dst, optionally dropping / retyping branches."""
-    from utils.selection import READ_BRANCHES
+    from utils.processing.selection import READ_BRANCHES
 
     with uproot.open(src) as f:
         arrays = f["events"].arrays(list(READ_BRANCHES))
@@ -86,7 +88,7 @@ def test_fail_fast_names_file_and_problem(fault, good_file, tmp_path):
     make(good_file, bad)
     n = entries(good_file)
     with pytest.raises(InputFileError, match=match) as err:
-        process_fileset(one_file_fileset(bad, n), RunParameters(executor="iterative"))
+        process_fileset(one_file_fileset(bad, n), ProcessingOptions(executor="iterative"))
     msg = str(err.value)
     assert str(bad) in msg and "ON_BAD_INPUT='skip'" in msg
 
@@ -97,9 +99,9 @@ def test_skip_mode_reports_and_renormalises(fault, good_file, tmp_path, config):
     bad = tmp_path / "bad.root"
     make(good_file, bad)
     n = entries(good_file)
-    params = RunParameters(executor="iterative", on_bad_input="skip")
+    params = ProcessingOptions(executor="iterative", on_bad_input="skip")
     skipped = process_fileset(two_file_fileset(good_file, bad, n, n), params, config)
-    clean = process_fileset(one_file_fileset(good_file, n), RunParameters(executor="iterative"), config)
+    clean = process_fileset(one_file_fileset(good_file, n), ProcessingOptions(executor="iterative"), config)
     report = skipped.input_report
     assert [b.path for b in report.bad] == [str(bad)]
     assert sum(b.events_lost for b in report.bad) > 0
@@ -116,10 +118,10 @@ def test_skip_report_is_written_with_the_outputs(good_file, tmp_path, config, ti
     n = entries(good_file)
     params = RunParameters(executor="iterative", on_bad_input="skip")
     fileset = two_file_fileset(good_file, bad, n, 123)
-    result = process_fileset(fileset, params, config)
+    result = process_fileset(fileset, params.processing_options(), config)
     out = tmp_path / "run"
     out.mkdir()
-    metrics = finish_run(out, params, result, {"processing": 1.0}, tiny_dataset, fileset)
+    metrics = finish_run(out, params, result, {"processing": 1.0}, tiny_dataset, fileset, config)
     report = json.loads((out / "input_report.json").read_text())
     assert report["bad"][0]["path"] == str(bad) and report["events_lost"] == {"ttbar__nominal": 123}
     assert metrics["input_report"]["n_bad"] == 1
@@ -128,7 +130,7 @@ def test_skip_report_is_written_with_the_outputs(good_file, tmp_path, config, ti
 
 def test_no_selected_events_still_gives_templates(good_file, tmp_path, config):
     """A sample with no selected events (no b-tags at all): zero templates, not missing ones."""
-    from utils.histograms import histogram_name, template_histograms
+    from utils.histograms.accumulate import histogram_name, template_histograms
 
     path = tmp_path / "nosel.root"
     with uproot.open(good_file) as f:
@@ -137,7 +139,7 @@ def test_no_selected_events_still_gives_templates(good_file, tmp_path, config):
             "electron": ak.zip({"pt": arrays["electron_pt"]}), "muon": ak.zip({"pt": arrays["muon_pt"]})}  # fmt: skip
     with uproot.recreate(path) as out:
         out.mktree("events", data)
-    result = process_fileset(one_file_fileset(path, len(arrays)), RunParameters(executor="iterative"), config)
+    result = process_fileset(one_file_fileset(path, len(arrays)), ProcessingOptions(executor="iterative"), config)
     assert result.histograms.hist.sum(flow=True).value == 0
     assert ("ttbar", "nominal") in result.histograms.filled
     with pytest.raises(AGCError, match="pseudo-data needs samples that were not processed"):
@@ -163,9 +165,9 @@ def test_crash_while_writing_leaves_nothing(tmp_path):
 def test_manifest_detects_a_changed_output(tmp_path, good_file, config, tiny_dataset):
     fileset = one_file_fileset(good_file, entries(good_file))
     params = RunParameters(executor="iterative")
-    result = process_fileset(fileset, params, config)
+    result = process_fileset(fileset, params.processing_options(), config)
     (tmp_path / "histograms.root").write_bytes(b"pretend")
-    finish_run(tmp_path, params, result, {}, tiny_dataset, fileset)
+    finish_run(tmp_path, params, result, {}, tiny_dataset, fileset, config)
     assert is_complete(tmp_path)
     (tmp_path / "histograms.root").write_bytes(b"changed")
     assert not is_complete(tmp_path)

@@ -5,8 +5,8 @@ import json
 import pytest
 
 from utils.config import load_analysis_config
+from utils.datasets.fileset import REAL_DATASET, build_fileset, normalisation
 from utils.errors import ConfigError
-from utils.fileset import REAL_DATASET, build_fileset, normalisation
 
 FACTS = {  # sample: (files, events) from the facts sheet
     "ttbar__nominal": (707, 285_620_642), "ttbar__scaledown": (91, 39_461_147),

@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 import uproot
 
-from utils.histograms import AnalysisHistograms, HistogramAccumulator, histogram_name, save_histograms
-from utils.processor import sample_variations
+from utils.histograms.accumulate import AnalysisHistograms, HistogramAccumulator, histogram_name, save_histograms
+from utils.processing.processor import sample_variations
 
 SAMPLES = {  # sample: (process, variation)
     "ttbar__nominal": ("ttbar", "nominal"), "ttbar__ME_var": ("ttbar", "ME_var"),

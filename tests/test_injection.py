@@ -5,18 +5,18 @@ import pytest
 import yaml
 
 from utils.config import REPO_ROOT
-from utils.fileset import build_fileset, data_luminosity
-from utils.histograms import save_histograms
-from utils.pipeline import RunParameters, process_fileset
+from utils.datasets.fileset import build_fileset, data_luminosity
+from utils.histograms.accumulate import save_histograms
+from utils.processing.run import ProcessingOptions, process_fileset
 
 TRUE_MU = 1.2
 
 
 @pytest.mark.slow
 def test_injected_ttbar_strength_is_recovered(tmp_path, config):
-    from utils.statistics import run_inference
-    from utils.toymc import build_dataset
-    from utils.toymc.presets import DEFAULT_PRESETS
+    from utils.datasets.embedded import build_dataset
+    from utils.datasets.embedded.presets import DEFAULT_PRESETS
+    from utils.inference.results import run_inference
 
     # the tiny MC with ten times its usual data luminosity, ttbar scaled by TRUE_MU
     presets = yaml.safe_load(DEFAULT_PRESETS.read_text())
@@ -28,7 +28,7 @@ def test_injected_ttbar_strength_is_recovered(tmp_path, config):
     fileset = build_fileset(path)
     lumi = data_luminosity(fileset)
     assert lumi is not None and lumi < config.luminosity
-    result = process_fileset(fileset, RunParameters(executor="futures", num_cores=2), config, luminosity=lumi)
+    result = process_fileset(fileset, ProcessingOptions(executor="futures", workers=2), config, luminosity=lumi)
     histograms = tmp_path / "histograms.root"
     names = save_histograms(result.histograms, histograms, config)
     assert "4j2b_data" in names and "4j1b_data" in names

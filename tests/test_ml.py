@@ -24,8 +24,8 @@ from utils.ml.features import FeatureTable, SourceFile, assign_split, content_ha
 from utils.ml.inference import MLClassifier, check_card, clear_cache
 from utils.ml.model import Normalisation, ScoreModel
 from utils.ml.training import TrainingSettings, class_balanced_weights, serialise, train_region
-from utils.processor import TtbarAnalysis
-from utils.selection import FEATURE_NAMES, chunk_arrays, select_events
+from utils.processing.processor import TtbarAnalysis
+from utils.processing.selection import FEATURE_NAMES, chunk_arrays, select_events
 
 CFG = load_analysis_config()
 REGIONS = tuple(CFG.ml_features)
@@ -233,7 +233,7 @@ def test_held_out_auc_beats_one_variable_baseline(cards):
 def test_models_beat_baseline_on_independent_analysis_events(tiny_dataset, classifier):
     """On the tiny analysis dataset (generated with another seed than the training data, so no
     event of it was seen in training), through the processor's selection, in both regions."""
-    from utils.fileset import build_fileset
+    from utils.datasets.fileset import build_fileset
     from utils.ml.evaluation import evaluate_classifier
     from utils.ml.features import build_feature_table
 
@@ -262,16 +262,16 @@ def test_ml_cabinetry_config_differs_only_by_categories():
 
 @pytest.mark.slow
 def test_inference_identical_in_iterative_futures_and_dask(tiny_dataset, classifier):
-    from utils.fileset import build_fileset
-    from utils.pipeline import RunParameters, process_fileset
+    from utils.datasets.fileset import build_fileset
+    from utils.processing.run import ProcessingOptions, process_fileset
 
     fileset = build_fileset(tiny_dataset)
     runs = {
         name: process_fileset(fileset, params, CFG, classifier)
         for name, params in {
-            "iterative": RunParameters(executor="iterative", chunksize=100_000),
-            "futures": RunParameters(executor="futures", num_cores=2, chunksize=7000),
-            "dask": RunParameters(use_dask=True, num_cores=2, chunksize=11_000),
+            "iterative": ProcessingOptions(executor="iterative", chunksize=100_000),
+            "futures": ProcessingOptions(executor="futures", workers=2, chunksize=7000),
+            "dask": ProcessingOptions(executor="dask", workers=2, chunksize=11_000),
         }.items()
     }
     ref = runs["iterative"].histograms.hist
@@ -307,7 +307,7 @@ def test_normalisation_dataclass_shape_is_checked():
 @pytest.mark.skipif(not os.environ.get("AGC_FULL_RETRAIN"), reason="set AGC_FULL_RETRAIN=1 (takes minutes)")
 def test_ml_notebook_trains_the_committed_models(tmp_path, cards):
     """notebooks/ml_training under papermill (training only) writes the committed models."""
-    from utils.pipeline_cli import execute_notebook
+    from utils.cli.run import execute_notebook
 
     notebook = REPO_ROOT / "notebooks" / "ml_training.ipynb"
     params = {"MODELS_DIR": str(tmp_path / "models"), "COMPARE_ARCHITECTURES": False, "RUN_MEASUREMENT": False}

@@ -37,7 +37,7 @@ def test_notebook_committed_without_outputs(path: Path):
 
 @pytest.mark.slow
 def test_main_notebook_runs_under_papermill(tiny_dataset, tmp_path):
-    from utils.pipeline_cli import execute_notebook
+    from utils.cli.run import execute_notebook
 
     out = tmp_path / "run"
     executed = execute_notebook({"DATASET": "embedded:tiny", "NUM_CORES": 1, "EXECUTOR": "iterative"}, out,

@@ -3,7 +3,7 @@
 The workflow runs once, for real, on the tiny dataset (one published signal point, one new
 point reinterpreted, CLs only: upper limits take a minute per point); its outputs are checked
 against an oracle: the full pipeline (one processing of backgrounds and signals together,
-utils.pipeline and utils.statistics) building the signal-plus-background workspace directly.
+utils.run.pipeline and utils.inference.fit) building the signal-plus-background workspace directly.
 """
 
 from __future__ import annotations
@@ -21,11 +21,13 @@ import uproot
 import yaml
 
 from utils.config import REPO_ROOT, load_analysis_config
+from utils.datasets.fileset import build_fileset
 from utils.errors import ConfigError, StatisticsError
-from utils.fileset import build_fileset
-from utils.histograms import save_histograms
+from utils.histograms.accumulate import save_histograms
+from utils.inference.config import DEFAULT_CABINETRY_CONFIG
+from utils.inference.fit import workspace_text
+from utils.inference.results import prepare_workspace
 from utils.io import sha256_file
-from utils.pipeline import RunParameters, process_fileset
 from utils.preservation.model import (
     CLsScan,
     load_signal_model,
@@ -35,7 +37,7 @@ from utils.preservation.model import (
 )
 from utils.preservation.publish import PublishedAnalysis, background_inputs
 from utils.preservation.signal import load_signal, standalone_description
-from utils.statistics import DEFAULT_CABINETRY_CONFIG, prepare_workspace, workspace_text
+from utils.processing.run import ProcessingOptions, process_fileset
 
 PUBLISHED_POINT = "zprime_750"
 NEW_POINT = "zprime_1250"  # never in the patchset: reinterpreted against the published likelihood
@@ -80,14 +82,14 @@ def oracle(workflow_run, signal_descriptions, tmp_path_factory) -> Path:
     path = folder / "description.json"
     path.write_text(json.dumps(description))
     config = load_analysis_config()
-    params = RunParameters(executor="iterative", num_cores=1, use_ml=False)
+    params = ProcessingOptions(executor="iterative", workers=1)
     result = process_fileset(build_fileset(path), params, config)
     save_histograms(result.histograms, folder / "histograms.root", config)
     return folder / "histograms.root"
 
 
 def oracle_workspace(oracle: Path, published: Path, tmp_path: Path, sample_path: str = "signal") -> dict:
-    """The signal-plus-background workspace the pipeline builds (utils.statistics) from the
+    """The signal-plus-background workspace the pipeline builds (utils.inference.fit) from the
     oracle histograms with the published model (reading the signal as ``sample_path``)."""
     config = yaml.safe_load((published / "analysis" / "cabinetry_config_signal_plus_background.yml").read_text())
     for sample in config["Samples"]:

@@ -3,8 +3,8 @@
 import numpy as np
 import pytest
 
-from utils.fileset import build_fileset
-from utils.pipeline import RunParameters, process_fileset
+from utils.datasets.fileset import build_fileset
+from utils.processing.run import ProcessingOptions, process_fileset
 
 
 def _poet_fileset(path):
@@ -14,7 +14,7 @@ def _poet_fileset(path):
 
 def test_real_poet_file_goes_through(poet_file, config):
     """A real 2015 POET ntuple (Drell-Yan, 232 branches incl. extra ones) is processed without error."""
-    result = process_fileset(_poet_fileset(poet_file), RunParameters(executor="iterative", chunksize=400), config)
+    result = process_fileset(_poet_fileset(poet_file), ProcessingOptions(executor="iterative", chunksize=400), config)
     assert result.nevents == {"ttbar__nominal": 1000}
     assert result.metrics["entries"] == 1000 and result.metrics["chunks"] >= 2
     # minimal column access: only the analysis branches are read
@@ -26,7 +26,7 @@ def test_real_poet_file_goes_through(poet_file, config):
 
 
 def test_io_only_mode_reads_the_fixed_branch_set(poet_file, config):
-    params = RunParameters(executor="iterative", disable_processing=True, io_file_percent=15)
+    params = ProcessingOptions(executor="iterative", disable_processing=True, io_file_percent=15)
     result = process_fileset(_poet_fileset(poet_file), params, config)
     assert result.histograms is None
     read = {c.rsplit("-", 1)[0] for c in result.metrics["columns"]}
@@ -39,9 +39,9 @@ def test_histograms_identical_for_chunk_sizes_and_executors(tiny_dataset, config
     """Bit-identical histograms whatever the chunking or executor (pt_res_up included)."""
     fileset = build_fileset(tiny_dataset)
     runs = [
-        process_fileset(fileset, RunParameters(executor="iterative", chunksize=100_000), config),
-        process_fileset(fileset, RunParameters(executor="iterative", chunksize=777), config),
-        process_fileset(fileset, RunParameters(executor="futures", num_cores=2, chunksize=1500), config),
+        process_fileset(fileset, ProcessingOptions(executor="iterative", chunksize=100_000), config),
+        process_fileset(fileset, ProcessingOptions(executor="iterative", chunksize=777), config),
+        process_fileset(fileset, ProcessingOptions(executor="futures", workers=2, chunksize=1500), config),
     ]
     ref = runs[0].histograms
     assert ref.hist.sum(flow=True).value > 0

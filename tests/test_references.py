@@ -2,8 +2,8 @@
 
 import pytest
 
-from utils.references import histograms_of_preset, reference_path
-from utils.validation import validate_histograms
+from utils.histograms.validation import validate_histograms
+from utils.run.references import histograms_of_preset, reference_path
 
 
 @pytest.mark.slow

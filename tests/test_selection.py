@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from utils.config import load_analysis_config
-from utils.selection import FEATURE_NAMES, chunk_arrays, jet_resolution_factors, select_events
+from utils.processing.selection import FEATURE_NAMES, chunk_arrays, jet_resolution_factors, select_events
 
 CFG = load_analysis_config()
 TETRA_PT = 30.0 * math.sqrt(2.0)  # |p| = 30*sqrt(3) along (1, 1, 1)-type directions

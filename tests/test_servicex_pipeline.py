@@ -5,8 +5,8 @@ import socket
 import numpy as np
 import pytest
 
-from utils.fileset import build_fileset
-from utils.pipeline import RunParameters, process_fileset
+from utils.datasets.fileset import build_fileset
+from utils.processing.run import ProcessingOptions, process_fileset
 
 
 def _free_port() -> int:
@@ -22,11 +22,11 @@ def test_servicex_and_direct_histograms_identical(tiny_dataset, config, tmp_path
     monkeypatch.setenv("AGC_SERVICEX_DIR", str(tmp_path / "servicex"))
     monkeypatch.setenv("AGC_SERVICEX_PORT", str(_free_port()))
     fileset = build_fileset(tiny_dataset)
-    direct = process_fileset(fileset, RunParameters(executor="iterative"), config)
+    direct = process_fileset(fileset, ProcessingOptions(executor="iterative"), config)
     delivery = deliver_fileset(fileset, query_language="uproot-raw")
     assert delivery.stats.n_files == sum(len(e["files"]) for e in fileset.values())
     assert delivery.stats.events < sum(e["metadata"]["nevts"] for e in fileset.values())  # a real skim
-    skimmed = process_fileset(delivery.fileset, RunParameters(executor="iterative"), config)
+    skimmed = process_fileset(delivery.fileset, ProcessingOptions(executor="iterative"), config)
     assert skimmed.histograms.filled == direct.histograms.filled
     # every variation, pt_res_up included: the smearing does not depend on entry numbers
     np.testing.assert_array_equal(skimmed.histograms.hist.view(flow=True).value,

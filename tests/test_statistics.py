@@ -13,18 +13,16 @@ import pytest
 import uproot
 import yaml
 
-from utils import plotting_stats
 from utils.errors import ConfigError, StatisticsError
-from utils.statistics import (
+from utils.inference import figures as plotting_stats
+from utils.inference.config import (
     DEFAULT_CABINETRY_CONFIG,
-    HistogramData,
     expand_categories,
     load_cabinetry_config,
     parse_cabinetry_config,
-    rebin,
-    required_templates,
-    run_inference,
 )
+from utils.inference.results import run_inference
+from utils.inference.templates import HistogramData, rebin, required_templates
 
 matplotlib.use("Agg")
 
@@ -273,7 +271,7 @@ def weak_model(tmp_path_factory) -> tuple[Path, Path]:
 
 def test_weak_signal_ranking_significance_limit_figures(weak_model, tmp_path, caplog):
     histograms, config = weak_model
-    with caplog.at_level(logging.INFO, logger="utils.statistics"):
+    with caplog.at_level(logging.INFO, logger="utils.inference"):
         result = run_inference(histograms, tmp_path / "out", config, ranking=True, significance=True, limit=True)
     assert result.bestfit == pytest.approx(1.0, abs=0.001)  # data = nominal prediction
     assert result.n_parameters == 9  # POI, JES, lumi, 6 staterror
@@ -297,10 +295,11 @@ def test_weak_signal_ranking_significance_limit_figures(weak_model, tmp_path, ca
 
 
 def test_ranking_retries_a_failed_refit_with_strategy_2(weak_model, tmp_path, monkeypatch, caplog):
-    from utils import statistics
+    from utils.inference import fit as statistics
+    from utils.inference.results import prepare_workspace
 
     histograms, config = weak_model
-    _, ws, _ = statistics.prepare_workspace(histograms, tmp_path, config, keep_templates=False)
+    _, ws, _ = prepare_workspace(histograms, tmp_path, config, keep_templates=False)
     model, data, fit_results = statistics.fit_workspace(ws)
     real_fit, strategies = statistics.fit_model, []
 
@@ -311,7 +310,7 @@ def test_ranking_retries_a_failed_refit_with_strategy_2(weak_model, tmp_path, mo
         return real_fit(*args, strategy=strategy, **kwargs)
 
     monkeypatch.setattr(statistics, "fit_model", flaky_fit)
-    with caplog.at_level(logging.WARNING, logger="utils.statistics"):
+    with caplog.at_level(logging.WARNING, logger="utils.inference"):
         ranking = statistics.rank_parameters(model, data, fit_results, parameters=["JES"])
     assert ranking.labels == ["JES"]
     assert strategies == [None, 2] * 4  # four refits, each retried once
@@ -352,7 +351,7 @@ def test_figure_functions_return_figures(agc_histograms, tmp_path):
 def test_fit_command_prints_the_poi(weak_model, tmp_path):
     from click.testing import CliRunner
 
-    from utils.statistics_cli import fit
+    from utils.cli.inference import fit
 
     histograms, config = weak_model
     out = tmp_path / "out"
@@ -364,7 +363,7 @@ def test_fit_command_prints_the_poi(weak_model, tmp_path):
 
 
 def test_failed_limit_is_recorded_and_the_fit_kept(weak_model, tmp_path, monkeypatch):
-    from utils import statistics
+    from utils.inference import results as statistics
 
     def no_limit(*args, **kwargs):
         raise StatisticsError("the upper-limit search failed: test")

@@ -1,8 +1,8 @@
-"""Tests of the embedded-dataset generator (utils.toymc).
+"""Tests of the embedded-dataset generator (utils.datasets.embedded).
 
 The selection used here is an oracle written independently of the analysis code (plain
 awkward/numpy on the branches), and the schema is checked against the facts sheet's table typed
-out below, not against utils/toymc/schema.py.
+out below, not against utils/datasets/embedded/schema.py.
 """
 
 from __future__ import annotations
@@ -17,9 +17,9 @@ import pytest
 import uproot
 from click.testing import CliRunner
 
+from utils.cli.generate import generate as generate_command
 from utils.config import REPO_ROOT, load_analysis_config
-from utils.errors import ConfigError
-from utils.toymc import (
+from utils.datasets.embedded import (
     PROCESSES,
     ProcessSpec,
     build_dataset,
@@ -30,11 +30,11 @@ from utils.toymc import (
     load_presets,
     register_process,
 )
-from utils.toymc import dataset as dataset_module
-from utils.toymc.cli import generate as generate_command
-from utils.toymc.generator import model_fingerprint
-from utils.toymc.presets import expected_data_yields, load_cross_sections
-from utils.toymc.processes import TTBAR_PARAMS, build_top_pair
+from utils.datasets.embedded import dataset as dataset_module
+from utils.datasets.embedded.generator import model_fingerprint
+from utils.datasets.embedded.presets import expected_data_yields, load_cross_sections
+from utils.datasets.embedded.processes import TTBAR_PARAMS, build_top_pair
+from utils.errors import ConfigError
 
 REAL_LIST = REPO_ROOT / "datasets" / "cms-open-data-2015" / "ntuples_merged.json"
 XSEC = {
@@ -447,7 +447,7 @@ def test_data_is_the_mc_mixture_at_the_recorded_luminosity(tiny, physics):
 
 
 def test_data_mixture_follows_mu():
-    from utils.toymc.generator import mixture_from_yields
+    from utils.datasets.embedded.generator import mixture_from_yields
 
     mixture = mixture_from_yields(expected_data_yields(1.0, 2.0, load_cross_sections()))
     batch = generate_data_events(20_000, 3, mixture)

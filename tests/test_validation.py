@@ -13,10 +13,10 @@ import pytest
 import uproot
 from click.testing import CliRunner
 
+from utils.cli.inference import validate
 from utils.config import REPO_ROOT
 from utils.errors import ConfigError
-from utils.statistics_cli import validate
-from utils.validation import (
+from utils.histograms.validation import (
     MigrationRule,
     compare,
     dump_reference,

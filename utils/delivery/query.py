@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 from utils.config import AnalysisConfig, load_analysis_config
 from utils.errors import ConfigError
-from utils.selection import READ_BRANCHES
+from utils.processing.selection import READ_BRANCHES
 
 QUERY_LANGUAGES = ("uproot-raw", "func-adl")
 """Accepted ``query_language`` values; ``func-adl`` is sent with the ``uproot`` code generator."""

@@ -1,7 +1,7 @@
 """The ML classification stage: per-region ttbar-vs-background classifiers.
 
 - :mod:`utils.ml.features`: training tables built by running the processor's own selection
-  (:func:`utils.selection.chunk_arrays` + :func:`utils.selection.select_events`, nominal
+  (:func:`utils.processing.selection.chunk_arrays` + :func:`utils.processing.selection.select_events`, nominal
   variation) over training files, with a stable train/validation/test split;
 - :mod:`utils.ml.model`: the networks and the exported module (input normalisation inside);
 - :mod:`utils.ml.training`: reproducible training (fixed seeds, deterministic algorithms, one
@@ -10,7 +10,7 @@
 - :mod:`utils.ml.inference`: :class:`~utils.ml.inference.MLClassifier`, the picklable handle the
   processor uses;
 - :mod:`utils.ml.evaluation`: ROC/AUC, score distributions, accuracy per process, as figures;
-- :mod:`utils.ml.measurement`: the fit with and without ML-score categories, and the cost of
+- :mod:`utils.run.measurement`: the fit with and without ML-score categories, and the cost of
   inference in processing.
 
 Importing this package does not import torch; the submodules that need it do.

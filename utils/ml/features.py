@@ -1,12 +1,12 @@
 """Training tables: the processor's own selection run over training files.
 
 The features are never re-implemented here. Each training file is read with the processor's
-schema (:class:`utils.schema.AGCSchema`), its columns are taken by
-:func:`utils.selection.chunk_arrays` and the events are selected by
-:func:`utils.selection.select_events` under the nominal jet variation, exactly what
-:class:`utils.processor.TtbarAnalysis` does for the nominal histograms. The feature matrix the
+schema (:class:`utils.processing.schema.AGCSchema`), its columns are taken by
+:func:`utils.processing.selection.chunk_arrays` and the events are selected by
+:func:`utils.processing.selection.select_events` under the nominal jet variation, exactly what
+:class:`utils.processing.processor.TtbarAnalysis` does for the nominal histograms. The feature matrix the
 models see is :meth:`FeatureTable.matrix` with the region's configured feature order, the same
-column selection as :meth:`utils.selection.EventSelection.feature_matrix`.
+column selection as :meth:`utils.processing.selection.EventSelection.feature_matrix`.
 
 Train/validation/test split: by a stable hash of each selected event's content (the float64 bit
 patterns of its ``FEATURE_NAMES`` values, mixed with SplitMix64 and a named salt). An event's
@@ -25,10 +25,10 @@ from typing import Any
 import numpy as np
 
 from utils.config import REPO_ROOT, AnalysisConfig
+from utils.datasets.fileset import DATA_PROCESS, TREE_NAME, normalisation
 from utils.errors import ModelError
-from utils.fileset import DATA_PROCESS, TREE_NAME, normalisation
 from utils.io import sha256_file
-from utils.selection import FEATURE_NAMES, chunk_arrays, select_events
+from utils.processing.selection import FEATURE_NAMES, chunk_arrays, select_events
 
 log = logging.getLogger(__name__)
 
@@ -98,7 +98,7 @@ class SourceFile:
 class FeatureTable:
     """Selected events (nominal jet variation) of the training files, all regions together.
 
-    ``features`` has the columns :data:`utils.selection.FEATURE_NAMES` (float64, as the kernel
+    ``features`` has the columns :data:`utils.processing.selection.FEATURE_NAMES` (float64, as the kernel
     computes them); ``region`` indexes the configuration's regions; ``process`` indexes
     ``processes``; ``weight`` is the physics weight xsec x lumi / nevts of the event's sample;
     ``file_index`` and ``entry`` locate the event (``files[file_index]``, entry in that file);
@@ -188,7 +188,7 @@ def _select_file(job: _FileJob) -> _FilePart:
     import uproot
     from coffea.nanoevents import NanoEventsFactory
 
-    from utils.schema import AGCSchema
+    from utils.processing.schema import AGCSchema
 
     try:
         with uproot.open(job.path) as f:
@@ -219,7 +219,7 @@ def build_feature_table(
     workers: int = 1,
     source: dict[str, Any] | None = None,
 ) -> FeatureTable:
-    """Select the events of every nominal MC sample of ``fileset`` (a :func:`utils.fileset.build_fileset`
+    """Select the events of every nominal MC sample of ``fileset`` (a :func:`utils.datasets.fileset.build_fileset`
     result) and collect their features, regions, physics weights and locations.
 
     Alternative samples (ttbar scaleup, ME_var, ...) and data are not used for training.

@@ -74,7 +74,7 @@ class RegionModel:
 
 @dataclass(frozen=True)
 class MLClassifier:
-    """Per-region ttbar classifier for :class:`utils.processor.TtbarAnalysis`.
+    """Per-region ttbar classifier for :class:`utils.processing.processor.TtbarAnalysis`.
 
     ``classify(region, X)`` returns 1 where the score exceeds ``threshold`` (the analysis
     configuration's ``ml.score_threshold``), 0 elsewhere. ``num_threads``: the torch intra-op

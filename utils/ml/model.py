@@ -1,7 +1,7 @@
 """The classifier networks and the module that is exported for inference.
 
 :class:`ScoreModel` takes *raw* features (the columns of the model card's feature order, as
-:meth:`utils.selection.EventSelection.feature_matrix` returns them), applies the input
+:meth:`utils.processing.selection.EventSelection.feature_matrix` returns them), applies the input
 normalisation stored in its buffers and returns the signal probability. The same module is
 trained (through :meth:`ScoreModel.logits`, for a numerically stable loss) and exported with
 TorchScript, so inference cannot forget or re-implement the normalisation.

@@ -264,7 +264,7 @@ def card_content(
         "task": f"{config.ml_signal_process} (1) against every other process (0), events selected in {trained.region}",
         "signal_process": config.ml_signal_process,
         "features": list(trained.features),
-        "feature_source": "utils.selection.select_events (nominal jet variation), columns of EventSelection.features",
+        "feature_source": "utils.processing.selection.select_events (nominal jet variation), columns of EventSelection.features",
         "normalisation": {
             "mean": list(trained.normalisation.mean),
             "std": list(trained.normalisation.std),
@@ -321,7 +321,7 @@ def training_dataset(
 
     ``seed`` None: the preset's. The folder must not be the analysis datasets' folder.
     """
-    from utils.toymc import DEFAULT_OUTPUT_ROOT, build_dataset
+    from utils.datasets.embedded import DEFAULT_OUTPUT_ROOT, build_dataset
 
     if Path(output_root).resolve() == Path(DEFAULT_OUTPUT_ROOT).resolve():
         raise ModelError(f"{output_root}: the training dataset must not live beside the analysis datasets")
@@ -413,7 +413,7 @@ def train_all(
 ) -> TrainingRun:
     """The whole training: dataset (generated if needed), selection, training, export, cards.
     ``agc train`` and ``notebooks/ml_training`` both call this."""
-    from utils.fileset import build_fileset
+    from utils.datasets.fileset import build_fileset
 
     config = config or load_analysis_config()
     t0 = time.perf_counter()

@@ -6,11 +6,9 @@
 - :mod:`~utils.preservation.model`: background-only workspace, signal patches, patchsets, CLs;
 - :mod:`~utils.preservation.publish`: ``agc publish`` (likelihood, patchset, HEPData tables,
   provenance) and ``agc reinterpret`` (a new signal against the published likelihood);
-- :mod:`~utils.preservation.steps`: the workflow steps (``python -m utils.preservation``).
+
+The commands are in :mod:`utils.cli.preservation` (``agc publish``, ``agc reinterpret``) and
+:mod:`utils.cli.workflow` (the workflow steps, ``python -m utils.cli.workflow STEP``).
 
 See docs/preservation.md.
 """
-
-from utils.preservation.cli import publish, reinterpret
-
-__all__ = ["publish", "reinterpret"]

@@ -79,7 +79,7 @@ def yields_tables(
     import cabinetry
     import pyhf
 
-    from utils.statistics import fit_model, numpy_backend
+    from utils.inference.fit import fit_model, numpy_backend
 
     with numpy_backend():
         workspace = pyhf.Workspace(dict(ws))
@@ -144,7 +144,7 @@ def limits_table(points: Sequence[Mapping[str, Any]], label: str, poi: str) -> T
     """Observed and expected (with 1 and 2 sigma bands) 95% CL upper limits on the signal
     strength per signal point, against the model parameter ``label`` (e.g. the mass).
 
-    ``points``: dicts with ``parameters`` and ``limit`` (:class:`utils.statistics.LimitSummary`
+    ``points``: dicts with ``parameters`` and ``limit`` (:class:`utils.inference.fit.LimitSummary`
     as a dict), as :func:`utils.preservation.model.evaluate` returns them.
     """
     done = sorted((p for p in points if p.get("limit")), key=lambda p: p["parameters"][label])

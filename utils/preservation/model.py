@@ -36,7 +36,7 @@ from utils.config import REPO_ROOT, AnalysisConfig, load_analysis_config, read_y
 from utils.errors import ConfigError, StatisticsError
 
 if TYPE_CHECKING:
-    from utils.statistics import LimitSummary
+    from utils.inference.fit import LimitSummary
 
 log = logging.getLogger(__name__)
 
@@ -132,7 +132,7 @@ def signal_plus_background_config(
     a nominal sample of the signal; a systematic that names no samples (so acts on all) must be
     listed.
     """
-    from utils.processor import sample_variations
+    from utils.processing.processor import sample_variations
 
     analysis = analysis or load_analysis_config()
     config = copy.deepcopy(dict(base))
@@ -185,7 +185,7 @@ def background_only_workspace(
     channels of the model, not to the measurement)."""
     import cabinetry
 
-    from utils.statistics import prepare_workspace
+    from utils.inference.results import prepare_workspace
 
     with tempfile.TemporaryDirectory(prefix="agc-bkgonly-") as tmp:
         _, ws, _ = prepare_workspace(histograms_path, tmp, cabinetry_config_path, keep_templates=False)
@@ -221,13 +221,14 @@ def signal_patch(
     ``signal.sample_path``) to ``background_ws``.
 
     ``sb_config``: the parsed signal-plus-background configuration
-    (:func:`utils.statistics.parse_cabinetry_config` of :func:`signal_plus_background_config`).
+    (:func:`utils.inference.fit.parse_cabinetry_config` of :func:`signal_plus_background_config`).
     Templates are built (rebinned) and turned into the sample's modifiers exactly as cabinetry
     does for the full model; only the signal sample is built.
     """
     import cabinetry
 
-    from utils.statistics import build_templates, with_paths
+    from utils.inference.config import with_paths
+    from utils.inference.templates import build_templates
 
     only_signal = copy.deepcopy(dict(sb_config))
     only_signal["Samples"] = [s for s in only_signal["Samples"] if s["Name"] == signal.sample_name]
@@ -430,7 +431,7 @@ def upper_limit(
     (cabinetry's bracketing root search needs some per band, and fails where MINUIT fails at a
     bracket end).
     """
-    from utils.statistics import LimitSummary
+    from utils.inference.fit import LimitSummary
 
     low, high = scan.bounds
     required = (0, 3)  # observed, median expected

@@ -21,7 +21,7 @@ from utils.io import sha256_file, write_json_atomic
 log = logging.getLogger(__name__)
 
 PROVENANCE_NAME = "provenance.json"
-#: packages a reinterpretation depends on beyond the pipeline's own list (utils.metrics.PACKAGES)
+#: packages a reinterpretation depends on beyond the pipeline's own list (utils.runinfo.PACKAGES)
 EXTRA_PACKAGES = ("jsonpatch", "iminuit", "snakemake")
 
 
@@ -83,7 +83,7 @@ class SampleInputs:
 
 
 def sample_inputs(fileset: Mapping[str, Any], generators: Mapping[str, Any] | None = None) -> list[SampleInputs]:
-    """Input records of every sample of a coffea fileset (:func:`utils.fileset.build_fileset`).
+    """Input records of every sample of a coffea fileset (:func:`utils.datasets.fileset.build_fileset`).
 
     Local files get their size and sha256; remote ones (URLs) are recorded by path and event
     count only. ``generators``: ``{sample: generator entry}`` of the dataset description.
@@ -140,7 +140,7 @@ class Provenance:
     git_commit: str | None = None
 
     def __post_init__(self) -> None:
-        from utils.metrics import git_commit, package_versions
+        from utils.runinfo import git_commit, package_versions
 
         if not self.packages:
             self.packages = {**package_versions(), **_versions(EXTRA_PACKAGES)}

@@ -103,7 +103,7 @@ class PreservedModel:
         cabinetry_config: str | Path | None = None,
         signal_config: str | Path | None = None,
     ) -> PreservedModel:
-        from utils.statistics import DEFAULT_CABINETRY_CONFIG, load_cabinetry_config, parse_cabinetry_config
+        from utils.inference.config import DEFAULT_CABINETRY_CONFIG, load_cabinetry_config, parse_cabinetry_config
 
         analysis = load_analysis_config(analysis_config)
         cabinetry_path = Path(cabinetry_config) if cabinetry_config is not None else DEFAULT_CABINETRY_CONFIG
@@ -125,7 +125,7 @@ class PreservedModel:
 
     def write(self, folder: Path) -> dict[str, Path]:
         """Copy the configuration into ``folder`` (with the signal-plus-background model)."""
-        from utils.statistics import parse_cabinetry_config
+        from utils.inference.config import parse_cabinetry_config
 
         folder.mkdir(parents=True, exist_ok=True)
         out = {}
@@ -236,7 +236,7 @@ def background_inputs(histograms: Path, analysis: AnalysisConfig) -> dict[str, A
         return {**out, "samples": record["inputs"]["samples"], "seeds": record.get("seeds", {})}
     manifest = histograms.parent / "manifest.json"
     if manifest.is_file():
-        from utils.fileset import build_fileset, load_dataset_description
+        from utils.datasets.fileset import build_fileset, load_dataset_description
 
         run = json.loads(manifest.read_text())
         description = Path(run["inputs"]["dataset_description"]["path"])

@@ -17,15 +17,18 @@ import logging
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from utils.config import AnalysisConfig
 from utils.errors import AGCError, ConfigError
-from utils.histograms import AnalysisHistograms, empty_hist, histogram_name
+from utils.histograms.accumulate import AnalysisHistograms, empty_hist, histogram_name
 from utils.io import atomic_path, write_json_atomic
 from utils.preservation.provenance import FileRecord, Provenance, SampleInputs, sample_inputs
+
+if TYPE_CHECKING:
+    from utils.processing.run import ProcessingOptions
 
 log = logging.getLogger(__name__)
 
@@ -57,18 +60,18 @@ def _seeds(config: AnalysisConfig, inputs: Iterable[SampleInputs]) -> dict[str, 
 def process_samples(
     fileset: Mapping[str, Any],
     config: AnalysisConfig,
-    params: Any = None,
+    params: ProcessingOptions | None = None,
     generators: Mapping[str, Any] | None = None,
 ) -> SampleHistograms:
-    """Run the analysis processor (:func:`utils.pipeline.process_fileset`) over ``fileset``.
+    """Run the analysis processor (:func:`utils.run.pipeline.process_fileset`) over ``fileset``.
 
-    ``params``: :class:`utils.pipeline.RunParameters` (default: one core, iterative executor,
+    ``params``: :class:`utils.processing.run.ProcessingOptions` (default: one core, iterative executor,
     every systematic). ML classification is not used: the preserved statistical model does not
     split regions by ML score.
     """
-    from utils.pipeline import RunParameters, process_fileset
+    from utils.processing.run import ProcessingOptions, process_fileset
 
-    params = params if params is not None else RunParameters(executor="iterative", num_cores=1, use_ml=False)
+    params = params if params is not None else ProcessingOptions(executor="iterative", workers=1)
     result = process_fileset(dict(fileset), params, config, classifier=None)
     if result.histograms is None:
         raise AGCError("processing produced no histograms (disable_processing is set)")
@@ -162,9 +165,9 @@ def read_sample_histograms(paths: Iterable[str | Path], config: AnalysisConfig) 
 
 def merge_histograms(paths: Iterable[str | Path], output: str | Path, config: AnalysisConfig) -> Path:
     """Merge per-sample files into ``output``, a ``histograms.root`` as the pipeline writes it
-    (:func:`utils.histograms.save_histograms`, pseudo-data included); its sidecar records every
+    (:func:`utils.histograms.accumulate.save_histograms`, pseudo-data included); its sidecar records every
     part's inputs."""
-    from utils.histograms import save_histograms
+    from utils.histograms.accumulate import save_histograms
 
     merged = read_sample_histograms(paths, config)
     output = Path(output)
@@ -184,12 +187,12 @@ def dataset_samples(spec: str) -> list[str]:
     """The samples (``process__variation``) of a dataset, known before it exists: from the
     preset of ``embedded:<preset>`` (nothing is generated), else from its description JSON."""
     if spec.startswith("embedded:"):
-        from utils.toymc import get_preset, plan_dataset
+        from utils.datasets.embedded import get_preset, plan_dataset
 
         plan = plan_dataset(get_preset(spec.split(":", 1)[1]))
         return sorted({f"{t.process}__{t.variation}" for t in plan.tasks})
-    from utils.fileset import load_dataset_description
-    from utils.pipeline import resolve_dataset
+    from utils.datasets.fileset import load_dataset_description
+    from utils.datasets.resolve import resolve_dataset
 
     description = load_dataset_description(resolve_dataset(spec))
     return sorted(f"{p}__{v}" for p, variations in description.items() for v in variations)

@@ -23,8 +23,8 @@ from pathlib import Path
 from typing import Any
 
 from utils.config import AnalysisConfig
+from utils.datasets.fileset import build_fileset, load_dataset_description
 from utils.errors import ConfigError
-from utils.fileset import build_fileset, load_dataset_description
 from utils.io import write_json_atomic
 
 log = logging.getLogger(__name__)

@@ -1,0 +1,81 @@
+"""``agc``: one namespaced command whose subcommands follow the pipeline's order.
+
+Every click command of the project lives in this package, one module per stage; a subcommand's
+module is imported only when it is used, so that ``agc --help`` stays fast.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import logging
+import sys
+
+import click
+
+from utils.errors import AGCError
+
+# name -> "module:attribute", in pipeline order
+SUBCOMMANDS: dict[str, str] = {
+    "generate": "utils.cli.generate:generate",
+    "servicex-endpoint": "utils.cli.delivery:endpoint",
+    "run": "utils.cli.run:run",
+    "fit": "utils.cli.inference:fit",
+    "validate": "utils.cli.inference:validate",
+    "train": "utils.cli.train:train",
+    "benchmark": "utils.cli.benchmark:benchmark",
+    "publish": "utils.cli.preservation:publish",
+    "reinterpret": "utils.cli.preservation:reinterpret",
+}
+
+
+class LazyGroup(click.Group):
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return [name for name in SUBCOMMANDS if self._available(name)]
+
+    @staticmethod
+    def _available(name: str) -> bool:
+        module = SUBCOMMANDS[name].split(":")[0]
+        try:
+            return importlib.util.find_spec(module) is not None
+        except ModuleNotFoundError:
+            return False
+
+    def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
+        if name not in SUBCOMMANDS or not self._available(name):
+            return None
+        module, attr = SUBCOMMANDS[name].split(":")
+        return getattr(importlib.import_module(module), attr)
+
+
+@click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("-v", "--verbose", is_flag=True, help="Log debug messages.")
+def cli(verbose: bool) -> None:
+    """The AGC CMS open data ttbar analysis."""
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+
+
+def run_command(command: click.Command) -> None:
+    """Run a click command as a program: project errors print one red line (exit 2), not a
+    traceback."""
+    try:
+        command(standalone_mode=False)
+    except AGCError as err:
+        click.secho(f"error: {err}", fg="red", err=True)
+        sys.exit(2)
+    except click.exceptions.Abort:
+        sys.exit(130)
+    except click.ClickException as err:
+        err.show()
+        sys.exit(err.exit_code)
+
+
+def main() -> None:
+    run_command(cli)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,447 @@
+"""Generating a whole embedded dataset from a preset, with caching.
+
+Layout: ``<output_root>/<preset>/<process>__<variation>/<index>.root`` plus
+``<output_root>/<preset>/manifest.json`` and ``fileset.json`` (the dataset description, same
+structure as the real ``ntuples_merged.json``; paths relative to its folder).
+
+Cache rule: a dataset is complete when ``fileset.json`` exists, the manifest says complete and
+carries the key of the request (preset content, seed, data options, generator version and model
+fingerprint), and every listed file exists with its recorded size. Files are written atomically
+(temporary name, then rename), the manifest and ``fileset.json`` last, so an interrupted run is
+never taken for a complete one; a rerun with the same request keeps the files already written.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime
+import fcntl
+import json
+import logging
+import re
+import shutil
+import time
+from collections.abc import Callable, Iterator
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from dataclasses import dataclass
+from multiprocessing import get_context
+from pathlib import Path
+from typing import Any
+
+import uproot
+
+from utils.config import REPO_ROOT, load_analysis_config
+from utils.datasets.embedded.generator import (
+    DATA_PROCESS,
+    DATA_VARIATION,
+    GENERATOR_VERSION,
+    DataMixture,
+    FileResult,
+    generate_file,
+    make_readable,
+    mixture_from_yields,
+    model_fingerprint,
+)
+from utils.datasets.embedded.presets import (
+    Preset,
+    content_hash,
+    data_file_sizes,
+    expected_data_yields,
+    get_preset,
+    load_cross_sections,
+    table_cross_sections,
+)
+from utils.datasets.embedded.processes import get_process
+from utils.datasets.embedded.schema import TREE_NAME
+from utils.errors import ConfigError
+from utils.io import write_json_atomic
+
+log = logging.getLogger(__name__)
+
+DEFAULT_OUTPUT_ROOT = REPO_ROOT / "data" / "embedded"
+FILESET_NAME = "fileset.json"
+MANIFEST_NAME = "manifest.json"
+LOCK_NAME = ".lock"
+BYTES_PER_EVENT_ESTIMATE = 3200  # upper end of the measured 2.3-2.9 kB/event, for the disk check
+_SAMPLE_DIR = re.compile(r"^[A-Za-z0-9_]+__[A-Za-z0-9_]+$")
+
+
+@dataclass(frozen=True)
+class FileTask:
+    process: str
+    variation: str
+    index: int
+    n_events: int
+    relpath: str
+    seed: int
+    events_per_basket: int
+    compression_level: int
+    compressor: str
+    mixture: DataMixture | None = None
+
+
+@dataclass(frozen=True)
+class DatasetPlan:
+    preset: Preset
+    seed: int
+    with_data: bool
+    mu: float
+    data_lumi: float | None  # /pb
+    data_mixture: DataMixture | None
+    tasks: tuple[FileTask, ...]
+    key: str
+
+    @property
+    def n_events(self) -> int:
+        return sum(t.n_events for t in self.tasks)
+
+
+@dataclass(frozen=True)
+class DatasetResult:
+    fileset_path: Path
+    generated: bool  # False: the cached dataset was complete
+    n_files: int
+    n_events: int
+    n_bytes: int
+    files_generated: int
+    events_generated: int
+    seconds: float  # wall time of this call
+    cpu_seconds: float  # summed CPU time of generating the files of this call
+
+    @property
+    def events_per_second(self) -> float:
+        return self.events_generated / self.seconds if self.seconds > 0 else 0.0
+
+    @property
+    def events_per_cpu_second(self) -> float:
+        """Generation speed per core."""
+        return self.events_generated / self.cpu_seconds if self.cpu_seconds > 0 else 0.0
+
+
+def plan_dataset(
+    preset: Preset, seed: int | None = None, with_data: bool | None = None, mu: float | None = None
+) -> DatasetPlan:
+    """The files a preset asks for, and the key that identifies this request in the cache."""
+    seed = preset.seed if seed is None else int(seed)
+    data = preset.data
+    with_data = (data is not None and data.enabled) if with_data is None else bool(with_data)
+    if with_data and data is None:
+        raise ConfigError(f"{preset.source}: preset {preset.name!r} has no 'data' section; cannot generate data")
+    mu = (data.mu if data is not None else 1.0) if mu is None else float(mu)
+    if mu < 0:
+        raise ConfigError(f"signal strength mu must be >= 0, got {mu}")
+    common = {
+        "seed": seed,
+        "events_per_basket": preset.events_per_basket,
+        "compression_level": preset.compression_level,
+        "compressor": preset.compressor,
+    }
+    tasks = [
+        FileTask(s.process, s.variation, i, s.events_per_file, f"{s.key}/{i}.root", **common)
+        for s in preset.samples
+        for i in range(s.files)
+    ]
+    data_lumi = mixture = None
+    if with_data:
+        data_lumi = data.lumi_fraction * load_analysis_config().luminosity
+        expected = expected_data_yields(data_lumi, mu, load_cross_sections())
+        mixture = mixture_from_yields(expected)
+        n_total = round(sum(v for _, v in expected))
+        if n_total < 1:
+            raise ConfigError(f"{preset.source}: preset {preset.name!r}: lumi_fraction gives no data events")
+        tasks += [
+            FileTask(
+                DATA_PROCESS,
+                DATA_VARIATION,
+                i,
+                n,
+                f"{DATA_PROCESS}__{DATA_VARIATION}/{i}.root",
+                **common,
+                mixture=mixture,
+            )
+            for i, n in enumerate(data_file_sizes(n_total, data.files))
+        ]
+    key = content_hash(
+        {
+            "preset": preset.content(),
+            "seed": seed,
+            "with_data": with_data,
+            "mu": mu if with_data else None,
+            "data_lumi": data_lumi,
+            "version": GENERATOR_VERSION,
+            "model": model_fingerprint(),
+        }
+    )
+    return DatasetPlan(preset, seed, with_data, mu, data_lumi, mixture, tuple(tasks), key)
+
+
+# --------------------------------------------------------------------------------------------
+# cache state
+# --------------------------------------------------------------------------------------------
+def _read_json(path: Path) -> dict[str, Any] | None:
+    try:
+        with open(path) as f:
+            data = json.load(f)
+    except (OSError, json.JSONDecodeError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def is_complete(directory: Path, plan: DatasetPlan) -> bool:
+    """True when ``directory`` holds the complete dataset of ``plan`` (see the module doc)."""
+    manifest = _read_json(directory / MANIFEST_NAME)
+    if manifest is None or not (directory / FILESET_NAME).is_file():
+        return False
+    if not manifest.get("complete") or manifest.get("key") != plan.key:
+        return False
+    files = manifest.get("files", {})
+    for task in plan.tasks:
+        path = directory / task.relpath
+        recorded = files.get(task.relpath, {})
+        if not path.is_file() or path.stat().st_size != recorded.get("bytes"):
+            return False
+    return True
+
+
+def _file_is_whole(path: Path, n_events: int) -> bool:
+    """A file left by an interrupted run of the same request: readable, with all its events."""
+    if not path.is_file():
+        return False
+    try:
+        with uproot.open(path) as f:
+            return f[TREE_NAME].num_entries == n_events
+    except Exception:  # any unreadable file is simply generated again
+        log.warning("%s: unreadable, generating it again", path)
+        return False
+
+
+def _remove_stale(directory: Path) -> None:
+    """Delete generated files of another request (sample folders' ROOT and temporary files)."""
+    for sub in directory.iterdir():
+        if sub.is_dir() and _SAMPLE_DIR.match(sub.name):
+            for f in sub.iterdir():
+                if f.suffix == ".root" and f.is_file():
+                    f.unlink()
+            with contextlib.suppress(OSError):
+                sub.rmdir()
+
+
+def _remove_temporaries(directory: Path) -> None:
+    for f in directory.glob("*/.tmp-*"):
+        with contextlib.suppress(OSError):
+            f.unlink()
+
+
+@contextlib.contextmanager
+def _locked(directory: Path) -> Iterator[None]:
+    """One generator per dataset folder at a time (other processes wait)."""
+    directory.mkdir(parents=True, exist_ok=True)
+    with open(directory / LOCK_NAME, "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+def _check_disk_space(directory: Path, n_events: int) -> None:
+    need = n_events * BYTES_PER_EVENT_ESTIMATE
+    free = shutil.disk_usage(directory).free
+    if need > free:
+        raise ConfigError(
+            f"{directory}: generating {n_events:,} events needs about {need / 1e9:.1f} GB, only "
+            f"{free / 1e9:.1f} GB are free; choose another --output folder or a smaller preset"
+        )
+
+
+# --------------------------------------------------------------------------------------------
+# generation
+# --------------------------------------------------------------------------------------------
+def _run_task(task: FileTask, directory: str) -> FileResult:
+    return generate_file(
+        task.process,
+        task.variation,
+        task.n_events,
+        task.seed,
+        Path(directory) / task.relpath,
+        file_index=task.index,
+        events_per_basket=task.events_per_basket,
+        compression_level=task.compression_level,
+        compressor=task.compressor,
+        mixture=task.mixture,
+    )
+
+
+def _run_tasks(
+    tasks: list[FileTask], directory: Path, workers: int, progress: Callable[[FileResult], None] | None
+) -> list[FileResult]:
+    tasks = sorted(tasks, key=lambda t: -t.n_events)  # largest first balances the pool
+    results = []
+    if workers <= 1 or len(tasks) <= 1:
+        for task in tasks:
+            results.append(_run_task(task, str(directory)))
+            if progress:
+                progress(results[-1])
+        return results
+    with ProcessPoolExecutor(max_workers=min(workers, len(tasks)), mp_context=get_context("spawn")) as pool:
+        futures = [pool.submit(_run_task, task, str(directory)) for task in tasks]
+        try:
+            for fut in as_completed(futures):
+                results.append(fut.result())
+                if progress:
+                    progress(results[-1])
+        except BaseException:
+            for fut in futures:
+                fut.cancel()
+            raise
+    return results
+
+
+def _fileset(plan: DatasetPlan) -> dict[str, Any]:
+    table = table_cross_sections()
+    generator = {"name": "utils.datasets.embedded", "version": GENERATOR_VERSION, "preset": plan.preset.name, "seed": plan.seed}
+    out: dict[str, dict[str, Any]] = {}
+    for task in plan.tasks:
+        entry = out.setdefault(task.process, {}).setdefault(task.variation, {"files": [], "nevts_total": 0})
+        entry["files"].append({"path": task.relpath, "nevts": task.n_events})
+        entry["nevts_total"] += task.n_events
+    for process, variations in out.items():
+        for entry in variations.values():
+            entry["generator"] = generator
+            if process == DATA_PROCESS:
+                entry.update(
+                    lumi=plan.data_lumi,
+                    lumi_fraction=plan.preset.data.lumi_fraction,
+                    mu=plan.mu,
+                    composition=dict(zip(plan.data_mixture.processes, plan.data_mixture.fractions, strict=True)),
+                )
+            elif process not in table:
+                # a process outside the one cross-section table (a new signal) carries its own
+                entry["xsec"] = get_process(process).xsec
+    return out
+
+
+def build_dataset(
+    preset: str = "quickstart",
+    output_root: Path | None = None,
+    seed: int | None = None,
+    workers: int = 1,
+    with_data: bool | None = None,
+    mu: float | None = None,
+    force: bool = False,
+    presets_path: Path | None = None,
+    progress: Callable[[FileResult], None] | None = None,
+) -> DatasetResult:
+    """Generate the dataset of ``preset`` unless the cache already holds it; see the module doc."""
+    start = time.perf_counter()
+    plan = plan_dataset(get_preset(preset, presets_path), seed, with_data, mu)
+    directory = Path(output_root if output_root is not None else DEFAULT_OUTPUT_ROOT) / preset
+    fileset_path = directory / FILESET_NAME
+    with _locked(directory):
+        if not force and is_complete(directory, plan):
+            log.info("dataset %s is complete (key %s): nothing to generate", fileset_path, plan.key[:12])
+            n_bytes = sum((directory / t.relpath).stat().st_size for t in plan.tasks)
+            return DatasetResult(
+                fileset_path, False, len(plan.tasks), plan.n_events, n_bytes, 0, 0, time.perf_counter() - start, 0.0
+            )
+        fileset_path.unlink(missing_ok=True)
+        manifest = _read_json(directory / MANIFEST_NAME)
+        resumable = not force and manifest is not None and manifest.get("key") == plan.key
+        if not resumable:
+            _remove_stale(directory)
+        _remove_temporaries(directory)
+        todo = [t for t in plan.tasks if not (resumable and _file_is_whole(directory / t.relpath, t.n_events))]
+        _check_disk_space(directory, sum(t.n_events for t in todo))
+        header = {
+            "generator": "utils.datasets.embedded",
+            "generator_version": GENERATOR_VERSION,
+            "model_fingerprint": model_fingerprint(),
+            "key": plan.key,
+            "preset": plan.preset.name,
+            "preset_content": plan.preset.content(),
+            "seed": plan.seed,
+            "with_data": plan.with_data,
+            "mu": plan.mu if plan.with_data else None,
+        }
+        write_json_atomic(directory / MANIFEST_NAME, {**header, "complete": False})
+        log.info(
+            "generating %d of %d files (%s events) into %s with %d worker(s)",
+            len(todo),
+            len(plan.tasks),
+            f"{sum(t.n_events for t in todo):,}",
+            directory,
+            workers,
+        )
+        results = _run_tasks(todo, directory, workers, progress)
+        sizes = {t.relpath: (directory / t.relpath).stat().st_size for t in plan.tasks}
+        files = {t.relpath: {"nevts": t.n_events, "bytes": sizes[t.relpath]} for t in plan.tasks}
+        write_json_atomic(
+            directory / MANIFEST_NAME,
+            {
+                **header,
+                "complete": True,
+                "completed_utc": datetime.datetime.now(datetime.UTC).isoformat(),
+                "files": files,
+            },
+        )
+        write_json_atomic(fileset_path, _fileset(plan))
+        for name in (MANIFEST_NAME, FILESET_NAME):
+            make_readable(directory / name)
+    return DatasetResult(
+        fileset_path,
+        True,
+        len(plan.tasks),
+        plan.n_events,
+        sum(sizes.values()),
+        len(results),
+        sum(r.n_events for r in results),
+        time.perf_counter() - start,
+        sum(r.cpu_seconds for r in results),
+    )
+
+
+def ensure_dataset(
+    preset: str = "quickstart",
+    output_root: Path | None = None,
+    seed: int | None = None,
+    workers: int = 1,
+    with_data: bool | None = None,
+    mu: float | None = None,
+    force: bool = False,
+) -> Path:
+    """Path of the dataset JSON of ``preset`` under ``output_root`` (default
+    ``<repo>/data/embedded``), generating the files only if the cache lacks them.
+
+    ``seed`` (default: the preset's), ``with_data`` (default: the preset's ``data.enabled``) and
+    ``mu`` (signal strength of the generated data) are part of the cache key.
+    """
+    return build_dataset(preset, output_root, seed, workers, with_data, mu, force).fileset_path
+
+
+def sample_paths(fileset_path: Path) -> dict[str, list[Path]]:
+    """``{"process__variation": [absolute file paths]}`` of a generated fileset.json."""
+    fileset_path = Path(fileset_path)
+    data = _read_json(fileset_path)
+    if data is None:
+        raise ConfigError(f"{fileset_path}: missing or not valid JSON; run `agc generate` to create it")
+    root = fileset_path.parent
+    return {
+        f"{proc}__{var}": [root / f["path"] for f in entry["files"]]
+        for proc, variations in data.items()
+        for var, entry in variations.items()
+    }
+
+
+__all__ = [
+    "DEFAULT_OUTPUT_ROOT",
+    "FILESET_NAME",
+    "MANIFEST_NAME",
+    "DatasetPlan",
+    "DatasetResult",
+    "FileTask",
+    "build_dataset",
+    "ensure_dataset",
+    "is_complete",
+    "plan_dataset",
+    "sample_paths",
+]

@@ -1,0 +1,154 @@
+"""Filesets from dataset descriptions: the real 2015 CMS file list or the embedded stand-in.
+
+A dataset description is JSON ``{process: {variation: {"files": [{"path", "nevts"}, ...],
+"nevts_total": N, ...}}}``. Relative paths are resolved against the JSON file's folder, so one
+function serves the real list (https URLs) and generated datasets (local files).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+from utils.config import REPO_ROOT, AnalysisConfig
+from utils.errors import ConfigError
+
+log = logging.getLogger(__name__)
+
+CROSS_SECTIONS = REPO_ROOT / "datasets" / "cross_sections.json"
+REAL_DATASET = REPO_ROOT / "datasets" / "cms-open-data-2015" / "ntuples_merged.json"
+DATA_PROCESS = "data"
+TREE_NAME = "events"
+
+
+def load_cross_sections(path: str | Path = CROSS_SECTIONS) -> dict[str, float]:
+    """The cross-section table (pb per process)."""
+    try:
+        with open(path) as f:
+            table = json.load(f)
+    except (OSError, json.JSONDecodeError) as err:
+        raise ConfigError(f"{path}: cannot read the cross-section table: {err}") from None
+    return {k: float(v) for k, v in table.items() if not k.startswith("_")}
+
+
+def load_dataset_description(path: str | Path) -> dict[str, dict[str, dict[str, Any]]]:
+    """Read and check a dataset description; errors name the file and the offending key."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{path}: dataset description not found (for the embedded dataset run `agc generate`)")
+    try:
+        with open(path) as f:
+            data = json.load(f)
+    except json.JSONDecodeError as err:
+        raise ConfigError(f"{path}: not valid JSON: {err}") from None
+    if not isinstance(data, dict) or not data:
+        raise ConfigError(f"{path}: expected an object {{process: {{variation: {{files, nevts_total}}}}}}")
+    for process, variations in data.items():
+        if not isinstance(variations, dict):
+            raise ConfigError(f"{path}: at [{process!r}]: expected an object of variations")
+        for variation, entry in variations.items():
+            where = f"{path}: at [{process!r}][{variation!r}]"
+            if not isinstance(entry, dict) or not isinstance(entry.get("files"), list):
+                raise ConfigError(f"{where}: expected an object with a 'files' list")
+            for i, fentry in enumerate(entry["files"]):
+                if not isinstance(fentry, dict) or "path" not in fentry or "nevts" not in fentry:
+                    raise ConfigError(f"{where}['files'][{i}]: expected {{'path': ..., 'nevts': ...}}")
+                if not isinstance(fentry["nevts"], int) or fentry["nevts"] < 0:
+                    raise ConfigError(f"{where}['files'][{i}]['nevts']: expected a non-negative integer")
+    return data
+
+
+def _resolve(path: str, base: Path) -> str:
+    if "://" in path or path.startswith("root:"):
+        return path
+    p = Path(path)
+    return str(p if p.is_absolute() else (base / p).resolve())
+
+
+def build_fileset(
+    dataset: str | Path,
+    n_files_max_per_sample: int = -1,
+    processes: list[str] | None = None,
+    cross_sections: dict[str, float] | None = None,
+) -> dict[str, dict[str, Any]]:
+    """A coffea fileset ``{"process__variation": {"files": {path: "events"}, "metadata": {...}}}``.
+
+    ``nevts`` in the metadata is the sum over the files actually taken, so the normalisation
+    ``xsec x lumi / nevts`` stays right for any ``n_files_max_per_sample`` (-1: all files).
+    The cross-section comes from the description's ``xsec`` if present, else the table.
+    """
+    path = Path(dataset)
+    description = load_dataset_description(path)
+    table = load_cross_sections() if cross_sections is None else cross_sections
+    fileset: dict[str, dict[str, Any]] = {}
+    for process, variations in description.items():
+        if processes is not None and process not in processes:
+            continue
+        for variation, entry in variations.items():
+            files = entry["files"] if n_files_max_per_sample < 0 else entry["files"][:n_files_max_per_sample]
+            if process == DATA_PROCESS:
+                xsec = None
+            elif "xsec" in entry:
+                xsec = float(entry["xsec"])
+            elif process in table:
+                xsec = table[process]
+            else:
+                raise ConfigError(
+                    f"{path}: at [{process!r}][{variation!r}]: no cross-section for process {process!r}; "
+                    f"add it to {CROSS_SECTIONS} or give 'xsec' in the description"
+                )
+            fileset[f"{process}__{variation}"] = {
+                "files": {_resolve(f["path"], path.parent): TREE_NAME for f in files},
+                # per-file event counts of the description (checked before processing)
+                "file_nevts": {_resolve(f["path"], path.parent): int(f["nevts"]) for f in files},
+                "metadata": {
+                    "process": process,
+                    "variation": variation,
+                    "nevts": int(sum(f["nevts"] for f in files)),
+                    "xsec": xsec,
+                    **({"lumi": float(entry["lumi"])} if "lumi" in entry else {}),
+                },
+            }
+    if not fileset:
+        raise ConfigError(f"{path}: no samples selected (processes={processes})")
+    return fileset
+
+
+def data_luminosity(fileset: dict[str, dict[str, Any]]) -> float | None:
+    """The integrated luminosity (/pb) of the fileset's data sample, if it records one."""
+    for entry in fileset.values():
+        if entry["metadata"]["process"] == DATA_PROCESS and entry["metadata"].get("lumi") is not None:
+            return float(entry["metadata"]["lumi"])
+    return None
+
+
+def normalisation(
+    fileset: dict[str, dict[str, Any]], config: AnalysisConfig, luminosity: float | None = None
+) -> dict[str, float]:
+    """Per-event weight of each sample: xsec x lumi / nevts (1 for data).
+
+    ``luminosity`` overrides the configured one, e.g. to normalise MC to a data sample's
+    luminosity (:func:`data_luminosity`).
+    """
+    lumi = config.luminosity if luminosity is None else luminosity
+    out = {}
+    for sample, entry in fileset.items():
+        meta = entry["metadata"]
+        if meta["xsec"] is None:
+            out[sample] = 1.0
+        elif meta["nevts"] == 0:
+            out[sample] = 0.0
+        else:
+            out[sample] = meta["xsec"] * lumi / meta["nevts"]
+    return out
+
+
+def fileset_summary(fileset: dict[str, Any]) -> list[dict[str, Any]]:
+    """One row per sample: files, events and cross-section (for display)."""
+    return [
+        {"sample": name, "files": len(entry["files"]), "events": entry["metadata"]["nevts"],
+         "xsec [pb]": entry["metadata"]["xsec"]}
+        for name, entry in fileset.items()
+    ]  # fmt: skip

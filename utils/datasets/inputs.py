@@ -1,0 +1,138 @@
+"""Checks of the input files before processing, and the policy for bad ones.
+
+``fail`` (default): the first bad file stops the run with an :class:`InputFileError` that names
+the file, the problem and what to do. ``skip``: bad files (and, during processing, unreadable
+chunks) are left out, a report says which and why and how many events were lost, and the
+normalisation uses the events actually processed.
+"""
+
+from __future__ import annotations
+
+import logging
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+import uproot
+
+from utils.errors import ConfigError, InputFileError
+from utils.processing.selection import READ_BRANCHES
+
+log = logging.getLogger(__name__)
+
+POLICIES = ("fail", "skip")
+# the dtype each analysis branch must have (jagged numeric)
+EXPECTED_KIND = dict.fromkeys(READ_BRANCHES, "f")
+
+
+@dataclass(frozen=True)
+class BadInput:
+    """One file (or chunk of a file) left out of a run."""
+
+    sample: str
+    path: str
+    problem: str
+    events_lost: int
+    entry_start: int | None = None
+    entry_stop: int | None = None
+
+
+@dataclass
+class InputReport:
+    """What was left out of a run and why; goes into the outputs and the metrics."""
+
+    policy: str
+    bad: list[BadInput] = field(default_factory=list)
+
+    def lost_by_sample(self) -> dict[str, int]:
+        out: dict[str, int] = {}
+        for b in self.bad:
+            out[b.sample] = out.get(b.sample, 0) + b.events_lost
+        return out
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "policy": self.policy,
+            "n_bad": len(self.bad),
+            "events_lost": self.lost_by_sample(),
+            "bad": [asdict(b) for b in self.bad],
+        }
+
+
+def check_file(path: str, treename: str = "events", expected_entries: int | None = None) -> str | None:
+    """The problem with one input file, or None if it is usable. Reads only metadata."""
+    try:
+        f = uproot.open(path, timeout=30)
+    except FileNotFoundError:
+        return "file not found"
+    except Exception as err:  # uproot raises many types for non-ROOT or truncated files
+        return f"not a readable ROOT file ({type(err).__name__}: {err})"
+    with f:
+        size = f.file.source.num_bytes
+        if size is not None and f.file.fEND > size:
+            return f"truncated: the header says {f.file.fEND} bytes, the file has {size}"
+        try:
+            tree = f[treename]
+        except Exception:
+            keys = sorted({k.split(";")[0] for k in f.keys(recursive=False)})
+            return f"no tree {treename!r} (the file holds {keys[:10]})"
+        if not isinstance(tree, uproot.behaviors.TTree.TTree):
+            return f"{treename!r} is not a TTree ({type(tree).__name__})"
+        missing = [b for b in READ_BRANCHES if b not in tree]
+        if missing:
+            return f"missing branch(es) the analysis needs: {missing}"
+        for b in READ_BRANCHES:
+            interp = tree[b].interpretation
+            content = getattr(interp, "content", None)
+            dtype = getattr(content, "from_dtype", None)
+            if not isinstance(interp, uproot.interpretation.jagged.AsJagged) or dtype is None:
+                return f"branch {b!r} has an unexpected type {tree[b].typename!r} (expected a jagged float array)"
+            if np.dtype(dtype).kind != EXPECTED_KIND[b]:
+                return f"branch {b!r} has dtype {np.dtype(dtype)} (expected floating point)"
+        if expected_entries is not None and tree.num_entries != expected_entries:
+            return (
+                f"holds {tree.num_entries} entries but the dataset description says {expected_entries} "
+                "(a truncated or replaced file?)"
+            )
+    return None
+
+
+def preflight(
+    fileset: dict[str, dict[str, Any]],
+    policy: str = "fail",
+    expected_entries: dict[str, int] | None = None,
+    threads: int = 8,
+) -> tuple[dict[str, dict[str, Any]], InputReport]:
+    """Check every file of a fileset; return the usable fileset and the report.
+
+    With ``policy="fail"`` the first problem raises :class:`InputFileError`; with ``"skip"`` bad
+    files are dropped and their events subtracted from the sample's ``nevts``.
+    ``expected_entries`` maps file paths to the event counts of the dataset description.
+    """
+    if policy not in POLICIES:
+        raise ConfigError(f"ON_BAD_INPUT={policy!r}: allowed {list(POLICIES)}")
+    expected_entries = expected_entries or {}
+    items = [(s, p, t) for s, e in fileset.items() for p, t in e["files"].items()]
+    with ThreadPoolExecutor(max(1, min(threads, len(items)))) as pool:
+        problems = list(pool.map(lambda it: check_file(it[1], it[2], expected_entries.get(it[1])), items))
+    report = InputReport(policy)
+    clean = {s: {**e, "files": dict(e["files"]), "metadata": dict(e["metadata"])} for s, e in fileset.items()}
+    for (sample, path, _), problem in zip(items, problems, strict=True):
+        if problem is None:
+            continue
+        if policy == "fail":
+            raise InputFileError(
+                f"{path}: {problem}.\n  sample: {sample}\n  what to do: restore or replace the file, remove it "
+                "from the dataset description, or rerun with ON_BAD_INPUT='skip' to leave it out "
+                "(the normalisation then uses the events actually processed)"
+            )
+        lost = int(expected_entries.get(path, 0))
+        report.bad.append(BadInput(sample, path, problem, lost))
+        del clean[sample]["files"][path]
+        clean[sample]["metadata"]["nevts"] -= lost
+        log.warning("skipping %s (%s): %s; %d events lost", path, sample, problem, lost)
+    for sample in [s for s, e in clean.items() if not e["files"]]:
+        log.warning("sample %s has no usable file left", sample)
+        del clean[sample]
+    return clean, report

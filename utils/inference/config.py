@@ -1,0 +1,200 @@
+"""The statistical model's configuration: ``cabinetry_config.yml`` loaded, validated against
+cabinetry's schema (extended by ``Categories``, which splits a region into ML-score categories) and
+against the analysis configuration (regions, variations and binning the processor produces)."""
+
+from __future__ import annotations
+
+import copy
+import json
+import logging
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+
+from utils.config import (
+    REPO_ROOT,
+    AnalysisConfig,
+    load_analysis_config,
+    read_yaml,
+    validate_against_schema,
+)
+from utils.errors import ConfigError
+
+log = logging.getLogger(__name__)
+
+
+DEFAULT_CABINETRY_CONFIG = REPO_ROOT / "cabinetry_config.yml"
+#: the key of our one extension to cabinetry's region schema
+CATEGORIES_KEY = "Categories"
+
+Template = Literal["Up", "Down"] | None
+
+
+# -- configuration ------------------------------------------------------------------------------
+
+
+def _config_schema() -> dict[str, Any]:
+    """cabinetry's configuration schema, with our ``Categories`` region key added."""
+    import pkgutil
+
+    raw = pkgutil.get_data("cabinetry", "schemas/config.json")
+    if raw is None:  # pragma: no cover - broken cabinetry installation
+        raise ConfigError("cabinetry's configuration schema (cabinetry/schemas/config.json) is missing")
+    schema = json.loads(raw)
+    schema["definitions"]["region"]["properties"][CATEGORIES_KEY] = {
+        "description": "split the region into one region per category (ML-score categories)",
+        "type": "array",
+        "minItems": 1,
+        "uniqueItems": True,
+        "items": {"type": "string", "pattern": "^[A-Za-z0-9_.-]+$"},
+    }
+    return schema
+
+
+def expand_categories(config: Mapping[str, Any]) -> dict[str, Any]:
+    """Return a copy of ``config`` with every region that lists ``Categories`` split up.
+
+    Region ``{"Name": "4j2b SR", "RegionPath": "4j2b", "Categories": ["ML0", "ML1"]}`` becomes
+    regions "4j2b SR ML0" and "4j2b SR ML1" reading histograms ``4j2b_ML0_...`` and
+    ``4j2b_ML1_...``. Every ``Regions`` setting (samples, norm factors, systematics, smoothing)
+    that names the original region is rewritten to name all of its categories.
+    """
+    config = copy.deepcopy(dict(config))
+    renamed: dict[str, list[str]] = {}
+    regions: list[dict[str, Any]] = []
+    for region in config.get("Regions", []):
+        categories = region.pop(CATEGORIES_KEY, None)
+        if not categories:
+            regions.append(region)
+            continue
+        names = []
+        for category in categories:
+            new = dict(region, Name=f"{region['Name']} {category}")
+            if "RegionPath" in region:
+                new["RegionPath"] = f"{region['RegionPath']}_{category}"
+            regions.append(new)
+            names.append(new["Name"])
+        renamed[region["Name"]] = names
+    config["Regions"] = regions
+    if renamed:
+
+        def rewrite(item: dict[str, Any]) -> None:
+            if "Regions" in item:
+                setting = item["Regions"] if isinstance(item["Regions"], list) else [item["Regions"]]
+                item["Regions"] = [n for r in setting for n in renamed.get(r, [r])]
+
+        for section in ("Samples", "NormFactors", "Systematics"):
+            for item in config.get(section, []):
+                rewrite(item)
+                if isinstance(item.get("Smoothing"), dict):
+                    rewrite(item["Smoothing"])
+    return config
+
+
+def _analysis_histogram_edges(analysis: AnalysisConfig) -> np.ndarray:
+    return np.linspace(analysis.hist_low, analysis.hist_high, analysis.hist_bins + 1)
+
+
+def _known_variations(analysis: AnalysisConfig) -> set[str]:
+    """Every variation name the processor writes histograms for (nominal excluded)."""
+    names = set(analysis.jet_variations[1:]) | set(analysis.alternative_variations)
+    processes = {p for fw in analysis.flat_weights for p in fw.processes} | {analysis.alternative_process}
+    for process in processes:
+        names |= set(analysis.weight_variations(process))
+    return names
+
+
+def _semantic_checks(config: dict[str, Any], analysis: AnalysisConfig, source: str) -> None:
+    """Checks cabinetry cannot make: does the model fit the histograms the analysis produces?"""
+    problems: list[str] = []
+    general = config["General"]
+    if ":" not in general["InputPath"]:
+        problems.append(
+            f"at ['General']['InputPath']: {general['InputPath']!r} has no colon; expected "
+            "'histograms.root:{RegionPath}_{SamplePath}{VariationPath}'"
+        )
+    norm_factors = [nf["Name"] for nf in config["NormFactors"]]
+    if general.get("POI") and general["POI"] not in norm_factors:
+        problems.append(f"at ['General']['POI']: {general['POI']!r} is not a NormFactor; NormFactors: {norm_factors}")
+
+    analysis_edges = _analysis_histogram_edges(analysis)
+    for i, region in enumerate(config["Regions"]):
+        region_path = str(region.get("RegionPath", ""))
+        if not any(region_path == r or region_path.startswith(f"{r}_") for r in analysis.region_names):
+            problems.append(
+                f"at ['Regions'][{i}]['RegionPath']: {region.get('RegionPath')!r} does not start with a region of "
+                f"{analysis.source} (allowed: {list(analysis.region_names)})"
+            )
+        binning = region.get("Binning")
+        if binning is not None:
+            outside = [b for b in binning if not np.isclose(analysis_edges, b, rtol=0, atol=1e-9).any()]
+            if outside or list(binning) != sorted(binning):
+                problems.append(
+                    f"at ['Regions'][{i}]['Binning']: edges must increase and be edges of the saved histograms "
+                    f"({analysis.hist_bins} bins, {analysis.hist_low}-{analysis.hist_high} in {analysis.source}); "
+                    f"not edges: {outside}"
+                )
+    for i, sample in enumerate(config["Samples"]):
+        if not isinstance(sample.get("SamplePath"), str):
+            problems.append(
+                f"at ['Samples'][{i}]: sample {sample['Name']!r} needs one SamplePath string for histogram inputs"
+            )
+
+    known = _known_variations(analysis)
+    for i, syst in enumerate(config.get("Systematics", [])):
+        for template in ("Up", "Down"):
+            path = syst.get(template, {}).get("VariationPath")
+            if path is None:
+                continue
+            if not path.startswith("_") or path[1:] not in known:
+                problems.append(
+                    f"at ['Systematics'][{i}][{template!r}]['VariationPath']: {path!r} is not '_' + a variation "
+                    f"of {analysis.source}; allowed: {sorted('_' + n for n in known)}"
+                )
+    if problems:
+        raise ConfigError(
+            f"{source}: inconsistent statistical model ({len(problems)} problem(s)):\n  " + "\n  ".join(problems)
+        )
+
+
+def parse_cabinetry_config(
+    data: Any, source: str = "<cabinetry configuration>", analysis: AnalysisConfig | None = None
+) -> dict[str, Any]:
+    """Validate a cabinetry configuration given as data; return it with categories expanded.
+
+    Raises :class:`ConfigError` naming the source and the key path of every problem.
+    """
+    import cabinetry
+
+    validate_against_schema(data, _config_schema(), source)
+    config = expand_categories(data)
+    try:
+        cabinetry.configuration.validate(config)
+    except (ValueError, NotImplementedError) as err:
+        raise ConfigError(f"{source}: {err}") from None
+    _semantic_checks(config, analysis or load_analysis_config(), source)
+    return config
+
+
+def load_cabinetry_config(path: str | Path | None = None, analysis: AnalysisConfig | None = None) -> dict[str, Any]:
+    """Load and validate ``cabinetry_config.yml`` (default: the repository's)."""
+    path = Path(path) if path is not None else DEFAULT_CABINETRY_CONFIG
+    return parse_cabinetry_config(read_yaml(path), source=str(path), analysis=analysis)
+
+
+def with_paths(config: Mapping[str, Any], histograms_path: str | Path, histogram_folder: str | Path) -> dict[str, Any]:
+    """Return a copy of ``config`` reading ``histograms_path`` and keeping templates in ``histogram_folder``.
+
+    The file part of ``InputPath`` (everything before its last colon) is replaced; the part
+    after it (the histogram name with its placeholders) is kept.
+    """
+    config = copy.deepcopy(dict(config))
+    _, _, in_file = config["General"]["InputPath"].rpartition(":")
+    config["General"]["InputPath"] = f"{Path(histograms_path).resolve()}:{in_file}"
+    config["General"]["HistogramFolder"] = str(histogram_folder)
+    return config
+
+
+# -- templates ----------------------------------------------------------------------------------

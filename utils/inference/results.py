@@ -1,0 +1,319 @@
+"""The statistical inference stage: cabinetry templates, pyhf workspace, fit, ranking, limits.
+
+The model is described by ``cabinetry_config.yml`` (repository root). This module
+
+1. loads it, validates it against cabinetry's JSON schema (extended by one key, ``Categories``,
+   that splits a region into ML-score categories) and against the analysis configuration
+   (regions, variation names and binning must be ones the processor produces);
+2. checks that every histogram the model needs exists in the run's ``histograms.root``
+   (a missing template is an error naming all missing histograms, never a silent zero);
+3. builds the templates from the un-rebinned histograms, applying each region's ``Binning``;
+4. builds and saves ``workspace.json``, runs the maximum-likelihood fit (and on request the
+   impact ranking, discovery significance and upper limit), saves figures and a results JSON.
+
+Every output lands atomically: cabinetry writes its template files into a temporary folder
+that is renamed into place, and everything else goes through :mod:`utils.io`.
+
+Entry point: :func:`run_inference`."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import shutil
+import tempfile
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from utils.errors import StatisticsError
+from utils.inference.config import DEFAULT_CABINETRY_CONFIG, load_cabinetry_config, with_paths
+from utils.inference.fit import (
+    LimitSummary,
+    SignificanceSummary,
+    build_workspace,
+    fit_workspace,
+    numpy_backend,
+    rank_parameters,
+    significance_of,
+    upper_limit_of,
+)
+from utils.inference.templates import build_templates
+from utils.io import sha256_file, write_json_atomic
+from utils.runinfo import StageTimer, package_versions
+
+log = logging.getLogger(__name__)
+
+WORKSPACE_NAME = "workspace.json"
+RESULTS_NAME = "fit_results.json"
+TEMPLATES_DIRNAME = "templates"
+FIGURES_DIRNAME = "figures"
+INFERENCE_PACKAGES = ("cabinetry", "pyhf", "iminuit", "uproot")
+
+
+@dataclass(frozen=True)
+class Impact:
+    parameter: str
+    bestfit: float
+    uncertainty: float
+    prefit_up: float
+    prefit_down: float
+    postfit_up: float
+    postfit_down: float
+
+
+@dataclass(frozen=True)
+class InferenceResult:
+    """What the inference stage produced: the POI, every parameter, and where the outputs are."""
+
+    poi_name: str
+    bestfit: float
+    uncertainty: float
+    parameter_names: tuple[str, ...]
+    parameter_values: tuple[float, ...]
+    parameter_uncertainties: tuple[float, ...]
+    correlations: np.ndarray = field(repr=False, compare=False)
+    twice_nll: float
+    goodness_of_fit: float | None  # p-value with a saturated model; None where undefined
+    workspace_sha256: str
+    workspace_path: Path
+    results_path: Path
+    templates_path: Path | None
+    figures: dict[str, Path]
+    timings: dict[str, float]
+    strategy: int | None
+    significance: SignificanceSummary | None = None
+    limit: LimitSummary | None = None
+    ranking: tuple[Impact, ...] | None = None
+    #: optional steps (significance, limit) that failed -> why; the fit result stands
+    failures: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def n_parameters(self) -> int:
+        return len(self.parameter_names)
+
+    def parameter(self, name: str) -> tuple[float, float]:
+        """Best-fit value and uncertainty of a parameter by name."""
+        try:
+            i = self.parameter_names.index(name)
+        except ValueError:
+            raise StatisticsError(f"no parameter {name!r}; parameters: {list(self.parameter_names)}") from None
+        return self.parameter_values[i], self.parameter_uncertainties[i]
+
+    def to_dict(self) -> dict[str, Any]:
+        """The results JSON content."""
+        gof = self.goodness_of_fit
+        return {
+            "poi": {"name": self.poi_name, "bestfit": self.bestfit, "uncertainty": self.uncertainty},
+            "parameters": [
+                {"name": n, "bestfit": v, "uncertainty": u}
+                for n, v, u in zip(
+                    self.parameter_names, self.parameter_values, self.parameter_uncertainties, strict=True
+                )
+            ],
+            "n_parameters": self.n_parameters,
+            "correlations": np.round(self.correlations, 12).tolist(),
+            "fit_quality": {"twice_nll": self.twice_nll, "goodness_of_fit_p_value": gof},
+            "workspace": {"path": self.workspace_path.name, "sha256": self.workspace_sha256},
+            "significance": _asdict(self.significance),
+            "limit": _asdict(self.limit),
+            "ranking": [_asdict(i) for i in self.ranking] if self.ranking is not None else None,
+            "failures": dict(self.failures),
+            "figures": {k: str(v.name) for k, v in self.figures.items()},
+            "settings": {"pyhf_backend": "numpy", "minuit_strategy": self.strategy},
+            "timings_s": self.timings,
+        }
+
+
+def _asdict(obj: Any) -> Any:
+    """A dataclass as JSON-ready dict; infinite or NaN numbers (a 'significance' of a signal
+    too large for double precision, say) become None, as strict JSON has no such numbers."""
+    from dataclasses import asdict
+
+    def clean(value: Any) -> Any:
+        if isinstance(value, float) and not np.isfinite(value):
+            return None
+        if isinstance(value, list | tuple):
+            return [clean(v) for v in value]
+        return value
+
+    return {k: clean(v) for k, v in asdict(obj).items()} if obj is not None else None
+
+
+@contextlib.contextmanager
+def _atomic_dir(target: Path) -> Iterator[Path]:
+    """A temporary folder beside ``target`` that replaces ``target`` when the block succeeds."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{target.name}.", dir=target.parent))
+    tmp.chmod(0o755)  # mkdtemp makes it private; the result is an ordinary output folder
+    try:
+        yield tmp
+        if target.exists():
+            old = Path(tempfile.mkdtemp(prefix=f".old-{target.name}.", dir=target.parent))
+            target.replace(old / target.name)
+            tmp.replace(target)
+            shutil.rmtree(old)
+        else:
+            tmp.replace(target)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp)
+
+
+@contextlib.contextmanager
+def _template_folder(output_dir: Path, keep: bool) -> Iterator[Path]:
+    """A scratch folder for cabinetry's template files; kept as ``output_dir/templates`` if asked."""
+    if keep:
+        with _atomic_dir(output_dir / TEMPLATES_DIRNAME) as tmp:
+            yield tmp
+    else:
+        with tempfile.TemporaryDirectory(prefix=".tmp-templates.", dir=output_dir) as tmp:
+            yield Path(tmp)
+
+
+def prepare_workspace(
+    histograms_path: str | Path,
+    output_dir: str | Path,
+    cabinetry_config_path: str | Path | None = None,
+    *,
+    keep_templates: bool = True,
+    timer: StageTimer | None = None,
+) -> tuple[dict[str, Any], dict[str, Any], str]:
+    """Load the model configuration, build templates and write ``output_dir/workspace.json``.
+
+    Returns ``(config, workspace, workspace sha256)``; ``config`` points at the run's
+    histograms file and at ``output_dir/templates``.
+    """
+    timer = timer or StageTimer()
+    output_dir = Path(output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    raw_config = load_cabinetry_config(cabinetry_config_path)
+    with _template_folder(output_dir, keep_templates) as folder:
+        config = with_paths(raw_config, histograms_path, folder)
+        with timer("templates"):
+            build_templates(config, histograms_path)
+        with timer("workspace"):
+            ws, ws_sha = build_workspace(config, output_dir / WORKSPACE_NAME)
+    return with_paths(raw_config, histograms_path, output_dir / TEMPLATES_DIRNAME), ws, ws_sha
+
+
+@contextlib.contextmanager
+def _recorded(failures: dict[str, str], step: str) -> Iterator[None]:
+    """Turn a :class:`StatisticsError` of an optional step into an entry of ``failures``."""
+    try:
+        yield
+    except StatisticsError as err:
+        failures[step] = str(err)
+        log.error("%s: %s", step, err)
+
+
+def run_inference(
+    histograms_path: str | Path,
+    output_dir: str | Path,
+    cabinetry_config_path: str | Path | None = None,
+    *,
+    ranking: bool = False,
+    significance: bool = False,
+    limit: bool = False,
+    figures: bool = True,
+    strategy: int | None = None,
+    keep_templates: bool = True,
+    figure_format: str = "pdf",
+) -> InferenceResult:
+    """Run the whole inference stage on one ``histograms.root``; write everything to ``output_dir``.
+
+    Writes ``workspace.json``, ``fit_results.json``, ``templates/`` (if ``keep_templates``) and
+    ``figures/*.<figure_format>``. ``strategy``: the MINUIT strategy of every fit (None: pyhf's choice, 1).
+    ``ranking`` refits the model four times per parameter (about two minutes for the AGC model).
+    """
+    from utils.inference import figures as inference_figures
+
+    histograms_path = Path(histograms_path)
+    output_dir = Path(output_dir)
+    timer = StageTimer()
+    sig_summary = lim_summary = impacts = ranking_results = None
+    figure_paths: dict[str, Path] = {}
+    failures: dict[str, str] = {}
+    with timer("total"), numpy_backend():
+        config, ws, ws_sha = prepare_workspace(
+            histograms_path, output_dir, cabinetry_config_path, keep_templates=keep_templates, timer=timer
+        )
+        with timer("fit"):
+            model, data, fit_results = fit_workspace(ws, strategy=strategy)
+        # the fit stands without the optional extras: a failed one is recorded, not raised
+        if significance:
+            with timer("significance"), _recorded(failures, "significance"):
+                sig_summary = significance_of(model, data, strategy=strategy)
+        if limit:
+            with timer("limit"), _recorded(failures, "limit"):
+                lim_summary = upper_limit_of(model, data, strategy=strategy)
+        if ranking:
+            with timer("ranking"):
+                ranking_results = rank_parameters(model, data, fit_results, strategy=strategy)
+            impacts = _impacts(ranking_results)
+        if figures:
+            with timer("figures"):
+                figure_paths = inference_figures.inference_figures(
+                    output_dir / FIGURES_DIRNAME,
+                    model,
+                    data,
+                    fit_results,
+                    config,
+                    ranking_results,
+                    suffix=f".{figure_format}",
+                )
+
+    poi_index = model.config.poi_index
+    gof = float(fit_results.goodness_of_fit)
+    result = InferenceResult(
+        poi_name=model.config.poi_name,
+        bestfit=float(fit_results.bestfit[poi_index]),
+        uncertainty=float(fit_results.uncertainty[poi_index]),
+        parameter_names=tuple(fit_results.labels),
+        parameter_values=tuple(float(x) for x in fit_results.bestfit),
+        parameter_uncertainties=tuple(float(x) for x in fit_results.uncertainty),
+        correlations=np.asarray(fit_results.corr_mat, dtype=float),
+        twice_nll=float(fit_results.best_twice_nll),
+        goodness_of_fit=gof if np.isfinite(gof) and gof >= 0 else None,
+        workspace_sha256=ws_sha,
+        workspace_path=output_dir / WORKSPACE_NAME,
+        results_path=output_dir / RESULTS_NAME,
+        templates_path=output_dir / TEMPLATES_DIRNAME if keep_templates else None,
+        figures=figure_paths,
+        timings=timer.timings,
+        strategy=strategy,
+        significance=sig_summary,
+        limit=lim_summary,
+        ranking=impacts,
+        failures=failures,
+    )
+    content = result.to_dict()
+    content["inputs"] = {
+        "histograms": str(histograms_path.resolve()),
+        "histograms_sha256": sha256_file(histograms_path),
+        "cabinetry_config": str(Path(cabinetry_config_path or DEFAULT_CABINETRY_CONFIG).resolve()),
+        "versions": package_versions(INFERENCE_PACKAGES),
+    }
+    write_json_atomic(result.results_path, content)
+    log.info(
+        "%s = %.4f +/- %.4f (%d parameters)", result.poi_name, result.bestfit, result.uncertainty, result.n_parameters
+    )
+    return result
+
+
+def _impacts(ranking_results: Any) -> tuple[Impact, ...]:
+    return tuple(
+        Impact(
+            parameter=str(label),
+            bestfit=float(ranking_results.bestfit[i]),
+            uncertainty=float(ranking_results.uncertainty[i]),
+            prefit_up=float(ranking_results.prefit_up[i]),
+            prefit_down=float(ranking_results.prefit_down[i]),
+            postfit_up=float(ranking_results.postfit_up[i]),
+            postfit_down=float(ranking_results.postfit_down[i]),
+        )
+        for i, label in enumerate(ranking_results.labels)
+    )

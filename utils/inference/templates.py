@@ -1,0 +1,151 @@
+"""Templates of the statistical model from a run's ``histograms.root``: every histogram the model
+needs must exist (a missing one is an error naming all missing, never a silent zero); each region's
+``Binning`` is applied when the templates are built."""
+
+from __future__ import annotations
+
+import itertools
+import logging
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import numpy as np
+
+from utils.errors import StatisticsError
+from utils.inference.config import Template
+
+log = logging.getLogger(__name__)
+
+
+class TemplateRef(NamedTuple):
+    """One histogram the model needs: where it comes from and what cabinetry calls it."""
+
+    region: dict[str, Any]
+    sample: dict[str, Any]
+    systematic: dict[str, Any]
+    template: Template
+    histogram: str  # name inside histograms.root
+    name: str  # cabinetry's template name (file stem in the template folder)
+
+
+def _histogram_key(config: Mapping[str, Any], region, sample, systematic, template: Template) -> str:
+    """The in-file histogram name for one template (cabinetry's placeholder rules)."""
+    general = config["General"]
+    settings = systematic.get(template, {}) if template is not None else {}
+    values = {
+        "{RegionPath}": settings.get("RegionPath", region.get("RegionPath", "")),
+        "{SamplePath}": settings.get("SamplePath", sample.get("SamplePath", "")),
+        "{VariationPath}": settings.get("VariationPath", general.get("VariationPath", "")),
+    }
+    key = general["InputPath"].rpartition(":")[2]
+    for placeholder, value in values.items():
+        key = key.replace(placeholder, value)
+    return key
+
+
+def required_templates(config: Mapping[str, Any]) -> list[TemplateRef]:
+    """Every template the configuration needs, in cabinetry's order."""
+    import cabinetry
+
+    refs: list[TemplateRef] = []
+
+    def collect(region, sample, systematic, template) -> None:
+        refs.append(
+            TemplateRef(
+                region,
+                sample,
+                systematic,
+                template,
+                _histogram_key(config, region, sample, systematic, template),
+                cabinetry.histo.name(region, sample, systematic, template=template),
+            )
+        )
+
+    cabinetry.route.apply_to_all_templates(dict(config), collect)
+    return refs
+
+
+class HistogramData(NamedTuple):
+    edges: np.ndarray
+    values: np.ndarray  # in-range bins only
+    variances: np.ndarray
+
+
+def read_histograms(histograms_path: str | Path, names: list[str]) -> dict[str, HistogramData]:
+    """Read the named 1D histograms; a missing file or histogram is a :class:`StatisticsError`."""
+    import uproot
+
+    histograms_path = Path(histograms_path)
+    if not histograms_path.is_file():
+        raise StatisticsError(f"{histograms_path}: histograms file not found; run the processing stage first")
+    wanted = sorted(set(names))
+    with uproot.open(histograms_path) as f:
+        present = set(f.keys(cycle=False))
+        missing = [n for n in wanted if n not in present]
+        if missing:
+            raise StatisticsError(
+                f"{histograms_path}: {len(missing)} histogram(s) the statistical model needs are missing: "
+                f"{', '.join(missing)}. Check the sample and variation names in the cabinetry configuration "
+                "or rerun the processing stage with these systematics."
+            )
+        out: dict[str, HistogramData] = {}
+        for name in wanted:
+            obj = f[name]
+            if not obj.classname.startswith("TH1"):
+                raise StatisticsError(
+                    f"{histograms_path}: {name!r} is a {obj.classname}, expected a 1D histogram (TH1)"
+                )
+            out[name] = HistogramData(
+                np.asarray(obj.axis().edges(), dtype=float),
+                np.asarray(obj.values(flow=False), dtype=float),
+                np.asarray(obj.variances(flow=False), dtype=float),
+            )
+    return out
+
+
+def rebin(histogram: HistogramData, new_edges: np.ndarray | list[float], name: str = "histogram") -> HistogramData:
+    """Sum bins into ``new_edges`` (each must be an edge of the histogram); sumw2 adds up too.
+
+    Content outside ``new_edges`` is left out (the fit range), flow bins included.
+    """
+    new_edges = np.asarray(new_edges, dtype=float)
+    index = np.abs(histogram.edges[None, :] - new_edges[:, None]).argmin(axis=1)
+    if not np.allclose(histogram.edges[index], new_edges, rtol=1e-9, atol=1e-9) or np.any(np.diff(index) <= 0):
+        raise StatisticsError(
+            f"{name}: cannot rebin edges {histogram.edges.tolist()} to {new_edges.tolist()}: every new edge must be "
+            "an edge of the histogram, in increasing order"
+        )
+    segments = list(itertools.pairwise(index))
+    values = np.array([histogram.values[a:b].sum() for a, b in segments])
+    variances = np.array([histogram.variances[a:b].sum() for a, b in segments])
+    return HistogramData(new_edges, values, variances)
+
+
+def build_templates(config: Mapping[str, Any], histograms_path: str | Path | None = None) -> list[TemplateRef]:
+    """Write every template (rebinned to its region's Binning) into ``HistogramFolder``.
+
+    ``histograms_path`` defaults to the file part of ``InputPath``. All needed histograms are
+    checked before anything is written.
+    """
+    import cabinetry
+
+    if histograms_path is None:
+        histograms_path = config["General"]["InputPath"].rpartition(":")[0]
+    refs = required_templates(config)
+    histograms = read_histograms(histograms_path, [r.histogram for r in refs])
+    folder = Path(config["General"]["HistogramFolder"])
+    folder.mkdir(parents=True, exist_ok=True)
+    for ref in refs:
+        hist = histograms[ref.histogram]
+        if ref.region.get("Binning") is not None:
+            hist = rebin(hist, ref.region["Binning"], name=f"{histograms_path}:{ref.histogram}")
+        template = cabinetry.histo.Histogram.from_arrays(hist.edges, hist.values, np.sqrt(hist.variances))
+        template.validate(ref.name)  # logs empty bins and ill-defined uncertainties
+        template.save(folder / ref.name)
+    log.info("built %d templates from %s into %s", len(refs), histograms_path, folder)
+    cabinetry.templates.postprocess(dict(config))
+    return refs
+
+
+# -- fitting ------------------------------------------------------------------------------------

@@ -1,0 +1,292 @@
+"""coffea executors chosen by name: iterative, futures (processes) and Dask (a local cluster,
+an existing scheduler by address, or a facility preset: coffea-casa's scheduler or a dask-gateway
+cluster).
+
+Remote choices fail fast with a :class:`~utils.errors.ConfigError` that says what was tried and
+what to do, instead of hanging on a scheduler that is not there.
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from urllib.parse import urlparse
+
+from coffea import processor
+
+from utils.errors import ConfigError
+
+log = logging.getLogger(__name__)
+
+EXECUTORS = ("iterative", "futures", "dask")
+# imported by every worker before the clock of a run starts (a fresh worker otherwise pays these
+# imports, several seconds, inside the first chunk's wall time)
+WARM_MODULES = ("utils.processing.processor",)
+# one thread per library pool in a worker process (what Dask's nanny sets too): a worker is one
+# core; torch's and BLAS's own thread pools would otherwise oversubscribe the machine
+SINGLE_THREAD_ENV = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1"}
+DEFAULT_PORTS = {"tcp": 8786, "tls": 8786, "http": 80, "https": 443, "gateway": 8786}
+CONNECT_TIMEOUT_S = 3.0
+WORKER_WAIT_S = 60.0
+
+
+@dataclass(frozen=True)
+class Facility:
+    """How ``AF_NAME`` reaches Dask workers when ``USE_DASK`` is on.
+
+    ``kind``: ``scheduler`` (connect to ``address``), ``gateway`` (ask a dask-gateway server for a
+    cluster) or ``local`` (start a ``LocalCluster`` here).
+    """
+
+    name: str
+    kind: str
+    address: str | None = None
+    hint: str = ""
+
+
+FACILITIES: dict[str, Facility] = {
+    "local": Facility("local", "local", hint="a LocalCluster on this machine"),
+    "coffea_casa": Facility(
+        "coffea_casa",
+        "scheduler",
+        "tls://localhost:8786",
+        hint="coffea-casa runs a scheduler per user session at tls://localhost:8786 (TLS settings come from "
+        "the session's Dask configuration); run inside a coffea-casa JupyterLab session",
+    ),
+    "dask_gateway": Facility(
+        "dask_gateway",
+        "gateway",
+        hint="a dask-gateway server; its address comes from the Dask configuration key gateway.address "
+        "(environment variable DASK_GATEWAY__ADDRESS)",
+    ),
+}
+
+
+@dataclass
+class ExecutorHandle:
+    executor: processor.executor.ExecutorBase
+    name: str
+    workers: int
+    client: object | None = None
+    startup_s: float = 0.0  # starting the workers and importing WARM_MODULES in each
+
+
+def warm_worker(modules: tuple[str, ...] = WARM_MODULES, warm: Callable[[], object] | None = None,
+                linger_s: float = 0.0) -> int:  # fmt: skip
+    """Import ``modules`` and call ``warm`` (e.g. load the ML models) in this worker process;
+    returns its pid. ``linger_s`` keeps the worker busy a moment so that a pool hands the next
+    warm-up task to another worker."""
+    import importlib
+    import os
+    import time
+
+    for name in modules:
+        importlib.import_module(name)
+    if warm is not None:
+        warm()
+    time.sleep(linger_s)
+    return os.getpid()
+
+
+def warm_processor(
+    processor_instance, fileset: dict, schema=None, entries: int = 2000, treename: str = "events"
+) -> None:
+    """Run ``processor_instance`` on the first ``entries`` events of one file of ``fileset`` and
+    discard the output: a worker then has loaded everything a chunk needs on first use (compiled
+    numba kernels from their cache, torch and the ML models, decompression libraries), which
+    otherwise lands in the first chunk's processtime of every worker. A sample whose
+    ``variation`` is ``nominal`` is preferred (it exercises every code path of the processor).
+    Pass ``functools.partial(warm_processor, proc, fileset, schema)`` as ``make_executor(warm=...)``.
+    """
+    from coffea.nanoevents import NanoEventsFactory
+
+    samples = sorted(fileset.items(), key=lambda kv: kv[1].get("metadata", {}).get("variation") != "nominal")
+    for name, entry in samples:
+        for path, tree in dict(entry["files"]).items():
+            metadata = {"dataset": name, **entry.get("metadata", {}), "filename": path, "treename": tree or treename}
+            events = NanoEventsFactory.from_root(
+                {path: tree or treename}, schemaclass=schema, metadata=metadata, mode="virtual", entry_stop=entries
+            ).events()
+            processor_instance.process(events)
+            return
+
+
+@contextmanager
+def _futures_pool(workers: int, warm: Callable[[], object] | None) -> Iterator[object]:
+    """A started process pool (coffea's default class, loky) whose workers have imported
+    :data:`WARM_MODULES` and called ``warm``."""
+    from loky import ProcessPoolExecutor
+
+    pool = ProcessPoolExecutor(
+        max_workers=workers, initializer=warm_worker, initargs=(WARM_MODULES, warm), env=SINGLE_THREAD_ENV
+    )
+    try:
+        tasks = [pool.submit(warm_worker, WARM_MODULES, None, 0.2) for _ in range(workers)]
+        pids = {f.result() for f in tasks}
+        log.debug("futures pool: %d of %d workers warm", len(pids), workers)
+        yield pool
+    finally:
+        pool.shutdown(wait=True)
+
+
+def _host_port(address: str) -> tuple[str | None, int]:
+    parsed = urlparse(address if "://" in address else f"tcp://{address}")
+    return parsed.hostname, parsed.port or DEFAULT_PORTS.get(parsed.scheme, 8786)
+
+
+def _reachable(address: str, timeout: float = CONNECT_TIMEOUT_S) -> bool:
+    """Whether a TCP connection to the address's host and port opens within ``timeout`` seconds."""
+    host, port = _host_port(address)
+    if not host:
+        return False
+    try:
+        with socket.create_connection((host, port), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+def _require_reachable(address: str, what: str, fix: str) -> None:
+    if not _reachable(address):
+        host, port = _host_port(address)
+        raise ConfigError(
+            f"{what} at {address} is not reachable (no TCP connection to {host}:{port} within "
+            f"{CONNECT_TIMEOUT_S:.0f} s); {fix}"
+        )
+
+
+def _wait_for_workers(client, n: int, where: str) -> int:
+    try:
+        client.wait_for_workers(n, timeout=WORKER_WAIT_S)
+    except TimeoutError:
+        raise ConfigError(
+            f"the Dask scheduler {where} has no workers after {WORKER_WAIT_S:.0f} s; start workers "
+            "(dask worker <address>) or scale the cluster"
+        ) from None
+    return len(client.scheduler_info(n_workers=-1)["workers"])
+
+
+@contextmanager
+def _scheduler_client(address: str, facility: Facility | None) -> Iterator[tuple[object, int]]:
+    what = f"Dask scheduler of facility {facility.name!r}" if facility else "Dask scheduler (SCHEDULER_ADDRESS)"
+    fix = (
+        f"{facility.hint}; or set AF_NAME='local' for a local cluster"
+        if facility
+        else "start it (dask scheduler), fix SCHEDULER_ADDRESS, or set it to None for a local cluster"
+    )
+    _require_reachable(address, what, fix)
+    from dask.distributed import Client
+
+    try:
+        client = Client(address, timeout="10s")
+    except (OSError, TimeoutError, ValueError) as err:
+        raise ConfigError(f"{what} at {address}: the connection opened but the Dask handshake failed: {err}") from None
+    try:
+        yield client, _wait_for_workers(client, 1, address)
+    finally:
+        client.close()
+
+
+@contextmanager
+def _gateway_client(facility: Facility, workers: int) -> Iterator[tuple[object, int]]:
+    try:
+        import dask_gateway
+    except ImportError:
+        raise ConfigError(
+            f"AF_NAME={facility.name!r} needs the dask-gateway client, which is not installed in this "
+            "environment: pip install dask-gateway (the version of the facility's gateway server) and "
+            "set DASK_GATEWAY__ADDRESS; or use AF_NAME='local' or SCHEDULER_ADDRESS"
+        ) from None
+    import dask.config
+
+    address = facility.address or dask.config.get("gateway.address", None)
+    if not address:
+        raise ConfigError(
+            f"AF_NAME={facility.name!r}: no dask-gateway address configured; set the Dask configuration "
+            "key gateway.address (environment variable DASK_GATEWAY__ADDRESS)"
+        )
+    _require_reachable(address, "dask-gateway server", "check DASK_GATEWAY__ADDRESS and the network")
+    gateway = dask_gateway.Gateway(address)
+    cluster = gateway.new_cluster()
+    try:
+        cluster.scale(workers)
+        client = cluster.get_client()
+        try:
+            yield client, _wait_for_workers(client, workers, f"of the dask-gateway cluster {cluster.name}")
+        finally:
+            client.close()
+    finally:
+        cluster.shutdown()
+
+
+@contextmanager
+def _local_client(workers: int) -> Iterator[tuple[object, int]]:
+    from dask.distributed import Client, LocalCluster
+
+    cluster = LocalCluster(
+        n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=":0", host="127.0.0.1"
+    )
+    client = Client(cluster)
+    try:
+        yield client, workers
+    finally:
+        client.close()
+        cluster.close()
+
+
+def dask_client(workers: int = 2, scheduler_address: str | None = None, af_name: str = "local"):
+    """A context manager yielding ``(client, n_workers)``.
+
+    Precedence: an explicit ``scheduler_address``; else the facility preset ``af_name``
+    (:data:`FACILITIES`); else (``local`` or a facility name without a preset, which is then
+    only a label in the metrics) a ``LocalCluster`` of ``workers`` single-threaded processes.
+    """
+    if scheduler_address:
+        return _scheduler_client(scheduler_address, None)
+    facility = FACILITIES.get(af_name)
+    if facility is None or facility.kind == "local":
+        if facility is None:
+            log.info("AF_NAME=%r has no Dask preset (known: %s): starting a local cluster", af_name, list(FACILITIES))
+        return _local_client(workers)
+    if facility.kind == "scheduler":
+        return _scheduler_client(facility.address, facility)
+    return _gateway_client(facility, workers)
+
+
+@contextmanager
+def make_executor(
+    name: str = "futures",
+    workers: int = 2,
+    scheduler_address: str | None = None,
+    af_name: str = "local",
+    warm: Callable[[], object] | None = None,
+) -> Iterator[ExecutorHandle]:
+    """Yield an :class:`ExecutorHandle`; a cluster or client started here is closed on exit.
+
+    ``name``: iterative | futures | dask. For dask see :func:`dask_client`. Futures and Dask
+    workers are started and have imported :data:`WARM_MODULES` when this yields, so that a run's
+    wall time measures processing, not start-up (``startup_s`` records the start-up). ``warm``
+    (picklable, no arguments) is called once in each worker too: pass what loads the ML models.
+    """
+    if name not in EXECUTORS:
+        raise ConfigError(f"unknown executor {name!r}; allowed: {list(EXECUTORS)}")
+    t0 = time.monotonic()
+    if name == "iterative":
+        yield ExecutorHandle(processor.IterativeExecutor(), name, 1)
+        return
+    if name == "futures":
+        with _futures_pool(workers, warm) as pool:
+            startup = time.monotonic() - t0
+            log.info("futures: %d worker process(es) started and warm in %.1f s", workers, startup)
+            yield ExecutorHandle(processor.FuturesExecutor(pool=pool, workers=workers, merging=False), name,
+                                 workers, startup_s=startup)  # fmt: skip
+        return
+    with dask_client(workers, scheduler_address, af_name) as (client, n_workers):
+        client.run(warm_worker, WARM_MODULES, warm)
+        startup = time.monotonic() - t0
+        log.info("Dask: %d worker(s) via %s, warm in %.1f s", n_workers, client, startup)
+        yield ExecutorHandle(processor.DaskExecutor(client=client, status=False), name, n_workers, client, startup)

@@ -1,0 +1,141 @@
+"""The metrics JSON of a run (rates, bytes, stage times, input sizes, versions, machine), its
+schema check, and the input-size measurement the metrics and the benchmarks share."""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+
+from utils.config import _format_path, load_schema
+from utils.errors import AGCError
+from utils.io import write_json_atomic
+from utils.processing.run import ProcessingResult
+from utils.run.parameters import RunParameters
+from utils.runinfo import git_commit, machine, package_versions
+
+log = logging.getLogger(__name__)
+
+METRICS_FILE = "metrics.json"
+
+
+class MetricsError(AGCError):
+    """A metrics JSON does not match the metrics schema."""
+
+
+# --- metrics ----------------------------------------------------------------------------------------
+
+
+def validate_metrics(metrics: Any, source: str = "metrics") -> None:
+    """Check a run's metrics against ``metrics.schema.json``; the error names each bad field."""
+    validator = jsonschema.Draft202012Validator(load_schema("metrics"))
+    errors = sorted(validator.iter_errors(metrics), key=lambda e: list(map(str, e.absolute_path)))
+    if errors:
+        lines = [f"{source}: does not match utils/schemas/metrics.schema.json ({len(errors)} problem(s)):"]
+        lines += [f"  at {_format_path(err.absolute_path)}: {err.message}" for err in errors]
+        raise MetricsError("\n".join(lines))
+
+
+@dataclass(frozen=True)
+class InputSize:
+    """Size of the input files of a fileset and of the branches the analysis reads in them."""
+
+    n_files: int
+    entries: int
+    dataset_bytes: int | None  # on disk; None when a file is remote
+    needed_branch_bytes: int  # compressed, summed over the files
+    branch_bytes: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def needed_bytes_per_event(self) -> float:
+        return self.needed_branch_bytes / self.entries if self.entries else math.nan
+
+
+def input_size(
+    fileset: dict[str, dict[str, Any]], branches: Sequence[str] | None = None, open_remote: bool = False
+) -> InputSize | None:
+    """Sum of ``TBranch.compressed_bytes`` of ``branches`` (default: the processor's
+    ``READ_BRANCHES``) over the fileset's files, their entries and their size on disk.
+    ``None`` for a fileset with remote files unless ``open_remote`` (that opens every file)."""
+    import uproot
+
+    from utils.processing.selection import READ_BRANCHES
+
+    branches = tuple(branches if branches is not None else READ_BRANCHES)
+    paths = [(p, tree) for entry in fileset.values() for p, tree in entry["files"].items()]
+    remote = any("://" in p for p, _ in paths)
+    if remote and not open_remote:
+        return None
+    per_branch = dict.fromkeys(branches, 0)
+    entries = 0
+    for path, tree_name in paths:
+        with uproot.open(path) as f:
+            tree = f[tree_name]
+            entries += tree.num_entries
+            for b in branches:
+                if b in tree:
+                    per_branch[b] += tree[b].compressed_bytes
+    size = None if remote else sum(Path(p).stat().st_size for p, _ in paths)
+    return InputSize(len(paths), entries, size, sum(per_branch.values()), per_branch)
+
+
+def input_size_metrics(fileset: dict[str, dict[str, Any]]) -> dict[str, int | None]:
+    """The metrics fields ``dataset_bytes`` and ``needed_branch_bytes`` of a fileset (for
+    run_metrics; null for remote files, which are not opened for this)."""
+    size = input_size(fileset)
+    if size is None:
+        return {"dataset_bytes": None, "needed_branch_bytes": None}
+    return {"dataset_bytes": size.dataset_bytes, "needed_branch_bytes": size.needed_branch_bytes}
+
+
+def run_metrics(params: RunParameters, result: ProcessingResult, stage_times: dict[str, float],
+                dataset_path: Path, fileset: dict[str, Any]) -> dict[str, Any]:  # fmt: skip
+    """The metrics JSON of a run: the reference's fields plus stages, versions and machine."""
+    m = result.metrics
+    entries = int(m.get("entries", 0))
+    processtime = float(m.get("processtime", 0.0)) or float("nan")
+    walltime = float(m.get("walltime", 0.0)) or float("nan")
+    return {
+        "walltime": m.get("walltime"),
+        "entries": entries,
+        "processtime": m.get("processtime"),
+        "chunks": m.get("chunks"),
+        "bytesread": m.get("bytesread"),
+        "columns": sorted(m.get("columns", [])),
+        "num_workers": m.get("num_workers"),
+        "af": params.af_name,
+        "dataset_source": str(dataset_path),
+        "use_dask": params.use_dask,
+        "pipeline": params.pipeline,
+        "n_files_max_per_sample": params.n_files_max_per_sample,
+        "chunksize": params.chunksize,
+        "cores_per_worker": params.cores_per_worker,
+        "systematics": params.systematics,
+        "disable_processing": params.disable_processing,
+        "io_file_percent": params.io_file_percent,
+        "entries_per_processtime_hz": entries / processtime,
+        "entries_per_walltime_hz": entries / walltime,
+        "stage_walltime_s": dict(stage_times),
+        "peak_memory_mb": m.get("peak_memory_mb"),
+        "peak_memory_per_worker_mb": m.get("peak_memory_per_worker_mb"),
+        "executor_startup_s": m.get("executor_startup_s"),
+        "input_report": m.get("input_report"),
+        "n_files": sum(len(v["files"]) for v in fileset.values()),
+        **input_size_metrics(fileset),
+        "parameters": asdict(params),
+        "packages": package_versions(),
+        "git_commit": git_commit(),
+        "machine": machine(),
+    }
+
+
+def write_metrics(path: str | Path, metrics: dict[str, Any]) -> Path:
+    """Write the metrics JSON atomically (:func:`validate_metrics` checks it against the schema)."""
+    write_json_atomic(path, metrics)
+    log.info("metrics written to %s", path)
+    return Path(path)

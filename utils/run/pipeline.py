@@ -1,0 +1,98 @@
+"""The stage sequence the notebook, ``agc run`` and the benchmarks share:
+dataset -> fileset -> delivery -> processing -> histograms -> inference -> metrics and manifest.
+
+Each function is one stage, takes :class:`~utils.run.parameters.RunParameters` and hands the
+stage the options it needs; the notebook calls them in order and tells the story around them.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from utils.config import AnalysisConfig
+from utils.datasets.fileset import build_fileset
+from utils.datasets.resolve import resolve_dataset
+from utils.processing.processor import Classifier
+from utils.processing.run import ProcessingResult, process_fileset
+from utils.run.outputs import new_output_dir
+from utils.run.parameters import RunParameters
+
+if TYPE_CHECKING:
+    from utils.delivery.deliver import DeliveryResult
+
+log = logging.getLogger(__name__)
+
+
+def output_dir_for(params: RunParameters) -> Path:
+    """The run's output folder: ``OUTPUT_DIR`` when given (created if missing), else a new
+    ``outputs/<timestamp>-<dataset>``."""
+    if params.output_dir:
+        path = Path(params.output_dir)
+        path.mkdir(parents=True, exist_ok=True)
+        return path
+    return new_output_dir(params)
+
+
+def fileset_for(params: RunParameters) -> tuple[Path, dict[str, Any]]:
+    """The dataset description of ``DATASET`` (the embedded one generated on first use) and its
+    fileset, limited to ``N_FILES_MAX_PER_SAMPLE``."""
+    dataset_path = resolve_dataset(params.dataset, workers=params.num_cores)
+    return dataset_path, build_fileset(dataset_path, params.n_files_max_per_sample)
+
+
+@dataclass
+class Delivered:
+    """What the processing stage reads: the fileset itself (direct), or what ServiceX delivered."""
+
+    fileset: dict[str, Any]
+    delivery: DeliveryResult | None = None
+
+    def metrics(self) -> dict[str, Any]:
+        return self.delivery.metrics() if self.delivery is not None else {}
+
+    def summary(self) -> str:
+        if self.delivery is None:
+            return f"direct: the processor reads the {sum(len(e['files']) for e in self.fileset.values())} files"
+        s = self.delivery.stats
+        return (f"delivered {s.n_files} files, {s.events:,d} events, {s.bytes_delivered / 1e6:.1f} MB "
+                f"in {s.wall_time_s:.1f} s")  # fmt: skip
+
+
+def deliver(params: RunParameters, fileset: dict[str, Any], config: AnalysisConfig | None = None) -> Delivered:
+    """The delivery stage: with ``PIPELINE="servicex"`` every sample goes into one ServiceX
+    request (the local endpoint unless a facility is configured); else the files are read as
+    they are."""
+    if params.pipeline != "servicex":
+        return Delivered(fileset)
+    from utils.delivery import deliver_fileset
+
+    result = deliver_fileset(
+        fileset,
+        query_language=params.servicex_query_language,
+        ignore_cache=params.servicex_ignore_cache,
+        analysis_config=config,
+    )
+    return Delivered(result.fileset, result)
+
+
+def make_classifier(use_ml: bool, models_dir: str | Path | None = None) -> Classifier | None:
+    """The per-region ML classifier from ``models/`` (``None`` when ML is off)."""
+    if not use_ml:
+        return None
+    from utils.ml.inference import MLClassifier
+
+    return MLClassifier.from_directory(models_dir)
+
+
+def process(
+    params: RunParameters,
+    fileset: dict[str, Any],
+    config: AnalysisConfig,
+    classifier: Classifier | None = None,
+    luminosity: float | None = None,
+) -> ProcessingResult:
+    """The processing stage with the options of ``params``."""
+    return process_fileset(fileset, params.processing_options(), config, classifier, luminosity)

@@ -1,0 +1,87 @@
+"""Facts about a run's environment, in one home: package versions, git commit, machine, peak
+memory, timestamps."""
+
+from __future__ import annotations
+
+import importlib.metadata
+import logging
+import os
+import platform
+import resource
+import subprocess
+import time
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from typing import Any
+
+from utils.config import REPO_ROOT
+
+log = logging.getLogger(__name__)
+
+PACKAGES = ("coffea", "uproot", "awkward", "hist", "numba", "numpy", "torch", "cabinetry", "pyhf",
+            "servicex", "func_adl_uproot", "dask", "distributed", "mplhep", "papermill")  # fmt: skip
+
+
+def package_versions(names: Iterable[str] = PACKAGES) -> dict[str, str | None]:
+    """Installed versions of ``names`` (None for a package that is not installed)."""
+    out: dict[str, str | None] = {}
+    for name in names:
+        try:
+            out[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            out[name] = None
+    return out
+
+
+def git_commit() -> str | None:
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO_ROOT, capture_output=True, text=True, timeout=5)
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=REPO_ROOT,
+                               capture_output=True, text=True, timeout=5)  # fmt: skip
+    except (OSError, subprocess.SubprocessError):
+        return None
+    if out.returncode != 0:
+        return None
+    return out.stdout.strip() + ("-dirty" if dirty.stdout.strip() else "")
+
+
+def machine() -> dict[str, Any]:
+    cpu = platform.processor() or None
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    cpu = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    return {"cores": os.cpu_count(), "cpu_model": cpu, "platform": platform.platform(),
+            "python": platform.python_version()}  # fmt: skip
+
+
+def peak_memory_mb() -> float:
+    """Peak resident memory of this process and its finished children, in MB."""
+    own = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    children = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    return max(own, children) / 1024.0
+
+
+def timestamp() -> str:
+    return time.strftime("%Y%m%d-%H%M%S")
+
+
+class StageTimer:
+    """Wall time per named stage: ``with timer("fit"): ...`` records ``timer.timings["fit"]``
+    (seconds, also when the block raises)."""
+
+    def __init__(self, timings: dict[str, float] | None = None) -> None:
+        self.timings: dict[str, float] = timings if timings is not None else {}
+
+    @contextmanager
+    def __call__(self, name: str) -> Iterator[None]:
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.timings[name] = round(time.perf_counter() - start, 4)
+            log.debug("%s took %.3f s", name, self.timings[name])
