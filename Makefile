@@ -29,7 +29,7 @@ workflow: setup
 references: setup
 	$(BIN)/python -m utils.run.references tiny quickstart
 
-# Debian's chromium for tests/test_browser.py (Playwright drives it; it downloads no browser).
+# Debian's chromium for tests/run/test_browser.py (Playwright drives it; it downloads no browser).
 # Installed with apt-get when missing and we are root; otherwise that test skips, saying why.
 browser-deps:
 	@command -v chromium >/dev/null 2>&1 || { \

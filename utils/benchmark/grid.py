@@ -118,3 +118,15 @@ def parse_grid(data: Any, source: str | Path = "<grid>") -> BenchmarkGrid:
 
 def load_grid(path: str | Path) -> BenchmarkGrid:
     return parse_grid(read_yaml(path), path)
+
+
+@dataclass
+class RunRecord:
+    """One execution of one grid point."""
+
+    point: GridPoint
+    repeat: int
+    path: Path
+    metrics: dict[str, Any]
+    notebook_walltime_s: float | None = None
+    loadavg: tuple[float, ...] = ()  # 1-minute load average of the machine before and after the run

@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from utils.benchmark.grid import BenchmarkGrid, GridPoint, run_parameters
+from utils.benchmark.grid import BenchmarkGrid, GridPoint, RunRecord, run_parameters
 from utils.benchmark.plots import PLOTS, plot_io_comparison, plot_scaling, plot_stage_times
 from utils.benchmark.summary import PointSummary, markdown_summary, summarize, write_csv
 from utils.config import REPO_ROOT
@@ -42,18 +42,6 @@ RUNNER_FILE = "runner.json"
 
 
 # --- running ------------------------------------------------------------------------------------------
-
-
-@dataclass
-class RunRecord:
-    """One execution of one grid point."""
-
-    point: GridPoint
-    repeat: int
-    path: Path
-    metrics: dict[str, Any]
-    notebook_walltime_s: float | None = None
-    loadavg: tuple[float, ...] = ()  # 1-minute load average of the machine before and after the run
 
 
 def _rep_dir(output: Path, point: GridPoint, repeat: int) -> Path:
@@ -83,7 +71,7 @@ NotebookRunner = Callable[[dict[str, Any], Path], Path]
 
 
 def _papermill(parameters: dict[str, Any], output_dir: Path) -> Path:
-    from utils.cli.run import execute_notebook
+    from utils.run.papermill import execute_notebook
 
     return execute_notebook(parameters, output_dir, progress=False)
 

@@ -11,16 +11,13 @@ import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from utils.benchmark.grid import EXECUTOR_KEYS, IO_INDEPENDENT_KEYS, BenchmarkGrid, GridPoint, _fmt_value
+from utils.benchmark.grid import EXECUTOR_KEYS, IO_INDEPENDENT_KEYS, BenchmarkGrid, GridPoint, RunRecord, _fmt_value
 from utils.config import REPO_ROOT
 from utils.errors import AGCError
 from utils.io import write_text_atomic
 from utils.run.metrics import InputSize, input_size
-
-if TYPE_CHECKING:
-    from utils.benchmark.runner import RunRecord
 
 log = logging.getLogger(__name__)
 

@@ -299,7 +299,12 @@ def _run_tasks(
 
 def _fileset(plan: DatasetPlan) -> dict[str, Any]:
     table = table_cross_sections()
-    generator = {"name": "utils.datasets.embedded", "version": GENERATOR_VERSION, "preset": plan.preset.name, "seed": plan.seed}
+    generator = {
+        "name": "utils.datasets.embedded",
+        "version": GENERATOR_VERSION,
+        "preset": plan.preset.name,
+        "seed": plan.seed,
+    }
     out: dict[str, dict[str, Any]] = {}
     for task in plan.tasks:
         entry = out.setdefault(task.process, {}).setdefault(task.variation, {"files": [], "nevts_total": 0})

@@ -287,7 +287,7 @@ def test_inference_identical_in_iterative_futures_and_dask(tiny_dataset, classif
 
 @pytest.mark.skipif(not os.environ.get("AGC_FULL_RETRAIN"), reason="set AGC_FULL_RETRAIN=1 (takes minutes)")
 def test_full_retraining_reproduces_committed_models(tmp_path, cards):
-    """`AGC_FULL_RETRAIN=1 pytest tests/test_ml.py -k full_retraining`: same data, seed and
+    """`AGC_FULL_RETRAIN=1 pytest tests/ml/test_ml.py -k full_retraining`: same data, seed and
     torch version give the committed weights bit for bit."""
     from utils.ml.training import train_all
 

@@ -45,7 +45,7 @@ STARTUP_DEADLINE_S = 90  # waiting for a subprocess to come up, not a timing ass
 
 pytestmark = pytest.mark.slow
 
-# fixtures shared with other tests of the stage (tests/conftest_delivery.py)
+# fixtures shared with other tests of the stage (tests/delivery/conftest_delivery.py)
 workdir, inputs, endpoint, sx_config = shared.workdir, shared.inputs, shared.endpoint, shared.sx_config
 direct_selection = shared.direct_selection
 

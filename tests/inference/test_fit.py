@@ -27,7 +27,7 @@ from utils.inference.templates import HistogramData, rebin, required_templates
 matplotlib.use("Agg")
 
 AGC_HISTOGRAMS = (
-    Path(__file__).resolve().parents[1] / ".." / "shared" / "realdata" / "agc-histograms" / "histograms.root"
+    Path(__file__).resolve().parents[2] / ".." / "shared" / "realdata" / "agc-histograms" / "histograms.root"
 )
 
 

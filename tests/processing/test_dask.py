@@ -99,7 +99,9 @@ def test_workers_are_warm_before_the_run(name):
     with one thread per library pool (OMP_NUM_THREADS=1, as Dask's nanny sets)."""
     warm = functools.partial(importlib.import_module, "json.tool")
     loaded = lambda: (  # noqa: E731 (a lambda is pickled by value: workers cannot import this test module)
-        "json.tool" in sys.modules and "utils.processing.processor" in sys.modules and os.environ.get("OMP_NUM_THREADS") == "1"
+        "json.tool" in sys.modules
+        and "utils.processing.processor" in sys.modules
+        and os.environ.get("OMP_NUM_THREADS") == "1"
     )
     with make_executor(name, 2, warm=warm) as ex:
         assert ex.workers == 2 and ex.startup_s > 0
