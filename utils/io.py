@@ -72,3 +72,12 @@ def sha256_file(path: str | Path) -> str:
         for block in iter(lambda: f.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()
+
+
+def save_figure(fig: Any, path: str | Path | None, *, dpi: float | None = 110) -> Any:
+    """Write a matplotlib figure atomically to ``path`` (format from the suffix, PNG without one)
+    when a path is given; return the figure."""
+    if path is not None:
+        with atomic_path(path) as tmp:
+            fig.savefig(tmp, format=Path(path).suffix.lstrip(".") or "png", dpi=dpi)
+    return fig

@@ -32,7 +32,7 @@ from utils.datasets.embedded import (
 )
 from utils.datasets.embedded import dataset as dataset_module
 from utils.datasets.embedded.generator import model_fingerprint
-from utils.datasets.embedded.presets import expected_data_yields, load_cross_sections
+from utils.datasets.embedded.presets import expected_data_yields, process_cross_sections
 from utils.datasets.embedded.processes import TTBAR_PARAMS, build_top_pair
 from utils.errors import ConfigError
 
@@ -402,7 +402,7 @@ def test_new_signal_is_one_registry_entry():
         assert ak.all(ak.num(tops) == 2)
         m_tt = ak.to_numpy(_mass(_p4(tops[:, 0]), _p4(tops[:, 1]))[0])
         assert 1400 < np.median(m_tt) < 1600
-        assert "zprime_ttbar" not in dict(expected_data_yields(1.0, 1.0, load_cross_sections()))
+        assert "zprime_ttbar" not in dict(expected_data_yields(1.0, 1.0, process_cross_sections()))
         with pytest.raises(ConfigError, match="already registered"):
             register_process(spec)
     finally:
@@ -449,7 +449,7 @@ def test_data_is_the_mc_mixture_at_the_recorded_luminosity(tiny, physics):
 def test_data_mixture_follows_mu():
     from utils.datasets.embedded.generator import mixture_from_yields
 
-    mixture = mixture_from_yields(expected_data_yields(1.0, 2.0, load_cross_sections()))
+    mixture = mixture_from_yields(expected_data_yields(1.0, 2.0, process_cross_sections()))
     batch = generate_data_events(20_000, 3, mixture)
     counts = np.bincount(batch.meta["process"], minlength=len(mixture.processes))
     frac = dict(zip(mixture.processes, mixture.fractions, strict=True))

@@ -14,7 +14,7 @@ from dataclasses import replace
 import numpy as np
 import pytest
 import torch
-from test_selection import EVENTS, make_events
+from handmade_events import EVENTS, make_events
 
 from utils.config import REPO_ROOT, load_analysis_config, parse_analysis_config, read_yaml
 from utils.errors import ModelError
@@ -249,12 +249,24 @@ def test_models_beat_baseline_on_independent_analysis_events(tiny_dataset, class
 # -- the measurement ---------------------------------------------------------------------------------
 
 
-def test_ml_cabinetry_config_differs_only_by_categories():
+def test_ml_model_is_the_base_model_split_by_categories():
+    from utils.errors import ConfigError
+    from utils.inference.config import expand_categories, load_cabinetry_config, with_ml_categories
+
     base = read_yaml(REPO_ROOT / "cabinetry_config.yml")
-    ml = read_yaml(REPO_ROOT / "cabinetry_config_ml.yml")
+    ml = with_ml_categories(base)
     for region in ml["Regions"]:
         assert region.pop("Categories") == ["ML0", "ML1"]
-    assert ml == base
+    assert ml == base  # nothing else changes, and the input is not modified
+    expanded = load_cabinetry_config(ml_categories=True)
+    names = [r["Name"] for r in expanded["Regions"]]
+    assert names == [f"{r['Name']} ML{c}" for r in base["Regions"] for c in (0, 1)]
+    assert [r["RegionPath"] for r in expanded["Regions"]] == [
+        f"{r['RegionPath']}_ML{c}" for r in base["Regions"] for c in (0, 1)
+    ]
+    assert expand_categories(with_ml_categories(base)) == expanded
+    with pytest.raises(ConfigError, match="already has Categories"):
+        with_ml_categories(with_ml_categories(base))
 
 
 # -- inference in every executor ---------------------------------------------------------------------

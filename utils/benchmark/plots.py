@@ -7,6 +7,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from utils.benchmark.summary import PLOTS, PointSummary, _khz, _stage_names
+from utils.io import save_figure
 
 log = logging.getLogger(__name__)
 
@@ -17,13 +18,8 @@ __all__ = ["PLOTS", "plot_io_comparison", "plot_scaling", "plot_stage_times"]
 
 
 def _save(fig, path: str | Path | None):
-    """Write a figure (PNG at a modest resolution: summaries are committed) and return it."""
-    if path is not None:
-        from utils.io import atomic_path
-
-        with atomic_path(path) as tmp:
-            fig.savefig(tmp, format="png", dpi=72)
-    return fig
+    """PNG at a modest resolution: summaries are committed."""
+    return save_figure(fig, path, dpi=72)
 
 
 def _series(summaries: Sequence[PointSummary]) -> dict[str, list[PointSummary]]:

@@ -48,7 +48,7 @@ def _rep_dir(output: Path, point: GridPoint, repeat: int) -> Path:
     return output / "points" / point.name / f"rep{repeat}"
 
 
-def preflight(grid: BenchmarkGrid) -> None:
+def prepare_grid(grid: BenchmarkGrid) -> None:
     """Generate the embedded datasets and load the ML models before any timed run, so that
     neither lands in the first point's figures; fail early if the models are missing."""
     from utils.run.pipeline import make_classifier, resolve_dataset
@@ -97,7 +97,7 @@ def run_grid(grid: BenchmarkGrid, output: Path, repeat: int | None = None, runne
     """
     repeat = repeat or grid.repeat
     points = grid.points()
-    preflight(grid)
+    prepare_grid(grid)
     result = GridRun([])
     for rep in range(repeat):
         for point in points:
@@ -207,7 +207,7 @@ def default_output(grid: BenchmarkGrid) -> Path:
     return REPO_ROOT / "outputs" / "benchmarks" / f"{timestamp()}-{grid.name}"
 
 
-def publish(result: BenchmarkResult, target: Path) -> list[Path]:
+def copy_summary(result: BenchmarkResult, target: Path) -> list[Path]:
     """Copy the summary and plots (small files only) to ``target``, e.g. benchmarks/results/<name>."""
     target.mkdir(parents=True, exist_ok=True)
     return [Path(shutil.copyfile(f, target / f.name)) for f in result.files]

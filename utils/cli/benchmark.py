@@ -8,7 +8,7 @@ from pathlib import Path
 import click
 
 from utils.benchmark.grid import load_grid
-from utils.benchmark.runner import collect_records, default_output, publish, run_benchmark, write_summary
+from utils.benchmark.runner import collect_records, copy_summary, default_output, run_benchmark, write_summary
 from utils.benchmark.summary import markdown_table
 from utils.errors import AGCError
 
@@ -53,7 +53,7 @@ def benchmark(grid_file: Path, output: Path | None, repeat: int | None, summary_
         result = run_benchmark(grid, output, repeat, keep_going=keep_going, resume=resume)
     click.echo(markdown_table(result.summaries))
     if summary_to is not None:
-        for f in publish(result, summary_to):
+        for f in copy_summary(result, summary_to):
             click.echo(f"  {f}")
     click.echo(f"summary: {output / 'summary.md'}")
     if result.failures:

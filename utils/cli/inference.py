@@ -37,6 +37,11 @@ class ValidationFailed(click.ClickException):
 @click.option(
     "--strategy", type=click.IntRange(0, 2), default=None, help="MINUIT strategy (default: pyhf's choice, 1)."
 )
+@click.option(
+    "--ml-categories",
+    is_flag=True,
+    help="Split every region into its ML-score categories (histograms of a run with the classifier).",
+)
 @click.option("--no-figures", is_flag=True, help="Skip the figures.")
 def fit(
     histograms: Path,
@@ -46,6 +51,7 @@ def fit(
     significance: bool,
     limit: bool,
     strategy: int | None,
+    ml_categories: bool,
     no_figures: bool,
 ) -> None:
     """Fit the statistical model to HISTOGRAMS (a histograms.root) and print the POI."""
@@ -60,6 +66,7 @@ def fit(
         limit=limit,
         figures=not no_figures,
         strategy=strategy,
+        ml_categories=ml_categories,
     )
     click.echo(f"{result.poi_name} = {result.bestfit:.3f} +/- {result.uncertainty:.3f}")
     click.echo(

@@ -106,7 +106,7 @@ def publish(
 def reinterpret(signal: Path, published: Path, output: Path, no_limit: bool, cores: int) -> None:
     """Reinterpret the published analysis with the signal of SIGNAL (a signal description JSON:
     one process, its files and its cross-section "xsec" in pb)."""
-    from utils.preservation.publish import reinterpret as run
+    from utils.preservation.publish import reinterpret_signal as run
 
     result = run(signal, published, output, limit=not no_limit, params=processing_options(cores))
     _echo_point(result.point)

@@ -26,11 +26,11 @@ def steps(verbose: bool) -> None:
     )
 
 
-@steps.command()
+@steps.command("describe")
 @click.option("--dataset", required=True, help="embedded:<preset> (generated if missing), cms-open-data-2015, or JSON.")
 @click.option("-o", "--output", required=True, type=_PATH)
 @click.option("--workers", type=click.IntRange(min=1), default=1, show_default=True)
-def describe(dataset: str, output: Path, workers: int) -> None:
+def describe_step(dataset: str, output: Path, workers: int) -> None:
     """Deliver a dataset (generate an embedded one) and write its description, paths absolute."""
     from utils.io import write_json_atomic
     from utils.preservation.signal import standalone_description
@@ -47,7 +47,7 @@ def describe(dataset: str, output: Path, workers: int) -> None:
 @click.option("--xsec", required=True, type=float, help="Cross-section of the signal point in pb.")
 @click.option("--parameter", "parameters", multiple=True, metavar="NAME=VALUE", help="Model parameter, e.g. mass=500.")
 @click.option("-o", "--output", required=True, type=_PATH)
-def describe_signal(
+def describe_signal_step(
     dataset: str, process: str, variation: str, name: str, xsec: float, parameters: tuple[str, ...], output: Path
 ) -> None:
     """Write the signal description of one sample of a dataset (one point of a signal family)."""
@@ -63,12 +63,12 @@ def describe_signal(
     write(resolve_dataset(dataset), process, variation, name, xsec, output, values)
 
 
-@steps.command()
+@steps.command("process")
 @click.argument("description", type=_FILE)
 @click.option("--sample", required=True, help="process__variation of the sample to process.")
 @click.option("-o", "--output", required=True, type=_PATH)
 @click.option("--cores", type=click.IntRange(min=1), default=1, show_default=True)
-def process(description: Path, sample: str, output: Path, cores: int) -> None:
+def process_step(description: Path, sample: str, output: Path, cores: int) -> None:
     """Process one sample of a dataset description into per-sample histograms (+ record)."""
     from utils.config import load_analysis_config
     from utils.datasets.fileset import build_fileset, load_dataset_description
@@ -90,7 +90,7 @@ def process(description: Path, sample: str, output: Path, cores: int) -> None:
 @click.option("-o", "--output", required=True, type=_PATH)
 @click.option("-c", "--signal-config", type=_FILE, default=None, help="[default: cabinetry_config_signal.yml]")
 @click.option("--cores", type=click.IntRange(min=1), default=1, show_default=True)
-def process_signal(signal: Path, output: Path, signal_config: Path | None, cores: int) -> None:
+def process_signal_step(signal: Path, output: Path, signal_config: Path | None, cores: int) -> None:
     """Process a signal description as the signal sample of the signal model."""
     from utils.config import load_analysis_config
     from utils.preservation.model import load_signal_model

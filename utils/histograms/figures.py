@@ -15,7 +15,7 @@ import mplhep  # noqa: E402
 
 from utils.config import AnalysisConfig  # noqa: E402
 from utils.histograms.accumulate import AnalysisHistograms  # noqa: E402
-from utils.io import atomic_path  # noqa: E402
+from utils.io import save_figure  # noqa: E402
 
 log = logging.getLogger(__name__)
 
@@ -38,13 +38,6 @@ def set_style() -> None:
     """The CMS style of mplhep, once for every figure."""
     plt.style.use(mplhep.style.CMS)
     plt.rcParams["figure.figsize"] = (9, 7)
-
-
-def _save(fig: plt.Figure, path: str | Path | None) -> plt.Figure:
-    if path is not None:
-        with atomic_path(path) as tmp:
-            fig.savefig(tmp, format=Path(path).suffix.lstrip(".") or "png", dpi=110)
-    return fig
 
 
 def region_title(config: AnalysisConfig, region: str) -> str:
@@ -75,7 +68,7 @@ def plot_stack(
     ax.set_ylabel("Events")
     ax.legend(frameon=False, title=region_title(config, region), title_fontsize=14)
     mplhep.cms.label("Open Data", data=True, lumi=round(config.luminosity / 1000.0, 2), com=13, ax=ax, loc=0)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def plot_variations(
@@ -94,4 +87,4 @@ def plot_variations(
     ax.set_xlabel(OBSERVABLE_LABELS.get(observable, observable))
     ax.set_ylabel("Events")
     ax.legend(frameon=False, title=f"{process_label(process)}, {region_title(config, region)}", title_fontsize=14)
-    return _save(fig, path)
+    return save_figure(fig, path)

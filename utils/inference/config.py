@@ -21,6 +21,7 @@ from utils.config import (
     validate_against_schema,
 )
 from utils.errors import ConfigError
+from utils.histograms.accumulate import N_CLASSES, category_name
 
 log = logging.getLogger(__name__)
 
@@ -178,10 +179,31 @@ def parse_cabinetry_config(
     return config
 
 
-def load_cabinetry_config(path: str | Path | None = None, analysis: AnalysisConfig | None = None) -> dict[str, Any]:
-    """Load and validate ``cabinetry_config.yml`` (default: the repository's)."""
+def with_ml_categories(config: Mapping[str, Any], n_classes: int = N_CLASSES) -> dict[str, Any]:
+    """The model with every region split into its ML-score categories (``Categories: [ML0, ML1]``,
+    expanded by :func:`expand_categories`): the histograms ``save_histograms(...,
+    ml_categories=True)`` writes from a run with the classifier. The only source of the ML model:
+    no second configuration file to keep in step."""
+    config = copy.deepcopy(dict(config))
+    for region in config.get("Regions", []):
+        if CATEGORIES_KEY in region:
+            raise ConfigError(
+                f"region {region.get('Name')!r} already has {CATEGORIES_KEY}; ML categories are added once"
+            )
+        region[CATEGORIES_KEY] = [category_name(c) for c in range(n_classes)]
+    return config
+
+
+def load_cabinetry_config(
+    path: str | Path | None = None, analysis: AnalysisConfig | None = None, *, ml_categories: bool = False
+) -> dict[str, Any]:
+    """Load and validate ``cabinetry_config.yml`` (default: the repository's); with
+    ``ml_categories`` every region is split into its ML-score categories (:func:`with_ml_categories`)."""
     path = Path(path) if path is not None else DEFAULT_CABINETRY_CONFIG
-    return parse_cabinetry_config(read_yaml(path), source=str(path), analysis=analysis)
+    data = read_yaml(path)
+    if ml_categories:
+        data = with_ml_categories(data)
+    return parse_cabinetry_config(data, source=str(path), analysis=analysis)
 
 
 def with_paths(config: Mapping[str, Any], histograms_path: str | Path, histogram_folder: str | Path) -> dict[str, Any]:

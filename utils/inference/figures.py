@@ -15,20 +15,15 @@ from typing import Any
 
 import matplotlib
 
-from utils.io import atomic_path
+from utils.io import save_figure
 
 log = logging.getLogger(__name__)
 
 
-def save_figure(fig: matplotlib.figure.Figure, path: str | Path | None) -> Path | None:
-    """Save ``fig`` atomically to ``path`` (format from the suffix); do nothing for None."""
-    if path is None:
-        return None
-    path = Path(path)
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format=path.suffix.lstrip(".") or None)
-    log.debug("saved figure %s", path)
-    return path
+def _save(fig: matplotlib.figure.Figure, path: str | Path | None) -> None:
+    save_figure(fig, path, dpi=None)
+    if path is not None:
+        log.debug("saved figure %s", path)
 
 
 def pulls(
@@ -38,7 +33,7 @@ def pulls(
     import cabinetry
 
     fig = cabinetry.visualize.pulls(fit_results, exclude=list(exclude or []), save_figure=False, close_figure=False)
-    save_figure(fig, path)
+    _save(fig, path)
     return fig
 
 
@@ -51,7 +46,7 @@ def correlation_matrix(
     fig = cabinetry.visualize.correlation_matrix(
         fit_results, pruning_threshold=pruning_threshold, save_figure=False, close_figure=False
     )
-    save_figure(fig, path)
+    _save(fig, path)
     return fig
 
 
@@ -80,7 +75,7 @@ def data_mc(
     if not figs:
         raise ValueError(f"no region {region!r} in the model; regions: {model_prediction.model.config.channels}")
     fig = figs[0]["figure"]
-    save_figure(fig, path)
+    _save(fig, path)
     return fig
 
 
@@ -91,7 +86,7 @@ def ranking(
     import cabinetry
 
     fig = cabinetry.visualize.ranking(ranking_results, max_pars=max_pars, save_figure=False, close_figure=False)
-    save_figure(fig, path)
+    _save(fig, path)
     return fig
 
 
@@ -121,7 +116,7 @@ def inference_figures(
 
     def keep(key: str, fig: matplotlib.figure.Figure) -> None:
         out[key] = folder / f"{key}{suffix}"
-        save_figure(fig, out[key])
+        _save(fig, out[key])
         plt.close(fig)
 
     poi = model.config.poi_name

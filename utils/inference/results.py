@@ -180,6 +180,7 @@ def prepare_workspace(
     cabinetry_config_path: str | Path | None = None,
     *,
     keep_templates: bool = True,
+    ml_categories: bool = False,
     timer: StageTimer | None = None,
 ) -> tuple[dict[str, Any], dict[str, Any], str]:
     """Load the model configuration, build templates and write ``output_dir/workspace.json``.
@@ -190,7 +191,7 @@ def prepare_workspace(
     timer = timer or StageTimer()
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
-    raw_config = load_cabinetry_config(cabinetry_config_path)
+    raw_config = load_cabinetry_config(cabinetry_config_path, ml_categories=ml_categories)
     with _template_folder(output_dir, keep_templates) as folder:
         config = with_paths(raw_config, histograms_path, folder)
         with timer("templates"):
@@ -222,11 +223,14 @@ def run_inference(
     strategy: int | None = None,
     keep_templates: bool = True,
     figure_format: str = "pdf",
+    ml_categories: bool = False,
 ) -> InferenceResult:
     """Run the whole inference stage on one ``histograms.root``; write everything to ``output_dir``.
 
     Writes ``workspace.json``, ``fit_results.json``, ``templates/`` (if ``keep_templates``) and
     ``figures/*.<figure_format>``. ``strategy``: the MINUIT strategy of every fit (None: pyhf's choice, 1).
+    ``ml_categories``: split every region into its ML-score categories (the model of a run with the
+    classifier, histograms saved with ``ml_categories=True``).
     ``ranking`` refits the model four times per parameter (about two minutes for the AGC model).
     """
     from utils.inference import figures as inference_figures
@@ -239,7 +243,12 @@ def run_inference(
     failures: dict[str, str] = {}
     with timer("total"), numpy_backend():
         config, ws, ws_sha = prepare_workspace(
-            histograms_path, output_dir, cabinetry_config_path, keep_templates=keep_templates, timer=timer
+            histograms_path,
+            output_dir,
+            cabinetry_config_path,
+            keep_templates=keep_templates,
+            ml_categories=ml_categories,
+            timer=timer,
         )
         with timer("fit"):
             model, data, fit_results = fit_workspace(ws, strategy=strategy)
@@ -295,6 +304,7 @@ def run_inference(
         "histograms": str(histograms_path.resolve()),
         "histograms_sha256": sha256_file(histograms_path),
         "cabinetry_config": str(Path(cabinetry_config_path or DEFAULT_CABINETRY_CONFIG).resolve()),
+        "ml_categories": ml_categories,
         "versions": package_versions(INFERENCE_PACKAGES),
     }
     write_json_atomic(result.results_path, content)

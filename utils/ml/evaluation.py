@@ -30,7 +30,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 from utils.config import AnalysisConfig  # noqa: E402
-from utils.io import atomic_path  # noqa: E402
+from utils.io import save_figure  # noqa: E402
 from utils.ml.features import FeatureTable  # noqa: E402
 from utils.ml.inference import MLClassifier  # noqa: E402
 
@@ -187,15 +187,6 @@ def evaluate_classifier(
 
 
 # -- figures ---------------------------------------------------------------------------------------
-
-
-def save_figure(fig: plt.Figure, path: str | Path | None) -> plt.Figure:
-    """Write ``fig`` atomically when a path is given; return it."""
-    if path is not None:
-        with atomic_path(path) as tmp:
-            fig.savefig(tmp, format=Path(path).suffix.lstrip(".") or "png", dpi=110)
-        log.info("wrote %s", path)
-    return fig
 
 
 def plot_roc(evaluations: Sequence[RegionEvaluation], path: str | Path | None = None) -> plt.Figure:

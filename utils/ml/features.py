@@ -28,7 +28,7 @@ from utils.config import REPO_ROOT, AnalysisConfig
 from utils.datasets.fileset import DATA_PROCESS, TREE_NAME, normalisation
 from utils.errors import ModelError
 from utils.io import sha256_file
-from utils.processing.selection import FEATURE_NAMES, chunk_arrays, select_events
+from utils.processing.selection import FEATURE_NAMES, GOLDEN_GAMMA, chunk_arrays, select_events, splitmix64
 
 log = logging.getLogger(__name__)
 
@@ -44,15 +44,7 @@ SPLIT_METHOD = (
 )
 DEFAULT_CHUNKSIZE = 500_000
 
-_M1 = np.uint64(0xBF58476D1CE4E5B9)
-_M2 = np.uint64(0x94D049BB133111EB)
-_GOLDEN = np.uint64(0x9E3779B97F4A7C15)
-
-
-def _mix64(z: np.ndarray) -> np.ndarray:
-    z = (z ^ (z >> np.uint64(30))) * _M1
-    z = (z ^ (z >> np.uint64(27))) * _M2
-    return z ^ (z >> np.uint64(31))
+_GOLDEN = np.uint64(GOLDEN_GAMMA)
 
 
 def content_hash_uniform(features: np.ndarray, salt: int = SPLIT_SALT) -> np.ndarray:
@@ -61,7 +53,7 @@ def content_hash_uniform(features: np.ndarray, salt: int = SPLIT_SALT) -> np.nda
     h = np.full(len(bits), np.uint64(salt), dtype=np.uint64)
     with np.errstate(over="ignore"):
         for col in range(bits.shape[1]):
-            h = _mix64(h ^ (bits[:, col] + _GOLDEN))
+            h = splitmix64(h ^ (bits[:, col] + _GOLDEN))
     return (h >> np.uint64(11)).astype(np.float64) * (1.0 / 9007199254740992.0)
 
 

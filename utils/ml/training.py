@@ -240,13 +240,14 @@ def write_model_files(trained: TrainedModel, models_dir: str | Path) -> dict[str
 
 
 def library_versions() -> dict[str, str]:
-    from importlib.metadata import PackageNotFoundError, version
+    from utils.runinfo import package_versions
 
-    out = {"python": platform.python_version(), "torch": torch.__version__}
-    for pkg in ("numpy", "numba", "awkward", "uproot", "coffea"):
-        with contextlib.suppress(PackageNotFoundError):
-            out[pkg] = version(pkg)
-    return out
+    installed = package_versions(("numpy", "numba", "awkward", "uproot", "coffea"))
+    return {
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        **{k: v for k, v in installed.items() if v is not None},
+    }
 
 
 def card_content(

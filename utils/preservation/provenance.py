@@ -143,7 +143,7 @@ class Provenance:
         from utils.runinfo import git_commit, package_versions
 
         if not self.packages:
-            self.packages = {**package_versions(), **_versions(EXTRA_PACKAGES)}
+            self.packages = {**package_versions(), **package_versions(EXTRA_PACKAGES)}
         if self.git_commit is None:
             self.git_commit = git_commit()
 
@@ -161,15 +161,3 @@ class Provenance:
         write_json_atomic(path, self.to_dict())
         log.info("provenance written to %s", path)
         return Path(path)
-
-
-def _versions(names: Iterable[str]) -> dict[str, str | None]:
-    from importlib.metadata import PackageNotFoundError, version
-
-    out: dict[str, str | None] = {}
-    for name in names:
-        try:
-            out[name] = version(name)
-        except PackageNotFoundError:
-            out[name] = None
-    return out

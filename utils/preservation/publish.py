@@ -382,7 +382,7 @@ class ReinterpretationResult:
         return {**self.point.to_dict(), "timings_s": dict(self.timings)}
 
 
-def reinterpret(
+def reinterpret_signal(
     signal_description: str | Path,
     published: str | Path,
     output: str | Path,

@@ -9,7 +9,6 @@ histograms and every weight, jet-kinematic and alternative-sample variation.
 from __future__ import annotations
 
 import logging
-import resource
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -25,6 +24,7 @@ from utils.histograms.accumulate import HistogramAccumulator
 from utils.processing.fastio import use_fast_zlib
 from utils.processing.schema import branch_to_field
 from utils.processing.selection import EventSelection, chunk_arrays, select_variations
+from utils.runinfo import peak_memory_mb
 
 log = logging.getLogger(__name__)
 
@@ -45,7 +45,7 @@ class PeakMemory:
 
     @classmethod
     def now(cls) -> PeakMemory:
-        return cls(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0)
+        return cls(peak_memory_mb(children=False))
 
     def __add__(self, other: PeakMemory) -> PeakMemory:
         return PeakMemory(max(self.mb, other.mb))

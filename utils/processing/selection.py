@@ -46,11 +46,14 @@ OBSERVABLES = ("ht", "m_bjj")
 # (SplitMix64 finaliser) of the bit patterns of its stored pt, eta and phi and the configured seed,
 # turned into a normal number by the Box-Muller transform and clipped at 5 sigma.
 
-_GOLDEN = np.uint64(0x9E3779B97F4A7C15)
+#: the golden-ratio increment of SplitMix64
+GOLDEN_GAMMA = 0x9E3779B97F4A7C15
 
 
 @numba.njit(inline="always")
-def _mix64(z):
+def splitmix64(z):
+    """The SplitMix64 finaliser of a uint64 (or, called from Python, of a uint64 array:
+    multiplications wrap modulo 2**64). The one implementation of the project's hashes."""
     z = (z ^ (z >> numba.uint64(30))) * numba.uint64(0xBF58476D1CE4E5B9)
     z = (z ^ (z >> numba.uint64(27))) * numba.uint64(0x94D049BB133111EB)
     return z ^ (z >> numba.uint64(31))
@@ -64,8 +67,8 @@ def _jet_normal(pt_bits, eta_bits, phi_bits, seed):
         ^ (numba.uint64(phi_bits) << numba.uint64(42))
         ^ (numba.uint64(phi_bits) >> numba.uint64(22))
     )
-    h1 = _mix64(key + numba.uint64(seed) * numba.uint64(0x9E3779B97F4A7C15))
-    h2 = _mix64(h1 + numba.uint64(0x9E3779B97F4A7C15))
+    h1 = splitmix64(key + numba.uint64(seed) * numba.uint64(GOLDEN_GAMMA))
+    h2 = splitmix64(h1 + numba.uint64(GOLDEN_GAMMA))
     # 53-bit uniforms in (0, 1]
     u1 = ((h1 >> numba.uint64(11)) + numba.uint64(1)) * (1.0 / 9007199254740992.0)
     u2 = (h2 >> numba.uint64(11)) * (1.0 / 9007199254740992.0)

@@ -3,7 +3,7 @@
 - :func:`analysis_histograms_with_categories`: process a fileset with the classifier and write a
   ``histograms.root`` that also holds the ML-category templates ``{region}_ML{c}_...``;
 - :func:`compare_ml_categories`: fit one such file with ``cabinetry_config.yml`` (regions as they
-  are) and with ``cabinetry_config_ml.yml`` (each region split into ML0/ML1) and return both
+  are) and with each region split into its ML0/ML1 categories and return both
   results, to compare the ``ttbar_norm`` uncertainty;
 - :func:`inference_cost`: the processing rate with the classifier and without it, on the same
   files with the same executor, alternating runs (a benchmark, never a test assertion).
@@ -17,15 +17,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from utils.config import REPO_ROOT, AnalysisConfig, load_analysis_config
+from utils.config import AnalysisConfig, load_analysis_config
 from utils.histograms.accumulate import save_histograms
 from utils.inference.config import DEFAULT_CABINETRY_CONFIG
 from utils.inference.results import InferenceResult, run_inference
 from utils.processing.run import ProcessingOptions, ProcessingResult, process_fileset
 
 log = logging.getLogger(__name__)
-
-ML_CABINETRY_CONFIG = REPO_ROOT / "cabinetry_config_ml.yml"
 
 
 def analysis_histograms_with_categories(
@@ -79,19 +77,20 @@ def compare_ml_categories(
     histograms_path: str | Path,
     output_dir: str | Path,
     base_config: str | Path | None = None,
-    ml_config: str | Path | None = None,
     **inference_options: Any,
 ) -> CategoryComparison:
     """Run the inference stage twice on one ``histograms.root`` (written with
     ``ml_categories=True``): with ``base_config`` (default ``cabinetry_config.yml``) into
-    ``output_dir/without_ml`` and with ``ml_config`` (default ``cabinetry_config_ml.yml``) into
-    ``output_dir/with_ml``. ``inference_options`` go to :func:`utils.inference.fit.run_inference`."""
+    ``output_dir/without_ml`` and with the same model split into ML-score categories
+    (:func:`utils.inference.config.with_ml_categories`) into ``output_dir/with_ml``. ``inference_options`` go to :func:`utils.inference.fit.run_inference`."""
     output_dir = Path(output_dir)
     options = {"figures": False, **inference_options}
     without = run_inference(
         histograms_path, output_dir / "without_ml", base_config or DEFAULT_CABINETRY_CONFIG, **options
     )
-    with_ml = run_inference(histograms_path, output_dir / "with_ml", ml_config or ML_CABINETRY_CONFIG, **options)
+    with_ml = run_inference(
+        histograms_path, output_dir / "with_ml", base_config or DEFAULT_CABINETRY_CONFIG, ml_categories=True, **options
+    )
     comparison = CategoryComparison(Path(histograms_path), without, with_ml)
     log.info(
         "%s: %.4f +/- %.4f without ML categories, %.4f +/- %.4f with (ratio %.3f)",

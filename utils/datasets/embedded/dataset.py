@@ -48,11 +48,11 @@ from utils.datasets.embedded.presets import (
     data_file_sizes,
     expected_data_yields,
     get_preset,
-    load_cross_sections,
-    table_cross_sections,
+    process_cross_sections,
 )
 from utils.datasets.embedded.processes import get_process
 from utils.datasets.embedded.schema import TREE_NAME
+from utils.datasets.fileset import load_cross_sections
 from utils.errors import ConfigError
 from utils.io import write_json_atomic
 
@@ -144,7 +144,7 @@ def plan_dataset(
     data_lumi = mixture = None
     if with_data:
         data_lumi = data.lumi_fraction * load_analysis_config().luminosity
-        expected = expected_data_yields(data_lumi, mu, load_cross_sections())
+        expected = expected_data_yields(data_lumi, mu, process_cross_sections())
         mixture = mixture_from_yields(expected)
         n_total = round(sum(v for _, v in expected))
         if n_total < 1:
@@ -298,7 +298,7 @@ def _run_tasks(
 
 
 def _fileset(plan: DatasetPlan) -> dict[str, Any]:
-    table = table_cross_sections()
+    table = load_cross_sections()
     generator = {
         "name": "utils.datasets.embedded",
         "version": GENERATOR_VERSION,

@@ -12,10 +12,10 @@ from typing import Any
 
 from utils.config import REPO_ROOT, read_yaml, validate_against_schema
 from utils.datasets.embedded.processes import PROCESSES, get_process
+from utils.datasets.fileset import CROSS_SECTIONS, load_cross_sections
 from utils.errors import ConfigError
 
 DEFAULT_PRESETS = REPO_ROOT / "datasets" / "embedded" / "presets.yml"
-CROSS_SECTIONS = REPO_ROOT / "datasets" / "cross_sections.json"
 
 _POSITIVE_INT = {"type": "integer", "minimum": 1}
 _COMPRESSION = {
@@ -133,20 +133,10 @@ def content_hash(obj: Any) -> str:
     return hashlib.sha256(json.dumps(obj, sort_keys=True, default=repr).encode()).hexdigest()
 
 
-def table_cross_sections(path: Path = CROSS_SECTIONS) -> dict[str, float]:
-    """The project's one cross-section table (pb), ``datasets/cross_sections.json``."""
-    try:
-        with open(path) as f:
-            table = json.load(f)
-    except (OSError, json.JSONDecodeError) as err:
-        raise ConfigError(f"{path}: cannot read the cross-section table: {err}") from None
-    return {k: float(v) for k, v in table.items() if not k.startswith("_")}
-
-
-def load_cross_sections(path: Path = CROSS_SECTIONS) -> dict[str, float]:
+def process_cross_sections(path: Path = CROSS_SECTIONS) -> dict[str, float]:
     """Cross-sections (pb) of every registered process: the table, then ``ProcessSpec.xsec``
     for processes the table lacks (a new signal)."""
-    xsecs = table_cross_sections(path)
+    xsecs = load_cross_sections(path)
     for name, spec in PROCESSES.items():
         if name not in xsecs and spec.xsec is not None:
             xsecs[name] = float(spec.xsec)
