@@ -19,7 +19,6 @@ from utils.datasets.embedded.dataset import (
     plan_dataset,
     sample_paths,
 )
-from utils.datasets.embedded.detector import DetectorParams
 from utils.datasets.embedded.events import EventBatch
 from utils.datasets.embedded.generator import (
     GENERATOR_VERSION,
@@ -29,6 +28,7 @@ from utils.datasets.embedded.generator import (
     generate_events,
     generate_file,
 )
+from utils.datasets.embedded.params import DetectorParams
 from utils.datasets.embedded.presets import Preset, get_preset, load_presets
 from utils.datasets.embedded.processes import PROCESSES, ProcessSpec, Variation, register_process
 from utils.datasets.embedded.schema import ANALYSIS_BRANCHES, COLLECTIONS, TREE_NAME

@@ -22,8 +22,9 @@ from pathlib import Path
 import numpy as np
 import uproot
 
-from utils.datasets.embedded.detector import DetectorParams, simulate
+from utils.datasets.embedded.detector import simulate
 from utils.datasets.embedded.events import EventBatch
+from utils.datasets.embedded.params import DetectorParams
 from utils.datasets.embedded.processes import get_process
 from utils.datasets.embedded.schema import TREE_NAME, branch_types, counter_name
 from utils.io import atomic_path
