@@ -46,6 +46,7 @@ test: setup browser-deps
 lint: setup
 	$(BIN)/ruff check utils tests
 	$(BIN)/ruff format --check utils tests
+	$(BIN)/mypy
 
 sync-notebooks: setup
 	$(BIN)/jupytext --sync notebooks/*.ipynb

@@ -1,0 +1,67 @@
+"""The notebook's parameters: one mapping to every stage's options, validated with their names."""
+
+import re
+from dataclasses import fields
+
+import pytest
+
+from utils.config import REPO_ROOT
+from utils.errors import ConfigError
+from utils.processing.run import ProcessingOptions
+from utils.run.parameters import RunParameters
+
+
+def notebook_parameter_names(name: str) -> list[str]:
+    """The names assigned in the ``parameters`` cell of a notebook's Markdown twin."""
+    text = (REPO_ROOT / "notebooks" / f"{name}.md").read_text()
+    cell = re.search(r'```python tags=\["parameters"\]\n(.*?)```', text, re.S)
+    assert cell, f"{name}.md has no parameters cell"
+    return re.findall(r"^([A-Z][A-Z0-9_]*)\s*=", cell.group(1), re.M)
+
+
+def test_every_notebook_parameter_is_a_run_parameter_and_back():
+    names = notebook_parameter_names("ttbar_analysis_pipeline")
+    assert len(names) == len(set(names))
+    assert set(names) == set(RunParameters.notebook_names())
+
+
+def test_from_notebook_reads_the_names_and_ignores_other_globals():
+    params = RunParameters.from_notebook({"NUM_CORES": 1, "USE_DASK": True, "np": object(), "_": 3})
+    assert params.num_cores == 1 and params.use_dask and params.executor_name == "dask"
+    with pytest.raises(ConfigError, match=r"unknown notebook parameter\(s\) \['NUM_CORE'\]"):
+        RunParameters.from_notebook({"NUM_CORE": 1}, strict=True)
+    assert RunParameters.from_notebook(params.to_notebook()) == params
+
+
+@pytest.mark.parametrize(
+    ("values", "message"),
+    [
+        ({"PIPELINE": "spark"}, "PIPELINE='spark'"),
+        ({"NUM_CORES": 0}, "NUM_CORES=0"),
+        ({"CHUNKSIZE": -5}, "CHUNKSIZE=-5"),
+        ({"IO_FILE_PERCENT": 7}, "IO_FILE_PERCENT=7"),
+        ({"ON_BAD_INPUT": "ignore"}, "ON_BAD_INPUT='ignore'"),
+        ({"N_FILES_MAX_PER_SAMPLE": 0}, "N_FILES_MAX_PER_SAMPLE=0"),
+        ({"SERVICEX_QUERY_LANGUAGE": "sql"}, "SERVICEX_QUERY_LANGUAGE='sql'"),
+    ],
+)
+def test_bad_values_are_named(values, message):
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        RunParameters.from_notebook(values)
+
+
+def test_processing_options_carry_exactly_what_processing_needs():
+    params = RunParameters(use_dask=True, num_cores=3, chunksize=1234, systematics="none", on_bad_input="skip")
+    assert params.processing_options() == ProcessingOptions(
+        executor="dask", workers=3, chunksize=1234, systematics=False, on_bad_input="skip"
+    )
+    assert {f.name for f in fields(ProcessingOptions)} < {f.name for f in fields(RunParameters)} | {"workers"}
+    with pytest.raises(ConfigError, match="workers=0"):
+        ProcessingOptions(workers=0)
+
+
+def test_the_fit_runs_only_with_systematics_and_processing():
+    assert RunParameters().runs_fit
+    assert not RunParameters(systematics="none").runs_fit
+    assert not RunParameters(disable_processing=True).runs_fit
+    assert not RunParameters(run_fit=False).runs_fit
