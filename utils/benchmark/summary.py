@@ -55,7 +55,7 @@ class PointSummary:
     peak_memory_per_worker_mb: float | None
     bytes_read_per_event: float | None
     columns: int
-    stages_s: dict[str, float]
+    stages_s: dict[str, float | None]
     notebook_walltime_s: float | None
     input: InputSize | None = None
     parallel_efficiency: float | None = None

@@ -130,6 +130,7 @@ def validate(
         )
         click.echo(f"wrote the reference of {len(content['histograms'])} histograms to {dump_path}")
         return
+    assert reference is not None  # checked above: exactly one of REFERENCE and --dump-json
     report = validation.validate_histograms(histograms, reference, extra_migrations=rules)
     for mismatch in report.mismatches:
         click.echo(str(mismatch))

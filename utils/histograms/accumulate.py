@@ -12,6 +12,7 @@ import logging
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import cast
 
 import hist
 import numpy as np
@@ -133,8 +134,8 @@ def to_hist(
             sumw = acc.sumw[v] / FIXED_POINT_SCALE * norm
             sumw2 = acc.sumw2[v] / FIXED_POINT_SCALE * norm * norm
             # hist view axes: (observable+flow, region, process, variation, classification)
-            view.value[:, : acc.n_regions, ip, iv, :N_CLASSES] += np.transpose(sumw, (2, 0, 1))
-            view.variance[:, : acc.n_regions, ip, iv, :N_CLASSES] += np.transpose(sumw2, (2, 0, 1))
+            view.value[:, : acc.n_regions, ip, iv, :N_CLASSES] += np.transpose(sumw, (2, 0, 1))  # type: ignore[attr-defined]
+            view.variance[:, : acc.n_regions, ip, iv, :N_CLASSES] += np.transpose(sumw2, (2, 0, 1))  # type: ignore[attr-defined]
     return h
 
 
@@ -150,7 +151,7 @@ def category_name(classification: int) -> str:
 
 def _project(h: hist.Hist, region: str, process: str, variation: str, classification=sum) -> hist.Hist:
     cls = sum if classification is sum else hist.loc(classification)
-    return h[{"region": region, "process": process, "variation": variation, "classification": cls}]
+    return cast(hist.Hist, h[{"region": region, "process": process, "variation": variation, "classification": cls}])
 
 
 @dataclass(frozen=True)
@@ -209,6 +210,8 @@ def pseudodata(histograms: AnalysisHistograms, region: str, config: AnalysisConf
             f"pseudo-data needs samples that were not processed: {missing}; process them "
             f"or change 'pseudodata' in {config.source}"
         )
+    if out is None:
+        raise AGCError(f"{config.source}: 'pseudodata' lists no sample")
     return out
 
 

@@ -62,10 +62,10 @@ def expand_categories(config: Mapping[str, Any]) -> dict[str, Any]:
     ``4j2b_ML1_...``. Every ``Regions`` setting (samples, norm factors, systematics, smoothing)
     that names the original region is rewritten to name all of its categories.
     """
-    config = copy.deepcopy(dict(config))
+    out: dict[str, Any] = copy.deepcopy(dict(config))
     renamed: dict[str, list[str]] = {}
     regions: list[dict[str, Any]] = []
-    for region in config.get("Regions", []):
+    for region in out.get("Regions", []):
         categories = region.pop(CATEGORIES_KEY, None)
         if not categories:
             regions.append(region)
@@ -78,7 +78,7 @@ def expand_categories(config: Mapping[str, Any]) -> dict[str, Any]:
             regions.append(new)
             names.append(new["Name"])
         renamed[region["Name"]] = names
-    config["Regions"] = regions
+    out["Regions"] = regions
     if renamed:
 
         def rewrite(item: dict[str, Any]) -> None:
@@ -87,11 +87,11 @@ def expand_categories(config: Mapping[str, Any]) -> dict[str, Any]:
                 item["Regions"] = [n for r in setting for n in renamed.get(r, [r])]
 
         for section in ("Samples", "NormFactors", "Systematics"):
-            for item in config.get(section, []):
+            for item in out.get(section, []):
                 rewrite(item)
                 if isinstance(item.get("Smoothing"), dict):
                     rewrite(item["Smoothing"])
-    return config
+    return out
 
 
 def _analysis_histogram_edges(analysis: AnalysisConfig) -> np.ndarray:
@@ -184,14 +184,14 @@ def with_ml_categories(config: Mapping[str, Any], n_classes: int = N_CLASSES) ->
     expanded by :func:`expand_categories`): the histograms ``save_histograms(...,
     ml_categories=True)`` writes from a run with the classifier. The only source of the ML model:
     no second configuration file to keep in step."""
-    config = copy.deepcopy(dict(config))
-    for region in config.get("Regions", []):
+    out: dict[str, Any] = copy.deepcopy(dict(config))
+    for region in out.get("Regions", []):
         if CATEGORIES_KEY in region:
             raise ConfigError(
                 f"region {region.get('Name')!r} already has {CATEGORIES_KEY}; ML categories are added once"
             )
         region[CATEGORIES_KEY] = [category_name(c) for c in range(n_classes)]
-    return config
+    return out
 
 
 def load_cabinetry_config(
@@ -212,11 +212,11 @@ def with_paths(config: Mapping[str, Any], histograms_path: str | Path, histogram
     The file part of ``InputPath`` (everything before its last colon) is replaced; the part
     after it (the histogram name with its placeholders) is kept.
     """
-    config = copy.deepcopy(dict(config))
-    _, _, in_file = config["General"]["InputPath"].rpartition(":")
-    config["General"]["InputPath"] = f"{Path(histograms_path).resolve()}:{in_file}"
-    config["General"]["HistogramFolder"] = str(histogram_folder)
-    return config
+    out: dict[str, Any] = copy.deepcopy(dict(config))
+    _, _, in_file = out["General"]["InputPath"].rpartition(":")
+    out["General"]["InputPath"] = f"{Path(histograms_path).resolve()}:{in_file}"
+    out["General"]["HistogramFolder"] = str(histogram_folder)
+    return out
 
 
 # -- templates ----------------------------------------------------------------------------------

@@ -217,7 +217,9 @@ def plot_score_distributions(evaluation: RegionEvaluation, path: str | Path | No
     for p in evaluation.processes:
         m = evaluation.process == p
         if m.any():
-            ax.hist(evaluation.scores[m], bins=bins, density=True, histtype="step", lw=2, label=f"{p} ({m.sum()})")
+            ax.hist(
+                evaluation.scores[m], bins=list(bins), density=True, histtype="step", lw=2, label=f"{p} ({m.sum()})"
+            )
     ax.axvline(evaluation.threshold, color="black", ls="--", lw=1, label="threshold")
     ax.set_xlabel("network score")
     ax.set_ylabel("normalised events")
@@ -278,7 +280,8 @@ def plot_feature_distributions(
     weights = table.weight[mask]
     for ax, name in zip(axes[0], features, strict=True):
         values = table.column(name, mask)
-        bins = np.linspace(*np.nanpercentile(values, [0.5, 99.5]), 31)
+        low, high = np.nanpercentile(values, [0.5, 99.5])
+        bins = np.linspace(low, high, 31)
         for lab, text in ((1, signal_process), (0, "background")):
             m = labels == lab
             ax.hist(values[m], bins=bins, weights=weights[m], density=True, histtype="step", lw=2, label=text)

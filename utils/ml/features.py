@@ -217,7 +217,7 @@ def build_feature_table(
     Alternative samples (ttbar scaleup, ME_var, ...) and data are not used for training.
     ``workers`` > 1 reads files in parallel processes; the result does not depend on it.
     """
-    weights = normalisation(dict(fileset), config)
+    weights = normalisation({k: dict(v) for k, v in fileset.items()}, config)
     jobs = []
     for sample in sorted(fileset):
         meta = fileset[sample]["metadata"]

@@ -212,7 +212,7 @@ def processed_signal(path: str | Path, workdir: Path, model: PreservedModel, par
         path = process_signal(signal, workdir / f"{signal.name}.root", model.analysis, model.signal.sample_path, params)
     record = json.loads(sidecar(path).read_text()) if sidecar(path).is_file() else None
     point = (record or {}).get("parameters", {}).get("signal")
-    if point is None:
+    if record is None or point is None:
         raise ConfigError(f"{path}: not the histograms of a signal (no signal record in {sidecar(path).name})")
     used = record["configuration"]["analysis_config"]["sha256"]
     if used != FileRecord.of(model.analysis.source).sha256:

@@ -95,8 +95,13 @@ def write_sample_histograms(
     with atomic_path(path) as tmp, uproot.recreate(tmp) as f:
         for process, variation in result.cells:
             for region in config.region_names:
-                cell = {"region": region, "process": process, "variation": variation, "classification": sum}
-                f[histogram_name(region, process, variation)] = h[cell]
+                cell: dict[str, Any] = {
+                    "region": region,
+                    "process": process,
+                    "variation": variation,
+                    "classification": sum,
+                }
+                f[histogram_name(region, process, variation)] = h[cell]  # type: ignore[index]
     record = Provenance(
         KIND,
         inputs={"samples": [i.to_dict() for i in result.inputs]},
@@ -148,8 +153,8 @@ def read_sample_histograms(paths: Iterable[str | Path], config: AnalysisConfig) 
                 for r, region in enumerate(config.region_names):
                     obj = f[histogram_name(region, process, variation)]
                     # all in class 0: the sum over classes is then the stored sum, bit for bit
-                    view.value[:, r, ip, iv, 0] = np.asarray(obj.values(flow=True), dtype=float)
-                    view.variance[:, r, ip, iv, 0] = np.asarray(obj.variances(flow=True), dtype=float)
+                    view.value[:, r, ip, iv, 0] = np.asarray(obj.values(flow=True), dtype=float)  # type: ignore[attr-defined]
+                    view.variance[:, r, ip, iv, 0] = np.asarray(obj.variances(flow=True), dtype=float)  # type: ignore[attr-defined]
     inputs = tuple(SampleInputs.from_dict(s) for _, meta in parts for s in meta["inputs"]["samples"])
     first = parts[0][1]
     return SampleHistograms(

@@ -253,6 +253,7 @@ def dask_client(workers: int = 2, scheduler_address: str | None = None, af_name:
             log.info("AF_NAME=%r has no Dask preset (known: %s): starting a local cluster", af_name, list(FACILITIES))
         return _local_client(workers)
     if facility.kind == "scheduler":
+        assert facility.address is not None, f"facility {facility.name} has no scheduler address"
         return _scheduler_client(facility.address, facility)
     return _gateway_client(facility, workers)
 

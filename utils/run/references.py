@@ -15,6 +15,7 @@ from pathlib import Path
 
 from utils.config import REPO_ROOT, load_analysis_config
 from utils.datasets.fileset import build_fileset
+from utils.errors import AGCError
 from utils.histograms.accumulate import save_histograms
 from utils.processing.run import process_fileset
 from utils.run.parameters import RunParameters
@@ -37,6 +38,8 @@ def histograms_of_preset(preset: str, output: Path, workers: int = 2) -> Path:
     fileset = build_fileset(ensure_dataset(preset, workers=workers))
     params = RunParameters(executor="futures" if workers > 1 else "iterative", num_cores=workers, use_ml=False)
     result = process_fileset(fileset, params.processing_options(), config)
+    if result.histograms is None:
+        raise AGCError(f"processing {preset} produced no histograms")
     save_histograms(result.histograms, output, config)
     return output
 

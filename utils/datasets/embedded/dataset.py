@@ -130,7 +130,7 @@ def plan_dataset(
     mu = (data.mu if data is not None else 1.0) if mu is None else float(mu)
     if mu < 0:
         raise ConfigError(f"signal strength mu must be >= 0, got {mu}")
-    common = {
+    common: dict[str, Any] = {
         "seed": seed,
         "events_per_basket": preset.events_per_basket,
         "compression_level": preset.compression_level,
@@ -143,6 +143,7 @@ def plan_dataset(
     ]
     data_lumi = mixture = None
     if with_data:
+        assert data is not None  # checked above
         data_lumi = data.lumi_fraction * load_analysis_config().luminosity
         expected = expected_data_yields(data_lumi, mu, process_cross_sections())
         mixture = mixture_from_yields(expected)
@@ -314,6 +315,7 @@ def _fileset(plan: DatasetPlan) -> dict[str, Any]:
         for entry in variations.values():
             entry["generator"] = generator
             if process == DATA_PROCESS:
+                assert plan.preset.data is not None and plan.data_mixture is not None
                 entry.update(
                     lumi=plan.data_lumi,
                     lumi_fraction=plan.preset.data.lumi_fraction,

@@ -93,11 +93,14 @@ class EventBatch:
         """Branch name -> array, in file order, without the per-branch counters (uproot adds them)."""
         out: dict[str, np.ndarray | ak.Array] = {}
         for coll in COLLECTIONS:
-            data = self.collections.get(coll.name)
-            if coll.counter is not None:
-                out[coll.counter] = data.counts.astype(np.int32)
-            for f, dtype in coll.fields:
-                out[coll.branch(f)] = data.to_awkward(data.fields[f].astype(dtype, copy=False))
+            data = self.collections.get(coll.name)  # None for a collection of event scalars only (MET)
+            if data is None and (coll.counter is not None or coll.fields):
+                raise ValueError(f"event batch lacks the {coll.name!r} collection")
+            if data is not None:
+                if coll.counter is not None:
+                    out[coll.counter] = data.counts.astype(np.int32)
+                for f, dtype in coll.fields:
+                    out[coll.branch(f)] = data.to_awkward(data.fields[f].astype(dtype, copy=False))
             for f, dtype in coll.scalars:
                 out[coll.branch(f)] = self.scalars[coll.branch(f)].astype(dtype, copy=False)
         return out

@@ -235,6 +235,7 @@ def generate_file(
     def batches() -> Iterator[EventBatch]:
         for chunk, size in enumerate(chunk_sizes(n_events, events_per_basket)):
             if process == DATA_PROCESS:
+                assert mixture is not None  # checked above
                 yield generate_data_events(size, seed, mixture, file_index, chunk)
             else:
                 yield generate_events(process, variation, size, seed, file_index, chunk)

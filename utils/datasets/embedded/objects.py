@@ -142,7 +142,7 @@ def _trigger_objects(rng: np.random.Generator, n: int, sources: list[Jagged], d:
     """Trigger objects at several levels: smeared copies of reconstructed objects, soft
     unmatched objects, and empty (all-zero) slots. Drawn in float32: they are the bulk of a file."""
     f4 = np.float32
-    counts = sum(s.counts.astype(np.int64) for s in sources)
+    counts = np.sum([s.counts.astype(np.int64) for s in sources], axis=0)
     pool_event = np.concatenate([np.repeat(np.arange(n), s.counts) for s in sources])
     order = np.argsort(pool_event, kind="stable")
     pool = {k: np.concatenate([s.fields[k] for s in sources]).astype(f4)[order] for k in ("pt", "eta", "phi")}

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, fields
 from enum import IntEnum
+from typing import Any
 
 import numpy as np
 
@@ -86,7 +87,7 @@ class ParticleTable:
     @classmethod
     def concatenate(cls, tables: list[ParticleTable]) -> ParticleTable:
         tables = [t for t in tables if len(t)] or [cls.empty()]
-        kw = {}
+        kw: dict[str, Any] = {}
         for f in fields(cls):
             if f.name == "p4":
                 kw["p4"] = P4.concatenate([t.p4 for t in tables])

@@ -8,6 +8,7 @@ counter ``n<name>_<field>`` per jagged branch. Branch order follows the real fil
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import awkward as ak
 import numpy as np
@@ -139,7 +140,7 @@ def branch_types() -> dict[str, np.dtype | ak.types.Type]:
     The per-branch counters are not listed: uproot inserts them via ``counter_name``.
     PV's scalars sit between its ``ndof`` and ``x`` fields, as in the real files.
     """
-    types: dict[str, str] = {}
+    types: dict[str, Any] = {}
     for coll in COLLECTIONS:
         if coll.counter is not None:
             types[coll.counter] = I4
