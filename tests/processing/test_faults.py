@@ -82,13 +82,13 @@ FAULTS = {
 
 
 @pytest.mark.parametrize("fault", list(FAULTS))
-def test_fail_fast_names_file_and_problem(fault, good_file, tmp_path):
+def test_fail_fast_names_file_and_problem(fault, good_file, tmp_path, config):
     make, match = FAULTS[fault]
     bad = tmp_path / "bad.root"
     make(good_file, bad)
     n = entries(good_file)
     with pytest.raises(InputFileError, match=match) as err:
-        process_fileset(one_file_fileset(bad, n), ProcessingOptions(executor="iterative"))
+        process_fileset(one_file_fileset(bad, n), ProcessingOptions(executor="iterative"), config)
     msg = str(err.value)
     assert str(bad) in msg and "ON_BAD_INPUT='skip'" in msg
 

@@ -29,6 +29,7 @@ from typing import Any
 
 import numpy as np
 
+from utils.config import AnalysisConfig, load_analysis_config
 from utils.errors import StatisticsError
 from utils.inference.config import DEFAULT_CABINETRY_CONFIG, load_cabinetry_config, with_paths
 from utils.inference.fit import (
@@ -181,6 +182,7 @@ def prepare_workspace(
     *,
     keep_templates: bool = True,
     ml_categories: bool = False,
+    analysis: AnalysisConfig | None = None,
     timer: StageTimer | None = None,
 ) -> tuple[dict[str, Any], dict[str, Any], str]:
     """Load the model configuration, build templates and write ``output_dir/workspace.json``.
@@ -191,7 +193,7 @@ def prepare_workspace(
     timer = timer or StageTimer()
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
-    raw_config = load_cabinetry_config(cabinetry_config_path, ml_categories=ml_categories)
+    raw_config = load_cabinetry_config(cabinetry_config_path, analysis, ml_categories=ml_categories)
     with _template_folder(output_dir, keep_templates) as folder:
         config = with_paths(raw_config, histograms_path, folder)
         with timer("templates"):
@@ -224,13 +226,15 @@ def run_inference(
     keep_templates: bool = True,
     figure_format: str = "pdf",
     ml_categories: bool = False,
+    analysis: AnalysisConfig | None = None,
 ) -> InferenceResult:
     """Run the whole inference stage on one ``histograms.root``; write everything to ``output_dir``.
 
     Writes ``workspace.json``, ``fit_results.json``, ``templates/`` (if ``keep_templates``) and
     ``figures/*.<figure_format>``. ``strategy``: the MINUIT strategy of every fit (None: pyhf's choice, 1).
     ``ml_categories``: split every region into its ML-score categories (the model of a run with the
-    classifier, histograms saved with ``ml_categories=True``).
+    classifier, histograms saved with ``ml_categories=True``). ``analysis``: the analysis configuration
+    the histograms were made with (the model is checked against it; default ``analysis_config.yml``).
     ``ranking`` refits the model four times per parameter (about two minutes for the AGC model).
     """
     from utils.inference import figures as inference_figures
@@ -248,6 +252,7 @@ def run_inference(
             cabinetry_config_path,
             keep_templates=keep_templates,
             ml_categories=ml_categories,
+            analysis=analysis,
             timer=timer,
         )
         with timer("fit"):
@@ -305,6 +310,7 @@ def run_inference(
         "histograms_sha256": sha256_file(histograms_path),
         "cabinetry_config": str(Path(cabinetry_config_path or DEFAULT_CABINETRY_CONFIG).resolve()),
         "ml_categories": ml_categories,
+        "analysis_config": (analysis or load_analysis_config()).source,
         "versions": package_versions(INFERENCE_PACKAGES),
     }
     write_json_atomic(result.results_path, content)

@@ -16,7 +16,7 @@ import awkward as ak
 import numpy as np
 from coffea import processor
 
-from utils.config import AnalysisConfig, load_analysis_config
+from utils.config import AnalysisConfig
 from utils.datasets.fileset import DATA_PROCESS
 from utils.datasets.inputs import BadInput
 from utils.errors import InputFileError
@@ -71,7 +71,7 @@ class TtbarAnalysis(processor.ProcessorABC):
 
     Parameters
     ----------
-    config : the analysis configuration (default: ``analysis_config.yml``)
+    config : the analysis configuration
     classifier : per-region ML classifier; ``None`` puts every event in classification 0
     disable_processing : I/O-only mode: read ``IO_BRANCH_SETS[io_file_percent]`` and nothing else
     io_file_percent : 4, 15, 25 or 50
@@ -82,14 +82,14 @@ class TtbarAnalysis(processor.ProcessorABC):
 
     def __init__(
         self,
-        config: AnalysisConfig | None = None,
+        config: AnalysisConfig,
         classifier: Classifier | None = None,
         disable_processing: bool = False,
         io_file_percent: int = 4,
         systematics: bool = True,
         on_bad_input: str = "fail",
     ):
-        self.config = config if config is not None else load_analysis_config()
+        self.config = config
         self.classifier = classifier
         self.disable_processing = disable_processing
         if io_file_percent not in IO_BRANCH_SETS:

@@ -15,7 +15,7 @@ from typing import Any
 
 from coffea import processor
 
-from utils.config import AnalysisConfig, load_analysis_config
+from utils.config import AnalysisConfig
 from utils.datasets.fileset import normalisation
 from utils.datasets.inputs import POLICIES, InputReport, preflight
 from utils.errors import AGCError, ConfigError
@@ -76,7 +76,7 @@ class ProcessingResult:
 def process_fileset(
     fileset: dict[str, dict[str, Any]],
     options: ProcessingOptions,
-    config: AnalysisConfig | None = None,
+    config: AnalysisConfig,
     classifier: Classifier | None = None,
     luminosity: float | None = None,
 ) -> ProcessingResult:
@@ -87,7 +87,6 @@ def process_fileset(
     normalisation uses the events actually processed. ``luminosity`` overrides the configured
     luminosity for the MC normalisation (e.g. a data sample's, see ``fileset.data_luminosity``).
     """
-    config = config or load_analysis_config()
     expected = {p: n for e in fileset.values() for p, n in e.get("file_nevts", {}).items()}
     fileset, report = preflight(fileset, options.on_bad_input, expected)
     proc = TtbarAnalysis(
