@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 import math
 from dataclasses import dataclass
+from enum import IntEnum
 
 import awkward as ak
 import numba
@@ -25,19 +26,37 @@ READ_BRANCHES: tuple[str, ...] = (
 
 log = logging.getLogger(__name__)
 
-# Jet-kinematic variation modes of the kernel
-MODE_NOMINAL, MODE_SCALE, MODE_RESOLUTION = 0, 1, 2
 
-# Per-event features the kernel computes, in this column order of ``EventSelection.features``.
-FEATURE_NAMES: tuple[str, ...] = (
-    "ht",
-    "m_bjj",
-    "trijet_mean_delta_r",
-    "aplanarity",
-    "lepton_pt",
-    "leading_jet_pt",
-)
+class JetMode(IntEnum):
+    """How a jet variation changes each jet's four-momentum."""
+
+    NOMINAL = 0  # unchanged
+    SCALE = 1  # x the configured scale factor
+    RESOLUTION = 2  # x (1 + sigma * N(0, 1)), one number per jet from :func:`jet_resolution_factors`
+
+
+class Feature(IntEnum):
+    """The per-event features the kernel computes: the columns of ``EventSelection.features``."""
+
+    HT = 0
+    M_BJJ = 1
+    TRIJET_MEAN_DELTA_R = 2
+    APLANARITY = 3
+    LEPTON_PT = 4
+    LEADING_JET_PT = 5
+
+
+# Column names of ``EventSelection.features`` ("ht", "m_bjj", ...), in column order.
+FEATURE_NAMES: tuple[str, ...] = tuple(f.name.lower() for f in Feature)
 OBSERVABLES = ("ht", "m_bjj")
+
+
+def jet_mode(config: AnalysisConfig, variation: str) -> JetMode:
+    """The :class:`JetMode` of a jet variation name (``"nominal"`` or one named in the configuration)."""
+    known = {"nominal": JetMode.NOMINAL, config.pt_scale_name: JetMode.SCALE, config.pt_res_name: JetMode.RESOLUTION}
+    if variation not in known:
+        raise ValueError(f"unknown jet variation {variation!r}; allowed: {list(known)}")
+    return known[variation]
 
 
 # --- reproducible per-jet random numbers ---------------------------------------------------------
@@ -165,9 +184,9 @@ def _select_kernel(
             n_sel = 0
             n_b = 0
             for j in range(jet_offsets[i], jet_offsets[i + 1]):
-                if mode == 0:
+                if mode == JetMode.NOMINAL:
                     f = 1.0
-                elif mode == 1:
+                elif mode == JetMode.SCALE:
                     f = scale_factor
                 else:
                     f = 1.0 + res_sigma * _jet_normal(pt_bits[j], eta_bits[j], phi_bits[j], res_seed)
@@ -248,12 +267,12 @@ def _select_kernel(
                                 + _delta_r(jet_eta[ja], jet_phi[ja], jet_eta[jc], jet_phi[jc])
                                 + _delta_r(jet_eta[jb], jet_phi[jb], jet_eta[jc], jet_phi[jc])
                             ) / 3.0
-            out_features[k, row, 0] = ht
-            out_features[k, row, 1] = best_m
-            out_features[k, row, 2] = best_dr
-            out_features[k, row, 3] = 1.5 * max(lam, 0.0)
-            out_features[k, row, 4] = lep_pt
-            out_features[k, row, 5] = lead
+            out_features[k, row, Feature.HT] = ht
+            out_features[k, row, Feature.M_BJJ] = best_m
+            out_features[k, row, Feature.TRIJET_MEAN_DELTA_R] = best_dr
+            out_features[k, row, Feature.APLANARITY] = 1.5 * max(lam, 0.0)
+            out_features[k, row, Feature.LEPTON_PT] = lep_pt
+            out_features[k, row, Feature.LEADING_JET_PT] = lead
             for m in range(n_weight_jets):
                 out_weight_jet_pt[k, row, m] = jet_pt[sel[m]] * fac[m] if m < n_sel else 0.0
 
@@ -349,10 +368,7 @@ def select_variations(
     name of the configuration. A varied jet has its whole four-momentum scaled (pt and mass by the
     same factor, eta and phi unchanged), before the jet pT cut.
     """
-    known = {"nominal": MODE_NOMINAL, config.pt_scale_name: MODE_SCALE, config.pt_res_name: MODE_RESOLUTION}
-    for v in variations:
-        if v not in known:
-            raise ValueError(f"unknown jet variation {v!r}; allowed: {list(known)}")
+    modes = np.array([jet_mode(config, v) for v in variations], dtype=np.int64)
     n, nv = arrays.n_events, len(variations)
     count = np.zeros(nv, dtype=np.int64)
     index = np.empty((nv, n), dtype=np.int64)
@@ -364,7 +380,7 @@ def select_variations(
     _select_kernel(
         arrays.jet_offsets, arrays.jet_pt, arrays.jet_eta, arrays.jet_phi, arrays.jet_mass, arrays.jet_btag,
         arrays.el_offsets, arrays.el_pt, arrays.mu_offsets, arrays.mu_pt,
-        np.array([known[v] for v in variations], dtype=np.int64),
+        modes,
         config.pt_scale_factor, config.pt_res_seed, config.pt_res_sigma,
         config.lepton_pt_min, config.jet_pt_min, config.btag_threshold,
         config.n_leptons, config.min_jets, config.min_btags,
