@@ -12,6 +12,8 @@ import numpy as np
 import pytest
 import uproot
 from coffea.nanoevents import NanoEventsFactory
+from handmade_events import EVENTS as SELECTION_EVENTS
+from handmade_events import TETRA_ETA, TETRA_PT
 
 from utils.config import load_analysis_config
 from utils.datasets.embedded import sample_paths
@@ -33,9 +35,6 @@ RTOL = 1e-6
 # and the smallest sphericity eigenvalue in closed form, which loses absolute precision (~1e-10)
 # on nearly planar events (aplanarity ~1e-5); the reference uses a symmetric eigen-solver
 APLANARITY_ATOL = 1e-9
-
-TETRA_PT = 30.0 * math.sqrt(2.0)  # |p| = 30 sqrt(3) along the four (+-1, +-1, +-1) directions
-TETRA_ETA = math.asinh(1.0 / math.sqrt(2.0))
 
 # Jets (pt, eta, phi, mass, btag), stored in single precision as in the ntuples (so pi/2 is not
 # exact: hand-computed values hold to 1e-6 relative); cuts of analysis_config.yml: leptons and jets pT > 25 GeV,
@@ -62,13 +61,11 @@ EVENTS = [
      "muons": [45.0]},
 ]  # fmt: skip
 
-# Edge cases, compared with the kernel only: values at the thresholds (strict cuts), Delta phi
-# across +-pi, a 3-jet event, no jets, no leptons, six jets.
+# Compared with the kernel only: the selection tests' events (values at the thresholds, Delta phi
+# across +-pi, an event selected only under pt_scale_up) and a 3-jet event, no jets, no leptons,
+# six jets with three b-tags and a second electron below the cut.
 EDGE_EVENTS = [
-    {"jets": [(80, 0, 0, 0, 0.5), (60, 0, 1, 0, 0.9), (40, 0, 2, 0, 0.1), (25, 0, 3, 0, 0.2)], "electrons": [35.0]},
-    {"jets": [(80, 0, 0, 0, 0.9), (60, 0, 1, 0, 0.1), (40, 0, 2, 0, 0.1), (30, 0, 3, 0, 0.2)], "electrons": [25.0]},
-    {"jets": [(90, 0, 3.0, 9, 0.9), (70, 0.2, -3.0, 8, 0.9), (50, 0.5, 3.1, 7, 0.1), (30, -1, 0.0, 6, 0.1),
-              (26, 2.0, 1.5, 5, 0.1)], "muons": [50.0]},
+    *SELECTION_EVENTS,
     {"jets": [(90, 0, 0, 5, 0.9), (70, 0, 2, 5, 0.9), (50, 0, 4, 5, 0.1)], "muons": [50.0]},
     {"jets": [], "muons": [50.0]},
     {"jets": [(90, 0, 0, 5, 0.9), (70, 0, 2, 5, 0.9), (50, 0, 4, 5, 0.1), (40, 1, 1, 5, 0.1)]},

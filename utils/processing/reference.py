@@ -46,8 +46,8 @@ def varied_jets(events, config: AnalysisConfig, variation: str) -> ak.Array:
     elif mode == JetMode.SCALE:
         factor = config.pt_scale_factor
     else:  # the kernel's own per-jet random numbers (a hash of the jet, seeded by the configuration)
-        flat = [ak.to_numpy(ak.flatten(jets[f])) for f in ("pt", "eta", "phi")]
-        smear = jet_resolution_factors(*flat, seed=config.pt_res_seed, sigma=config.pt_res_sigma)
+        pt, eta, phi = (ak.to_numpy(ak.flatten(jets[f])) for f in ("pt", "eta", "phi"))
+        smear = jet_resolution_factors(pt, eta, phi, seed=config.pt_res_seed, sigma=config.pt_res_sigma)
         factor = ak.unflatten(smear, ak.num(jets.pt))
     return ak.zip(
         {
