@@ -203,6 +203,12 @@ def test_same_as_kernel_on_hand_made_events(events, edge_events):
     assert assert_same_as_kernel(edge_events, CFG) > 0
 
 
+def test_no_selected_event(events):
+    assert assert_same_as_kernel(events[:3], CFG) == 0
+    sel = reference_selection(events[:3], CFG)
+    assert sel.features.shape == (0, len(FEATURE_NAMES)) and sel.weight_jet_pt.shape == (0, CFG.btag_n_jets)
+
+
 # --- (c) reference and kernel on the embedded tiny dataset -----------------------------------
 
 

@@ -1,5 +1,9 @@
 """Object and event selection, regions and observables: the single source that the processor,
-the ServiceX query and the ML training use."""
+the ServiceX query and the ML training use.
+
+A numba kernel, one pass over the events for all jet variations. The same selection written as
+columnar coffea/awkward code, the readable specification, is :mod:`utils.processing.reference`;
+``tests/processing/test_reference.py`` keeps the two equal."""
 
 from __future__ import annotations
 
