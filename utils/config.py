@@ -78,6 +78,26 @@ class FlatWeight:
 
 
 @dataclass(frozen=True)
+class NanoAODCuts:
+    """Object definitions of NanoAOD inputs (the AGC main line); pT in GeV. ``electron_cut_based``:
+    the minimum ``Electron_cutBased`` (4 = tight, 0 = none); ``jet_id_mask``: the jet ID bits one of
+    which must be set (4 = tight lepton veto, 0 = none)."""
+
+    electron_pt_min: float
+    electron_abs_eta_max: float
+    electron_cut_based: int
+    electron_sip3d_max: float
+    muon_pt_min: float
+    muon_abs_eta_max: float
+    muon_tight_id: bool
+    muon_sip3d_max: float
+    muon_iso_max: float
+    jet_pt_min: float
+    jet_abs_eta_max: float
+    jet_id_mask: int
+
+
+@dataclass(frozen=True)
 class AnalysisConfig:
     """Typed, validated view of ``analysis_config.yml``."""
 
@@ -108,6 +128,7 @@ class AnalysisConfig:
     ml_signal_process: str
     ml_score_threshold: float
     ml_features: dict[str, tuple[str, ...]] = field(hash=False)
+    nanoaod: NanoAODCuts | None = None
     source: str = ""
     raw: dict[str, Any] = field(default_factory=dict, hash=False, compare=False, repr=False)
 
@@ -181,11 +202,30 @@ def _build(data: dict[str, Any], source: str) -> AnalysisConfig:
         ml_signal_process=data["ml"]["signal_process"],
         ml_score_threshold=float(data["ml"]["score_threshold"]),
         ml_features={k: tuple(v) for k, v in data["ml"]["features"].items()},
+        nanoaod=_nanoaod_cuts(data["nanoaod"]) if "nanoaod" in data else None,
         source=source,
         raw=data,
     )
     _semantic_checks(cfg)
     return cfg
+
+
+def _nanoaod_cuts(data: dict[str, Any]) -> NanoAODCuts:
+    e, mu, jet = data["electron"], data["muon"], data["jet"]
+    return NanoAODCuts(
+        electron_pt_min=float(e["pt_min"]),
+        electron_abs_eta_max=float(e["abs_eta_max"]),
+        electron_cut_based=int(e["cut_based"]),
+        electron_sip3d_max=float(e["sip3d_max"]),
+        muon_pt_min=float(mu["pt_min"]),
+        muon_abs_eta_max=float(mu["abs_eta_max"]),
+        muon_tight_id=bool(mu["tight_id"]),
+        muon_sip3d_max=float(mu["sip3d_max"]),
+        muon_iso_max=float(mu["iso_max"]),
+        jet_pt_min=float(jet["pt_min"]),
+        jet_abs_eta_max=float(jet["abs_eta_max"]),
+        jet_id_mask=int(jet["jet_id_mask"]),
+    )
 
 
 def _semantic_checks(cfg: AnalysisConfig) -> None:

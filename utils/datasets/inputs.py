@@ -9,6 +9,7 @@ normalisation uses the events actually processed.
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -22,8 +23,6 @@ from utils.processing.selection import READ_BRANCHES
 log = logging.getLogger(__name__)
 
 POLICIES = ("fail", "skip")
-# the dtype each analysis branch must have (jagged numeric)
-EXPECTED_KIND = dict.fromkeys(READ_BRANCHES, "f")
 
 
 @dataclass(frozen=True)
@@ -60,8 +59,17 @@ class InputReport:
         }
 
 
-def check_file(path: str, treename: str = "events", expected_entries: int | None = None) -> str | None:
-    """The problem with one input file, or None if it is usable. Reads only metadata."""
+def check_file(
+    path: str,
+    treename: str = "events",
+    expected_entries: int | None = None,
+    required: Sequence[str] = READ_BRANCHES,
+    floating: bool = True,
+) -> str | None:
+    """The problem with one input file, or None if it is usable. Reads only metadata.
+
+    ``required``: the branches the analysis reads; with ``floating`` each must be a jagged
+    floating-point array (the ntuples' analysis branches)."""
     try:
         f = uproot.open(path, timeout=30)
     except FileNotFoundError:
@@ -79,16 +87,16 @@ def check_file(path: str, treename: str = "events", expected_entries: int | None
             return f"no tree {treename!r} (the file holds {keys[:10]})"
         if not isinstance(tree, uproot.behaviors.TTree.TTree):
             return f"{treename!r} is not a TTree ({type(tree).__name__})"
-        missing = [b for b in READ_BRANCHES if b not in tree]
+        missing = [b for b in required if b not in tree]
         if missing:
             return f"missing branch(es) the analysis needs: {missing}"
-        for b in READ_BRANCHES:
+        for b in required if floating else ():
             interp = tree[b].interpretation
             content = getattr(interp, "content", None)
             dtype = getattr(content, "from_dtype", None)
             if not isinstance(interp, uproot.interpretation.jagged.AsJagged) or dtype is None:
                 return f"branch {b!r} has an unexpected type {tree[b].typename!r} (expected a jagged float array)"
-            if np.dtype(dtype).kind != EXPECTED_KIND[b]:
+            if np.dtype(dtype).kind != "f":
                 return f"branch {b!r} has dtype {np.dtype(dtype)} (expected floating point)"
         if expected_entries is not None and tree.num_entries != expected_entries:
             return (
@@ -103,19 +111,25 @@ def preflight(
     policy: str = "fail",
     expected_entries: dict[str, int] | None = None,
     threads: int = 8,
+    *,
+    required: Sequence[str] = READ_BRANCHES,
+    floating: bool = True,
 ) -> tuple[dict[str, dict[str, Any]], InputReport]:
     """Check every file of a fileset; return the usable fileset and the report.
 
     With ``policy="fail"`` the first problem raises :class:`InputFileError`; with ``"skip"`` bad
     files are dropped and their events subtracted from the sample's ``nevts``.
-    ``expected_entries`` maps file paths to the event counts of the dataset description.
+    ``expected_entries`` maps file paths to the event counts of the dataset description;
+    ``required`` and ``floating`` as for :func:`check_file`.
     """
     if policy not in POLICIES:
         raise ConfigError(f"ON_BAD_INPUT={policy!r}: allowed {list(POLICIES)}")
     expected_entries = expected_entries or {}
     items = [(s, p, t) for s, e in fileset.items() for p, t in e["files"].items()]
     with ThreadPoolExecutor(max(1, min(threads, len(items)))) as pool:
-        problems = list(pool.map(lambda it: check_file(it[1], it[2], expected_entries.get(it[1])), items))
+        problems = list(
+            pool.map(lambda it: check_file(it[1], it[2], expected_entries.get(it[1]), required, floating), items)
+        )
     report = InputReport(policy)
     clean = {s: {**e, "files": dict(e["files"]), "metadata": dict(e["metadata"])} for s, e in fileset.items()}
     for (sample, path, _), problem in zip(items, problems, strict=True):

@@ -19,14 +19,18 @@ from coffea import processor
 from utils.config import AnalysisConfig
 from utils.datasets.fileset import DATA_PROCESS
 from utils.datasets.inputs import BadInput
-from utils.errors import InputFileError
+from utils.errors import ConfigError, InputFileError
 from utils.histograms.accumulate import HistogramAccumulator
 from utils.processing.fastio import use_fast_zlib
+from utils.processing.nanoaod import IO_BRANCHES as NANOAOD_IO_BRANCHES
+from utils.processing.nanoaod import select_nanoaod_variations
 from utils.processing.schema import branch_to_field
 from utils.processing.selection import EventSelection, chunk_arrays, select_variations
 from utils.runinfo import peak_memory_mb
 
 log = logging.getLogger(__name__)
+
+INPUT_FORMATS = ("ntuple", "nanoaod")
 
 # I/O-only mode: fixed branch sets that make up about this per cent of a real file's bytes
 IO_BRANCH_SETS: dict[int, tuple[str, ...]] = {
@@ -76,6 +80,8 @@ class TtbarAnalysis(processor.ProcessorABC):
     disable_processing : I/O-only mode: read ``IO_BRANCH_SETS[io_file_percent]`` and nothing else
     io_file_percent : 4, 15, 25 or 50
     systematics : fill the weight and jet-kinematic variations of nominal samples
+    input_format : "ntuple" (the 2015 POET ntuples, the fast kernel) or "nanoaod" (CMS NanoAOD,
+        :mod:`utils.processing.nanoaod`; no ML classification)
     on_bad_input : "fail" raises :class:`InputFileError` for a chunk that cannot be read;
         "skip" leaves it out and reports it (``bad_chunks``) with the events lost
     """
@@ -88,7 +94,13 @@ class TtbarAnalysis(processor.ProcessorABC):
         io_file_percent: int = 4,
         systematics: bool = True,
         on_bad_input: str = "fail",
+        input_format: str = "ntuple",
     ):
+        if input_format not in INPUT_FORMATS:
+            raise ConfigError(f"INPUT_FORMAT={input_format!r}: allowed {list(INPUT_FORMATS)}")
+        if input_format == "nanoaod" and classifier is not None:
+            raise ConfigError("USE_ML: the event classifier is trained on the ntuple features; run NanoAOD with ML off")
+        self.input_format = input_format
         self.config = config
         self.classifier = classifier
         self.disable_processing = disable_processing
@@ -100,6 +112,11 @@ class TtbarAnalysis(processor.ProcessorABC):
 
     # -- I/O only -----------------------------------------------------------------------------
     def _read_only(self, events) -> dict[str, Any]:
+        if self.input_format == "nanoaod":
+            for branch in NANOAOD_IO_BRANCHES:
+                collection, _, field = branch.partition("_")
+                ak.materialize(events[collection][field])
+            return {"nevents": {events.metadata["dataset"]: len(events)}, "peak_memory": PeakMemory.now()}
         for branch in IO_BRANCH_SETS[self.io_file_percent]:
             arr = events
             for part in branch_to_field(branch):
@@ -131,13 +148,19 @@ class TtbarAnalysis(processor.ProcessorABC):
         dataset, process, variation = meta["dataset"], meta["process"], meta["variation"]
         variations = sample_variations(cfg, process, variation) if self.systematics else (variation,)
         acc = HistogramAccumulator.empty(cfg, process, variations)
+        jet_variations = cfg.jet_variations if variations[0] == "nominal" and len(variations) > 1 else ("nominal",)
         try:
-            arrays = chunk_arrays(events)
+            if self.input_format == "nanoaod":
+                n_events = len(events)
+                selections: dict[str, Any] = select_nanoaod_variations(events, cfg, jet_variations)
+            else:
+                arrays = chunk_arrays(events)
+                n_events = arrays.n_events
+                selections = select_variations(arrays, cfg, jet_variations)
         except Exception as err:  # corrupt basket, truncated read, wrong type: a clear report
             return self._bad_chunk(events, acc, err)
-        jet_variations = cfg.jet_variations if variations[0] == "nominal" and len(variations) > 1 else ("nominal",)
         selected: dict[str, int] = {}
-        for jet_variation, sel in select_variations(arrays, cfg, jet_variations).items():
+        for jet_variation, sel in selections.items():
             obs = sel.observable(cfg)
             cls = self.classify(sel)
             name = variation if jet_variation == "nominal" else jet_variation
@@ -148,7 +171,7 @@ class TtbarAnalysis(processor.ProcessorABC):
                 self._fill_weight_variations(acc, sel, obs, cls, process)
         return {
             "hists": {dataset: acc},
-            "nevents": {dataset: arrays.n_events},
+            "nevents": {dataset: n_events},
             "selected": {dataset: selected},
             "peak_memory": PeakMemory.now(),
         }

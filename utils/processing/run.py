@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from coffea import processor
+from coffea.nanoevents import NanoAODSchema
 
 from utils.config import AnalysisConfig
 from utils.datasets.fileset import normalisation
@@ -21,8 +22,11 @@ from utils.datasets.inputs import POLICIES, InputReport, preflight
 from utils.errors import AGCError, ConfigError
 from utils.histograms.accumulate import AnalysisHistograms, HistogramAccumulator
 from utils.processing.executors import EXECUTORS, make_executor, warm_processor
-from utils.processing.processor import IO_BRANCH_SETS, Classifier, TtbarAnalysis
+from utils.processing.nanoaod import READ_BRANCHES as NANOAOD_BRANCHES
+from utils.processing.nanoaod import TREE_NAME as NANOAOD_TREE
+from utils.processing.processor import INPUT_FORMATS, IO_BRANCH_SETS, Classifier, TtbarAnalysis
 from utils.processing.schema import AGCSchema
+from utils.processing.selection import READ_BRANCHES
 from utils.runinfo import peak_memory_mb
 
 log = logging.getLogger(__name__)
@@ -43,6 +47,7 @@ class ProcessingOptions:
     disable_processing: bool = False
     io_file_percent: int = 4
     on_bad_input: str = "fail"  # fail | skip
+    input_format: str = "ntuple"  # ntuple | nanoaod
 
     def __post_init__(self) -> None:
         problems = []
@@ -56,6 +61,8 @@ class ProcessingOptions:
             problems.append(f"workers={self.workers!r}: must be at least 1")
         if self.chunksize < 1:
             problems.append(f"chunksize={self.chunksize!r}: must be at least 1")
+        if self.input_format not in INPUT_FORMATS:
+            problems.append(f"input_format={self.input_format!r}: allowed {list(INPUT_FORMATS)}")
         if problems:
             raise ConfigError("invalid processing options:\n  " + "\n  ".join(problems))
 
@@ -88,7 +95,11 @@ def process_fileset(
     luminosity for the MC normalisation (e.g. a data sample's, see ``fileset.data_luminosity``).
     """
     expected = {p: n for e in fileset.values() for p, n in e.get("file_nevts", {}).items()}
-    fileset, report = preflight(fileset, options.on_bad_input, expected)
+    nanoaod = options.input_format == "nanoaod"
+    schema = NanoAODSchema if nanoaod else AGCSchema
+    treename = NANOAOD_TREE if nanoaod else TREE_NAME
+    required = NANOAOD_BRANCHES if nanoaod else READ_BRANCHES
+    fileset, report = preflight(fileset, options.on_bad_input, expected, required=required, floating=not nanoaod)
     proc = TtbarAnalysis(
         config,
         classifier=classifier,
@@ -96,21 +107,22 @@ def process_fileset(
         io_file_percent=options.io_file_percent,
         systematics=options.systematics,
         on_bad_input=options.on_bad_input,
+        input_format=options.input_format,
     )
     # every worker runs the processor on a few events before the clock starts: numba kernels,
     # torch and the ML models are loaded then, not inside the first chunk's processtime
-    warm = functools.partial(warm_processor, proc, fileset, AGCSchema) if fileset else None
+    warm = functools.partial(warm_processor, proc, fileset, schema, treename=treename) if fileset else None
     with make_executor(options.executor, options.workers, options.scheduler_address, options.af_name, warm=warm) as ex:
         runner = processor.Runner(
             executor=ex.executor,
-            schema=AGCSchema,
+            schema=schema,
             savemetrics=True,
             chunksize=options.chunksize,
             metadata_cache={},
         )
         t0 = time.monotonic()
         try:
-            output, metrics = runner(fileset, processor_instance=proc, treename=TREE_NAME)
+            output, metrics = runner(fileset, processor_instance=proc, treename=treename)
         except Exception as err:
             raise _project_error(err) from None
         walltime = time.monotonic() - t0

@@ -90,6 +90,13 @@ def _jet_normal(pt_bits, eta_bits, phi_bits, seed):
         ^ (numba.uint64(phi_bits) << numba.uint64(42))
         ^ (numba.uint64(phi_bits) >> numba.uint64(22))
     )
+    return normal_of_key(key, seed)
+
+
+@numba.njit(inline="always")
+def normal_of_key(key, seed):
+    """A standard normal number (clipped at 5 sigma) that is a pure function of a uint64 key and
+    a seed: SplitMix64 twice, then Box-Muller."""
     h1 = splitmix64(key + numba.uint64(seed) * numba.uint64(GOLDEN_GAMMA))
     h2 = splitmix64(h1 + numba.uint64(GOLDEN_GAMMA))
     # 53-bit uniforms in (0, 1]

@@ -1,0 +1,185 @@
+"""The AGC selection on CMS NanoAOD (the AGC main line), in columnar awkward code.
+
+Objects (cuts from ``analysis_config.yml``, section ``nanoaod``):
+
+- electrons: pT, |eta|, ``cutBased`` at least the configured level (4 = tight), ``sip3d``;
+- muons: pT, |eta|, ``tightId``, ``sip3d``, ``pfRelIso04_all``;
+- jets: pT after the jet variation, |eta|, jet ID bits (``jetId & mask``; 4 = tight lepton veto).
+
+Events: exactly ``n_leptons`` selected leptons, at least ``min_jets`` selected jets, at least
+``min_btags`` of them b-tagged (``btagCSVV2 > btag_threshold``); regions and their observables
+as for the ntuples (HT; m_bjj of the trijet with the largest vector-sum pT among the trijets
+holding a b-tag, jets in stored order). The jet mass scales with the jet pT variation; the
+pt_res_up factor of a jet is a pure function of (run, luminosityBlock, event, jet index) and the
+configured seed, so it survives chunking and skims.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import awkward as ak
+import numba
+import numpy as np
+
+from utils.config import AnalysisConfig, NanoAODCuts
+from utils.errors import ConfigError
+from utils.processing.selection import GOLDEN_GAMMA, normal_of_key, splitmix64
+
+TREE_NAME = "Events"
+
+#: every NanoAOD branch the selection reads (counters are read by uproot with their collection)
+READ_BRANCHES: tuple[str, ...] = (
+    "run", "luminosityBlock", "event",
+    "Electron_pt", "Electron_eta", "Electron_cutBased", "Electron_sip3d",
+    "Muon_pt", "Muon_eta", "Muon_tightId", "Muon_sip3d", "Muon_pfRelIso04_all",
+    "Jet_pt", "Jet_eta", "Jet_phi", "Jet_mass", "Jet_btagCSVV2", "Jet_jetId",
+)  # fmt: skip
+
+
+#: the I/O-only branch set of NanoAOD (about 4 % of a file's bytes, as the ntuples' 4 % set)
+IO_BRANCHES: tuple[str, ...] = (
+    "Jet_pt", "Jet_eta", "Jet_phi", "Jet_btagCSVV2", "Jet_mass", "Muon_pt", "Electron_pt",
+)  # fmt: skip
+
+
+def nanoaod_cuts(config: AnalysisConfig) -> NanoAODCuts:
+    if config.nanoaod is None:
+        raise ConfigError(f"{config.source}: no 'nanoaod' section: the object definitions of NanoAOD inputs")
+    return config.nanoaod
+
+
+# --- reproducible per-jet random numbers --------------------------------------------------------
+
+
+@numba.njit(cache=True)
+def _event_jet_normals(run, lumi, event, offsets, seed, out):
+    for i in range(event.shape[0]):
+        event_key = splitmix64(
+            numba.uint64(event[i])
+            ^ splitmix64(numba.uint64(run[i]) * numba.uint64(GOLDEN_GAMMA) + numba.uint64(lumi[i]))
+        )
+        for j in range(offsets[i], offsets[i + 1]):
+            out[j] = normal_of_key(event_key + numba.uint64(j - offsets[i]), seed)
+
+
+def jet_normals(run, lumi, event, counts, seed: int) -> np.ndarray:
+    """One standard normal number per jet (flat, in stored order), a function of the event's
+    (run, luminosityBlock, event), the jet's index in the event and ``seed`` only."""
+    counts = np.asarray(counts, dtype=np.int64)
+    offsets = np.zeros(len(counts) + 1, dtype=np.int64)
+    np.cumsum(counts, out=offsets[1:])
+    out = np.empty(int(offsets[-1]), dtype=np.float64)
+    _event_jet_normals(
+        np.asarray(run, dtype=np.uint64), np.asarray(lumi, dtype=np.uint64), np.asarray(event, dtype=np.uint64),
+        offsets, np.uint64(seed), out,
+    )  # fmt: skip
+    return out
+
+
+# --- the selection --------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class NanoSelection:
+    """Selected events of one chunk under one jet variation: positions in the chunk, region index
+    (into ``AnalysisConfig.regions``), HT, m_bjj, and the pT of the leading selected jets (for the
+    b-tag weights)."""
+
+    variation: str
+    index: np.ndarray
+    region: np.ndarray
+    ht: np.ndarray
+    m_bjj: np.ndarray
+    weight_jet_pt: np.ndarray
+
+    def observable(self, config: AnalysisConfig) -> np.ndarray:
+        obs = np.empty(len(self.index), dtype=np.float64)
+        for r, region in enumerate(config.regions):
+            m = self.region == r
+            obs[m] = getattr(self, region.observable)[m]
+        return obs
+
+
+def varied_jets(jets: ak.Array, events: ak.Array, config: AnalysisConfig, variation: str) -> ak.Array:
+    """The jets with pT (and mass, by the same factor) under ``variation``."""
+    if variation == "nominal":
+        factor = ak.ones_like(jets.pt, dtype=np.float64)
+    elif variation == config.pt_scale_name:
+        factor = ak.full_like(jets.pt, config.pt_scale_factor, dtype=np.float64)
+    elif variation == config.pt_res_name:
+        normals = jet_normals(events.run, events.luminosityBlock, events.event, ak.num(jets.pt), config.pt_res_seed)
+        factor = ak.unflatten(1.0 + config.pt_res_sigma * normals, ak.num(jets.pt))
+    else:
+        raise ConfigError(f"unknown jet variation {variation!r}; configured: {list(config.jet_variations)}")
+    return ak.zip(
+        {"pt": jets.pt * factor, "eta": jets.eta, "phi": jets.phi, "mass": jets.mass * factor,
+         "btag": jets.btagCSVV2, "jetId": jets.jetId},
+        depth_limit=2,
+    )  # fmt: skip
+
+
+def selected_leptons(events: ak.Array, cuts: NanoAODCuts) -> tuple[ak.Array, ak.Array]:
+    """Masks of the selected electrons and muons."""
+    e, mu = events.Electron, events.Muon
+    electrons = (
+        (e.pt > cuts.electron_pt_min)
+        & (abs(e.eta) < cuts.electron_abs_eta_max)
+        & (e.cutBased >= cuts.electron_cut_based)
+        & (e.sip3d < cuts.electron_sip3d_max)
+    )
+    muons = (
+        (mu.pt > cuts.muon_pt_min)
+        & (abs(mu.eta) < cuts.muon_abs_eta_max)
+        & (mu.tightId | (not cuts.muon_tight_id))
+        & (mu.sip3d < cuts.muon_sip3d_max)
+        & (mu.pfRelIso04_all < cuts.muon_iso_max)
+    )
+    return electrons, muons
+
+
+def _trijet_mass(jets: ak.Array, threshold: float) -> ak.Array:
+    """Mass of the trijet with the largest vector-sum pT among those holding a b-tag (first
+    maximum in the order of ``ak.combinations``, jets in stored order)."""
+    px, py = jets.pt * np.cos(jets.phi), jets.pt * np.sin(jets.phi)
+    pz = jets.pt * np.sinh(jets.eta)
+    energy = np.sqrt(px**2 + py**2 + pz**2 + jets.mass**2)
+    p4 = ak.zip({"px": px, "py": py, "pz": pz, "e": energy, "btag": jets.btag})
+    j1, j2, j3 = ak.unzip(ak.combinations(p4, 3))
+    sx, sy, sz, se = (j1[c] + j2[c] + j3[c] for c in ("px", "py", "pz", "e"))
+    tagged = (j1.btag > threshold) | (j2.btag > threshold) | (j3.btag > threshold)
+    pt2 = ak.where(tagged, sx**2 + sy**2, -1.0)
+    best = ak.argmax(pt2, axis=1, keepdims=True)
+    mass2 = (se**2 - sx**2 - sy**2 - sz**2)[best]
+    return np.sqrt(np.maximum(ak.to_numpy(ak.firsts(mass2)), 0.0))
+
+
+def select_nanoaod(events: ak.Array, config: AnalysisConfig, variation: str = "nominal") -> NanoSelection:
+    """The event selection of the AGC main line on one chunk of NanoAOD events."""
+    cuts = nanoaod_cuts(config)
+    electrons, muons = selected_leptons(events, cuts)
+    jets = varied_jets(events.Jet, events, config, variation)
+    jet_id = (jets.jetId & cuts.jet_id_mask) != 0 if cuts.jet_id_mask else ak.ones_like(jets.pt, dtype=bool)
+    jets = jets[(jets.pt > cuts.jet_pt_min) & (abs(jets.eta) < cuts.jet_abs_eta_max) & jet_id]
+    n_btag = ak.sum(jets.btag > config.btag_threshold, axis=1)
+    n_leptons = ak.sum(electrons, axis=1) + ak.sum(muons, axis=1)
+    passed = (n_leptons == config.n_leptons) & (ak.num(jets) >= config.min_jets) & (n_btag >= config.min_btags)
+    region = np.full(len(events), -1, dtype=np.int64)
+    nb = ak.to_numpy(n_btag)
+    for r, reg in enumerate(config.regions):
+        in_region = ak.to_numpy(passed) & (nb >= reg.min_btags) & (region < 0)
+        if reg.max_btags is not None:
+            in_region &= nb <= reg.max_btags
+        region[in_region] = r
+    index = np.flatnonzero(region >= 0)
+    jets = jets[index]
+    ht = ak.to_numpy(ak.sum(jets.pt, axis=1)).astype(np.float64)
+    m_bjj = _trijet_mass(jets, config.btag_threshold) if len(index) else np.zeros(0)
+    leading = ak.fill_none(ak.pad_none(jets.pt, config.btag_n_jets, clip=True), 0.0)
+    weight_jet_pt = ak.to_numpy(leading).astype(np.float64).reshape(len(index), config.btag_n_jets)
+    return NanoSelection(variation, index, region[index], ht, np.asarray(m_bjj, dtype=np.float64), weight_jet_pt)
+
+
+def select_nanoaod_variations(events: ak.Array, config: AnalysisConfig, variations: tuple[str, ...]) -> dict[str, Any]:
+    return {v: select_nanoaod(events, config, v) for v in variations}
