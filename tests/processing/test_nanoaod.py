@@ -155,3 +155,23 @@ def test_handmade_file_through_the_processor_fills_the_regions(handmade, config)
     assert result.selected["ttbar__nominal"]["nominal/4j2b"] == 1
     with pytest.raises(ConfigError, match="input_format='nano'"):
         ProcessingOptions(input_format="nano")
+
+
+def test_the_real_nanoaod_list_is_a_dataset_loaded_unchanged():
+    from utils.datasets.resolve import REAL_NANOAOD_NAME
+    from utils.run.parameters import RunParameters
+    from utils.run.pipeline import fileset_for
+
+    params = RunParameters(dataset=REAL_NANOAOD_NAME, use_ml=False)
+    assert params.resolved_input_format == "nanoaod"
+    assert params.processing_options().input_format == "nanoaod"
+    _, fileset = fileset_for(params)
+    assert len(fileset) == 9
+    assert sum(len(e["files"]) for e in fileset.values()) == 787  # the facts sheet's totals
+    assert sum(e["metadata"]["nevts"] for e in fileset.values()) == 940_160_174
+    assert {t for e in fileset.values() for t in e["files"].values()} == {TREE_NAME}
+    five = fileset_for(RunParameters(dataset=REAL_NANOAOD_NAME, use_ml=False, n_files_max_per_sample=5))[1]
+    assert sum(e["metadata"]["nevts"] for e in five.values()) == 47_996_231
+    with pytest.raises(ConfigError, match="USE_ML=True with INPUT_FORMAT='nanoaod'"):
+        RunParameters(dataset=REAL_NANOAOD_NAME)
+    assert RunParameters().resolved_input_format == "ntuple"

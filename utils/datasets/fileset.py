@@ -19,6 +19,7 @@ log = logging.getLogger(__name__)
 
 CROSS_SECTIONS = REPO_ROOT / "datasets" / "cross_sections.json"
 REAL_DATASET = REPO_ROOT / "datasets" / "cms-open-data-2015" / "ntuples_merged.json"
+REAL_NANOAOD_DATASET = REPO_ROOT / "datasets" / "cms-open-data-2015" / "nanoaod_inputs.json"
 DATA_PROCESS = "data"
 TREE_NAME = "events"
 
@@ -72,8 +73,10 @@ def build_fileset(
     n_files_max_per_sample: int = -1,
     processes: list[str] | None = None,
     cross_sections: dict[str, float] | None = None,
+    treename: str = TREE_NAME,
 ) -> dict[str, dict[str, Any]]:
-    """A coffea fileset ``{"process__variation": {"files": {path: "events"}, "metadata": {...}}}``.
+    """A coffea fileset ``{"process__variation": {"files": {path: treename}, "metadata": {...}}}``
+    (``treename``: ``events`` in the ntuples, ``Events`` in NanoAOD).
 
     ``nevts`` in the metadata is the sum over the files actually taken, so the normalisation
     ``xsec x lumi / nevts`` stays right for any ``n_files_max_per_sample`` (-1: all files).
@@ -100,7 +103,7 @@ def build_fileset(
                     f"add it to {CROSS_SECTIONS} or give 'xsec' in the description"
                 )
             fileset[f"{process}__{variation}"] = {
-                "files": {_resolve(f["path"], path.parent): TREE_NAME for f in files},
+                "files": {_resolve(f["path"], path.parent): treename for f in files},
                 # per-file event counts of the description (checked before processing)
                 "file_nevts": {_resolve(f["path"], path.parent): int(f["nevts"]) for f in files},
                 "metadata": {

@@ -14,6 +14,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from utils.datasets.resolve import dataset_input_format
 from utils.errors import ConfigError
 from utils.processing.processor import INPUT_FORMATS, IO_BRANCH_SETS
 from utils.processing.run import ProcessingOptions
@@ -27,7 +28,7 @@ class RunParameters:
     """The knobs of a run (the notebook's ``parameters`` cell), validated."""
 
     dataset: str = "embedded:quickstart"  # embedded:<preset> | cms-open-data-2015 | path to a JSON
-    input_format: str = "ntuple"  # ntuple (the 2015 POET ntuples) | nanoaod (CMS NanoAOD)
+    input_format: str = "auto"  # auto (from the dataset) | ntuple (2015 POET ntuples) | nanoaod (CMS NanoAOD)
     n_files_max_per_sample: int = -1
     pipeline: str = "direct"  # direct | servicex
     servicex_query_language: str = "uproot-raw"
@@ -64,9 +65,9 @@ class RunParameters:
             problems.append(f"IO_FILE_PERCENT={self.io_file_percent!r}: allowed {sorted(IO_BRANCH_SETS)}")
         if self.on_bad_input not in ("fail", "skip"):
             problems.append(f"ON_BAD_INPUT={self.on_bad_input!r}: allowed ['fail', 'skip']")
-        if self.input_format not in INPUT_FORMATS:
-            problems.append(f"INPUT_FORMAT={self.input_format!r}: allowed {list(INPUT_FORMATS)}")
-        if self.input_format == "nanoaod" and self.use_ml:
+        if self.input_format not in ("auto", *INPUT_FORMATS):
+            problems.append(f"INPUT_FORMAT={self.input_format!r}: allowed {['auto', *INPUT_FORMATS]}")
+        elif self.resolved_input_format == "nanoaod" and self.use_ml:
             problems.append("USE_ML=True with INPUT_FORMAT='nanoaod': the classifier is trained on ntuple features")
         if self.num_cores < 1:
             problems.append(f"NUM_CORES={self.num_cores!r}: must be at least 1")
@@ -103,6 +104,11 @@ class RunParameters:
     # --- per-stage options -----------------------------------------------------------------------
 
     @property
+    def resolved_input_format(self) -> str:
+        """``INPUT_FORMAT``, with ``auto`` resolved from the dataset name."""
+        return dataset_input_format(self.dataset) if self.input_format == "auto" else self.input_format
+
+    @property
     def executor_name(self) -> str:
         return "dask" if self.use_dask else self.executor
 
@@ -118,7 +124,7 @@ class RunParameters:
             disable_processing=self.disable_processing,
             io_file_percent=self.io_file_percent,
             on_bad_input=self.on_bad_input,
-            input_format=self.input_format,
+            input_format=self.resolved_input_format,
         )
 
     @property

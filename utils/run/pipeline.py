@@ -13,8 +13,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from utils.config import AnalysisConfig
-from utils.datasets.fileset import build_fileset
+from utils.datasets.fileset import TREE_NAME, build_fileset
 from utils.datasets.resolve import resolve_dataset
+from utils.processing.nanoaod import TREE_NAME as NANOAOD_TREE
 from utils.processing.processor import Classifier
 from utils.processing.run import ProcessingResult, process_fileset
 from utils.run.outputs import new_output_dir
@@ -40,7 +41,8 @@ def fileset_for(params: RunParameters) -> tuple[Path, dict[str, Any]]:
     """The dataset description of ``DATASET`` (the embedded one generated on first use) and its
     fileset, limited to ``N_FILES_MAX_PER_SAMPLE``."""
     dataset_path = resolve_dataset(params.dataset, workers=params.num_cores)
-    return dataset_path, build_fileset(dataset_path, params.n_files_max_per_sample)
+    treename = NANOAOD_TREE if params.resolved_input_format == "nanoaod" else TREE_NAME
+    return dataset_path, build_fileset(dataset_path, params.n_files_max_per_sample, treename=treename)
 
 
 @dataclass
