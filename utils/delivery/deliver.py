@@ -237,12 +237,14 @@ def _failure_reasons(target: ServiceXTarget, title: str) -> dict[str, str]:
     import json
 
     try:
-        with http_get(f"{target.url}/servicex/transformation", timeout=5) as r:
+        with http_get(f"{target.url}/servicex/transformation", timeout=5, token=target.token) as r:
             requests = [q for q in json.load(r)["requests"] if q.get("title") == title]
         if not requests:
             return {}
         newest = max(requests, key=lambda q: q.get("submit-time") or "")
-        with http_get(f"{target.url}/servicex/transformation/{newest['request_id']}/results", timeout=5) as r:
+        with http_get(
+            f"{target.url}/servicex/transformation/{newest['request_id']}/results", timeout=5, token=target.token
+        ) as r:
             results = json.load(r)["results"]
     except Exception as err:  # best effort: only decorates an error message
         log.debug("cannot fetch failure reasons from %s: %s", target.url, err)
@@ -358,8 +360,7 @@ def deliver_fileset(
     ``allow_incomplete``: skip (and report) inputs whose transform failed instead of raising.
     """
     samples, queries, requests = _prepare(fileset, query_language, output_format, analysis_config)
-    target = resolve_target(servicex_config)
-    ensure_reachable(target)
+    target = ensure_reachable(resolve_target(servicex_config))
 
     import servicex
     from servicex import dataset
