@@ -70,7 +70,7 @@ def _check_sequence(node: ast.AST) -> None:
     """The event-level query: ``EventDataset(...)`` followed by Select/Where steps."""
     if _name(node) in _SEQUENCE_CALLS:
         _check_sequence(node.source)
-        _check_lambda(_step_lambda(node))
+        _check_lambda(_step_lambda(node), frozenset())
         return
     if isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id == "EventDataset":
         if node.keywords or not 1 <= len(node.args) <= 2:
@@ -91,49 +91,50 @@ def _step_lambda(node: ast.AST) -> ast.Lambda:
     return function
 
 
-def _check_lambda(function: ast.Lambda) -> None:
+def _check_lambda(function: ast.Lambda, bound: frozenset[str]) -> None:
     args = function.args
     if args.posonlyargs or args.kwonlyargs or args.vararg or args.kwarg or args.defaults or len(args.args) != 1:
         raise QueryError("func_adl: lambdas take exactly one plain argument")
-    check_identifier(args.args[0].arg, "func_adl lambda argument")
-    _check_value(function.body)
+    _check_value(function.body, bound | {check_identifier(args.args[0].arg, "func_adl lambda argument")})
 
 
-def _check_value(node: ast.AST) -> None:
+def _check_value(node: ast.AST, bound: frozenset[str]) -> None:
+    """Check a value inside lambdas whose arguments are ``bound``."""
     kind = _name(node)
     if kind in _SEQUENCE_CALLS:
-        _check_value(node.source)
-        _check_lambda(_step_lambda(node))
+        _check_value(node.source, bound)
+        _check_lambda(_step_lambda(node), bound)
     elif kind in _AGGREGATES or kind == "Zip":
-        _check_value(node.source)
+        _check_value(node.source, bound)
     elif isinstance(node, ast.Attribute):
         check_identifier(node.attr, "func_adl attribute")
-        _check_value(node.value)
+        _check_value(node.value, bound)
     elif isinstance(node, ast.Name):
-        check_identifier(node.id, "func_adl name")
+        if node.id not in bound:
+            raise QueryError(f"func_adl: name {node.id[:100]!r} is not a lambda argument")
     elif isinstance(node, ast.Constant):
         ex._number(node.value, "func_adl constant")
     elif isinstance(node, ast.Dict):
         for key, value in zip(node.keys, node.values, strict=True):
             if not isinstance(key, ast.Constant) or not isinstance(key.value, str):
                 raise QueryError("func_adl: dict keys must be string constants")
-            _check_value(value)
+            _check_value(value, bound)
     elif isinstance(node, ast.Call):
         if not isinstance(node.func, ast.Name) or node.func.id not in _MATH or node.keywords:
             raise _refuse(node, "in a lambda")
         for arg in node.args:
-            _check_value(arg)
+            _check_value(arg, bound)
     elif isinstance(node, ast.BinOp) and type(node.op) in ex._BINARY:
-        _check_value(node.left)
-        _check_value(node.right)
+        _check_value(node.left, bound)
+        _check_value(node.right, bound)
     elif isinstance(node, ast.UnaryOp) and (type(node.op) in ex._UNARY or isinstance(node.op, ast.Not)):
-        _check_value(node.operand)
+        _check_value(node.operand, bound)
     elif isinstance(node, ast.BoolOp):
         for value in node.values:
-            _check_value(value)
+            _check_value(value, bound)
     elif isinstance(node, ast.Compare) and all(type(op) in ex._COMPARE for op in node.ops):
         for value in (node.left, *node.comparators):
-            _check_value(value)
+            _check_value(value, bound)
     else:
         raise _refuse(node, "in a lambda")
 

@@ -123,8 +123,8 @@ def check_origin(origin: str | None, allowed: frozenset[str]) -> None:
         raise RefusedError(403, f"cross-origin request from {origin[:100]!r} refused")
 
 
-def check_body(method: str, headers: Mapping[str, str], limit: int) -> int:
-    """The length of the body to read; refuse oversized, unsized and non-JSON bodies."""
+def check_body_size(headers: Mapping[str, str], limit: int) -> int:
+    """The length of the body to read; refuse oversized and unsized bodies."""
     if headers.get("Transfer-Encoding"):
         raise RefusedError(411, "chunked bodies are not accepted; send Content-Length")
     text = headers.get("Content-Length") or "0"
@@ -133,13 +133,17 @@ def check_body(method: str, headers: Mapping[str, str], limit: int) -> int:
     length = int(text)
     if length > limit:
         raise RefusedError(413, f"request body of {length} bytes is over the limit of {limit} bytes")
+    return length
+
+
+def check_content_type(method: str, headers: Mapping[str, str], length: int) -> None:
+    """A POST body must be JSON (a browser cannot send that cross-site without a preflight)."""
     if length and method == "POST":
         content_type = (headers.get("Content-Type") or "").split(";")[0].strip().lower()
         if content_type != "application/json":
             raise RefusedError(
                 415, f"Content-Type {content_type or 'none'!r} refused; POST bodies must be application/json"
             )
-    return length
 
 
 def check_request_id(text: str) -> str:

@@ -148,7 +148,7 @@ class Handler(BaseHTTPRequestHandler):
         ep = self.endpoint
         guard.check_host(self.headers.get("Host"), ep.allowed_hosts)
         guard.check_origin(self.headers.get("Origin"), ep.allowed_hosts)
-        self._length = guard.check_body(method, self.headers, ep.max_body_bytes)
+        self._length = guard.check_body_size(self.headers, ep.max_body_bytes)
         authorization = self.headers.get("Authorization")
         if path == "/servicex" or path.startswith("/servicex/"):
             ep.credentials.check_bearer(authorization)
@@ -156,6 +156,7 @@ class Handler(BaseHTTPRequestHandler):
             ep.credentials.check_bearer(authorization, refresh_only=True)
         else:
             ep.credentials.check_s3(authorization, query)
+        guard.check_content_type(method, self.headers, self._length)
 
     # -- routing -----------------------------------------------------------------------------
     def do_GET(self) -> None:
