@@ -173,6 +173,25 @@ def http_get(url: str, timeout: float, token: str = ""):
     return urllib.request.build_opener(*handlers).open(urllib.request.Request(url, headers=headers), timeout=timeout)
 
 
+def failure_reasons(target: ServiceXTarget, title: str) -> dict[str, str]:
+    """Per-file failure messages of the newest request titled ``title`` (local endpoint only)."""
+    if not target.local:
+        return {}
+    try:
+        with http_get(f"{target.url}/servicex/transformation", timeout=5, token=target.token) as r:
+            requests = [q for q in json.load(r)["requests"] if q.get("title") == title]
+        if not requests:
+            return {}
+        newest = max(requests, key=lambda q: q.get("submit-time") or "")
+        results_url = f"{target.url}/servicex/transformation/{newest['request_id']}/results"
+        with http_get(results_url, timeout=5, token=target.token) as r:
+            results = json.load(r)["results"]
+    except Exception as err:  # best effort: only decorates an error message
+        log.debug("cannot fetch failure reasons from %s: %s", target.url, err)
+        return {}
+    return {x["file-path"]: x.get("info") or "failed" for x in results if x.get("transform_status") != "success"}
+
+
 def probe(url: str, timeout: float = REACH_TIMEOUT_S, token: str = "") -> str | None:
     """GET ``<url>/servicex`` with a short timeout: None when a ServiceX answers, else the reason."""
     try:

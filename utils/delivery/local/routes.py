@@ -9,7 +9,7 @@ import re
 from datetime import UTC, datetime
 from email.utils import formatdate
 from http.server import BaseHTTPRequestHandler
-from typing import TYPE_CHECKING, Any
+from typing import Any
 from urllib.parse import parse_qs, quote, unquote, urlsplit
 from xml.sax.saxutils import escape
 
@@ -18,15 +18,12 @@ from utils.delivery.local.codegen import CODE_GENERATORS
 from utils.delivery.local.guard import RefusedError
 from utils.delivery.local.store import PENDING, SUCCESS, RequestRecord
 
-if TYPE_CHECKING:
-    from utils.delivery.local.server import LocalEndpoint
-
 log = logging.getLogger(__name__)
 
 APP_VERSION = "agc-local-1"
 
 
-def status_json(ep: LocalEndpoint, record: RequestRecord) -> dict[str, Any]:
+def status_json(ep: Any, record: RequestRecord) -> dict[str, Any]:
     return {
         "request_id": record.id,
         "did": f"file-list:{record.n_files}",
@@ -55,7 +52,7 @@ def status_json(ep: LocalEndpoint, record: RequestRecord) -> dict[str, Any]:
     }
 
 
-def results_json(ep: LocalEndpoint, request_id: str, later_than: datetime | None) -> dict[str, Any]:
+def results_json(ep: Any, request_id: str, later_than: datetime | None) -> dict[str, Any]:
     results = []
     for f in ep.store.files(request_id):
         if f.status == PENDING or f.created_at is None:
@@ -76,7 +73,7 @@ def results_json(ep: LocalEndpoint, request_id: str, later_than: datetime | None
     return {"results": results}
 
 
-def dataset_json(ep: LocalEndpoint, record: RequestRecord) -> dict[str, Any]:
+def dataset_json(ep: Any, record: RequestRecord) -> dict[str, Any]:
     return {
         "id": record.seq,
         "name": f"file list of request {record.id} ({record.title})",
@@ -109,7 +106,7 @@ def _parse_time(text: str) -> datetime:
 class Handler(BaseHTTPRequestHandler):
     """Requests of one connection; ``endpoint`` is set on a subclass per endpoint."""
 
-    endpoint: LocalEndpoint
+    endpoint: Any  # the LocalEndpoint (utils.delivery.local.server) served
     _length = 0
     protocol_version = "HTTP/1.1"
     server_version = "agc-servicex-local"
