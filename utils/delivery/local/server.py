@@ -159,6 +159,8 @@ class LocalEndpoint:
         )
         self._thread.start()
         where = "loopback only" if _is_loopback_address(self.host) else f"{self.host} (FORCED, not loopback)"
+        if not _is_loopback_address(self.host):
+            log.warning("the local ServiceX endpoint listens on %s, beyond loopback (forced)", self.host)
         log.info(
             "local ServiceX endpoint at %s, bound to %s; every request needs its bearer token (in %s and the "
             "servicex.yaml written for it); state in %s, %d workers",

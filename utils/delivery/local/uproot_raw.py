@@ -11,6 +11,7 @@ are read one by one with ``TBranch.array``.
 
 from __future__ import annotations
 
+import ast
 import logging
 from typing import Any
 
@@ -101,7 +102,7 @@ def _tree_arrays(tree: Any, sub: dict, i: int, where: str) -> Any:
     branches = set(tree.keys())
     if not outputs:
         filters = {k: sub[k] for k in ("filter_name", "filter_typename") if sub.get(k) is not None}
-        outputs = {name: parse(name, "branch") for name in tree.keys(**filters) if name.isidentifier()}
+        outputs = {name: ast.Name(id=name, ctx=ast.Load()) for name in tree.keys(**filters)}  # from the file
     needed: set[str] = set()
     pending = [*outputs.values(), *([cut] if cut is not None else [])]
     seen_aliases: set[str] = set()
