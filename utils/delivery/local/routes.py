@@ -217,6 +217,8 @@ class Handler(BaseHTTPRequestHandler):
             if method == "POST":
                 try:
                     request_id = ep.submit(json.loads(body or b"{}"))
+                except RecursionError:
+                    return self._error(400, "request body is nested too deeply")
                 except (ValueError, json.JSONDecodeError) as err:
                     return self._error(400, str(err))
                 return self._json(200, {"request_id": request_id})
