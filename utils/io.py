@@ -13,12 +13,13 @@ from typing import Any
 
 
 @contextlib.contextmanager
-def atomic_path(target: str | Path, suffix: str | None = None) -> Iterator[Path]:
+def atomic_path(target: str | Path, suffix: str | None = None, mode: int = 0o644) -> Iterator[Path]:
     """Yield a temporary path in the target's folder; on success rename it onto ``target``.
 
     On an exception the temporary file is removed and ``target`` is left untouched.
     The temporary name keeps the target's suffix (``.root``, ``.json``) so writers that look at
     the extension behave, and starts with ``.tmp-`` so it never matches an output glob.
+    ``mode`` is the permission of the finished file (0o600 for secrets).
     """
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
@@ -31,21 +32,22 @@ def atomic_path(target: str | Path, suffix: str | None = None) -> Iterator[Path]
         yield tmp_path
         with open(tmp_path, "rb+") as f:
             os.fsync(f.fileno())
-        tmp_path.chmod(0o644)  # mkstemp creates 0600; outputs are ordinary readable files
+        tmp_path.chmod(mode)  # mkstemp creates 0600; outputs are ordinary readable files by default
         tmp_path.replace(target)
     finally:
         if tmp_path.exists():
             tmp_path.unlink()
 
 
-def write_text_atomic(target: str | Path, text: str) -> Path:
-    with atomic_path(target) as tmp:
+def write_text_atomic(target: str | Path, text: str, mode: int = 0o644) -> Path:
+    with atomic_path(target, mode=mode) as tmp:
         tmp.write_text(text)
     return Path(target)
 
 
-def write_json_atomic(target: str | Path, data: Any, indent: int | None = 2) -> Path:
-    return write_text_atomic(target, json.dumps(data, indent=indent, sort_keys=False, default=_json_default) + "\n")
+def write_json_atomic(target: str | Path, data: Any, indent: int | None = 2, mode: int = 0o644) -> Path:
+    text = json.dumps(data, indent=indent, sort_keys=False, default=_json_default) + "\n"
+    return write_text_atomic(target, text, mode=mode)
 
 
 def _json_default(obj: Any) -> Any:

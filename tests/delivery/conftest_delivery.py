@@ -102,4 +102,4 @@ def endpoint(workdir):
 
 @pytest.fixture(scope="module")
 def sx_config(workdir, endpoint) -> Path:
-    return write_local_config(workdir / "servicex.yaml", endpoint.url, workdir / "client-cache")
+    return write_local_config(workdir / "servicex.yaml", endpoint.url, workdir / "client-cache", endpoint.token)

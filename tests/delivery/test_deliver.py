@@ -194,14 +194,14 @@ def test_request_reattaches_after_endpoint_restart(tmp_path, inputs):
     config = tmp_path / "servicex.yaml"
     state = tmp_path / "state"
     with LocalEndpoint(state, dispatch=False) as first:  # accepts and persists, runs nothing
-        write_local_config(config, first.url, tmp_path / "cache")
-        request_id = asyncio.run(ServiceXAdapter(first.url).submit_transform(request))
+        write_local_config(config, first.url, tmp_path / "cache", first.token)
+        request_id = asyncio.run(ServiceXAdapter(first.url, first.token).submit_transform(request))
         cache = QueryCache(Configuration.read(str(config)))
         cache.cache_submitted_transform(request, request_id)
         cache.close()
         assert first.store.get(request_id).status == "Submitted"
     with LocalEndpoint(state, workers=1) as second:
-        write_local_config(config, second.url, tmp_path / "cache")
+        write_local_config(config, second.url, tmp_path / "cache", second.token)
         result = deliver_fileset(fs, servicex_config=config)
         assert [r.id for r in second.store.all()] == [request_id]  # re-attached, not resubmitted
         assert second.store.get(request_id).status == "Complete"
@@ -260,9 +260,9 @@ def test_servicex_cli_against_standalone_endpoint(tmp_path, inputs):
             "result-destination": "object-store",
             "selection": '[{"treename": "events", "filter_name": "jet_pt"}]',
         }
-        post = urllib.request.Request(
-            f"{info['url']}/servicex/transformation", json.dumps(body).encode(), {"Content-Type": "application/json"}
-        )
+        assert config.stat().st_mode & 0o777 == 0o600  # it holds the token
+        headers = {"Content-Type": "application/json", "Authorization": f"Bearer {read_target(config).token}"}
+        post = urllib.request.Request(f"{info['url']}/servicex/transformation", json.dumps(body).encode(), headers)
         with urllib.request.urlopen(post, timeout=10) as r:
             request_id = json.load(r)["request_id"]
         env = {**os.environ, "COLUMNS": "250", "NO_COLOR": "1"}
@@ -296,11 +296,15 @@ def test_silent_loopback_endpoint_is_started(tmp_path, monkeypatch):
     monkeypatch.setenv("AGC_SERVICEX_DIR", str(tmp_path / "sx"))
     port = _free_port()
     config = write_local_config(tmp_path / "servicex.yaml", f"http://127.0.0.1:{port}", tmp_path / "cache")
-    ensure_reachable(read_target(config), workers=1)
+    target = ensure_reachable(read_target(config), workers=1)
     state = tmp_path / "sx" / f"endpoint-{port}"
     info = read_endpoint_info(state)
     try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/servicex", timeout=10) as r:
+        assert target.token == info["token"] == read_target(config).token  # the config got the new token
+        get = urllib.request.Request(
+            f"http://127.0.0.1:{port}/servicex", headers={"Authorization": f"Bearer {target.token}"}
+        )
+        with urllib.request.urlopen(get, timeout=10) as r:
             assert "uproot-raw" in json.load(r)["code-gen-image"]
     finally:
         os.kill(info["pid"], signal.SIGTERM)  # the endpoint subprocess this test started

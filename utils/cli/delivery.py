@@ -31,6 +31,19 @@ import click
     help="Also write a servicex.yaml pointing at this endpoint to this path.",
 )
 @click.option(
+    "--max-body-bytes",
+    type=click.IntRange(1),
+    default=None,
+    help="Largest request body accepted (default 16 MiB); larger ones get HTTP 413.",
+)
+@click.option(
+    "--host",
+    default="127.0.0.1",
+    show_default=True,
+    help="Address to bind; anything but loopback is refused unless --force-host.",
+)
+@click.option("--force-host", is_flag=True, help="Bind a non-loopback --host anyway (anyone reaching it may try).")
+@click.option(
     "--exit-with-parent",
     type=int,
     default=None,
@@ -42,6 +55,9 @@ def endpoint(
     state_dir: Path | None,
     workers: int | None,
     write_config: Path | None,
+    max_body_bytes: int | None,
+    host: str,
+    force_host: bool,
     exit_with_parent: int | None,
 ) -> None:
     """Serve the local ServiceX endpoint (REST + S3 subset on 127.0.0.1) until interrupted.
@@ -55,7 +71,12 @@ def endpoint(
     port = default_port() if port is None else port
     if state_dir is None:
         state_dir = endpoint_state_dir(port) if port else servicex_dir() / "endpoint-ephemeral"
-    server = LocalEndpoint(state_dir, port=port, workers=workers).start()
+    from utils.delivery.local.guard import DEFAULT_MAX_BODY_BYTES
+
+    limit = max_body_bytes or DEFAULT_MAX_BODY_BYTES
+    server = LocalEndpoint(
+        state_dir, port=port, workers=workers, host=host, force_host=force_host, max_body_bytes=limit
+    ).start()
     done = threading.Event()
 
     def _stop(*_: object) -> None:
@@ -64,8 +85,10 @@ def endpoint(
     signal.signal(signal.SIGTERM, _stop)
     signal.signal(signal.SIGINT, _stop)
     if write_config is not None:
-        write_local_config(write_config, server.url, Path(write_config).resolve().parent / "servicex-cache")
+        cache = Path(write_config).resolve().parent / "servicex-cache"
+        write_local_config(write_config, server.url, cache, server.token)
     click.echo(f"ServiceX endpoint at {server.url} (state in {server.state_dir}); Ctrl-C stops it.")
+    click.echo(f"It binds loopback only and needs its bearer token (in {server.state_dir / 'endpoint.json'}).")
     if write_config is not None:
         click.echo(f"servicex.yaml for it: {write_config}")
     try:

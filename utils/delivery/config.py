@@ -7,6 +7,10 @@ default). ``<servicex dir>`` is ``$AGC_SERVICEX_DIR`` or ``.cache/servicex`` in 
 ``<port>`` is ``$AGC_SERVICEX_PORT`` or :data:`DEFAULT_PORT`. A loopback endpoint that does not
 answer is started automatically (a subprocess that ends with this process); any other endpoint
 that does not answer is an error.
+
+The local endpoint needs a bearer token, drawn when it starts: the servicex.yaml files this module
+writes (mode 0600) carry it as the endpoint entry's ``token`` (the client's refresh token), and
+:func:`ensure_reachable` copies the running endpoint's token into them.
 """
 
 from __future__ import annotations
@@ -20,7 +24,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -72,6 +76,7 @@ class ServiceXTarget:
     url: str
     cache_dir: Path
     has_token: bool
+    token: str = field(default="", repr=False)
 
     @property
     def local(self) -> bool:
@@ -93,23 +98,27 @@ def is_loopback(url: str) -> bool:
         return False
 
 
-def write_local_config(path: str | Path, url: str, cache_path: str | Path) -> Path:
-    """Write a servicex.yaml for a local endpoint at ``url`` (unchanged files are not rewritten)."""
+_WRITTEN_MARK = "# Written by the AGC ServiceX stage: the local ServiceX-compatible endpoint."
+
+
+def write_local_config(path: str | Path, url: str, cache_path: str | Path, token: str = "") -> Path:
+    """Write a servicex.yaml (mode 0600) for a local endpoint at ``url`` with its ``token``
+    (unchanged files are not rewritten)."""
     path = Path(path)
     text = (
-        "# Written by the AGC ServiceX stage: the local ServiceX-compatible endpoint.\n"
+        _WRITTEN_MARK + "\n"
         "# See servicex.yaml.example in the repository for facility endpoints.\n"
         + yaml.safe_dump(
             {
-                "api_endpoints": [{"name": LOCAL_NAME, "endpoint": url, "token": ""}],
+                "api_endpoints": [{"name": LOCAL_NAME, "endpoint": url, "token": token}],
                 "default-endpoint": LOCAL_NAME,
                 "cache_path": str(Path(cache_path).resolve()),
             },
             sort_keys=False,
         )
     )
-    if not path.is_file() or path.read_text() != text:
-        write_text_atomic(path, text)
+    if not path.is_file() or path.read_text() != text or path.stat().st_mode & 0o077:
+        write_text_atomic(path, text, mode=0o600)
     return path
 
 
@@ -152,19 +161,41 @@ def read_target(config_path: str | Path) -> ServiceXTarget:
         url=str(entry["endpoint"]).rstrip("/"),
         cache_dir=cache_dir.resolve(),
         has_token=bool(entry.get("token")),
+        token=str(entry.get("token") or ""),
     )
 
 
-def http_get(url: str, timeout: float):
-    """``urlopen`` that never sends loopback requests through a proxy from the environment."""
+def http_get(url: str, timeout: float, token: str = ""):
+    """``urlopen`` that never sends loopback requests through a proxy from the environment;
+    ``token`` is sent as the bearer token."""
     handlers = [urllib.request.ProxyHandler({})] if is_loopback(url) else []
-    return urllib.request.build_opener(*handlers).open(url, timeout=timeout)
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    return urllib.request.build_opener(*handlers).open(urllib.request.Request(url, headers=headers), timeout=timeout)
 
 
-def probe(url: str, timeout: float = REACH_TIMEOUT_S) -> str | None:
+def failure_reasons(target: ServiceXTarget, title: str) -> dict[str, str]:
+    """Per-file failure messages of the newest request titled ``title`` (local endpoint only)."""
+    if not target.local:
+        return {}
+    try:
+        with http_get(f"{target.url}/servicex/transformation", timeout=5, token=target.token) as r:
+            requests = [q for q in json.load(r)["requests"] if q.get("title") == title]
+        if not requests:
+            return {}
+        newest = max(requests, key=lambda q: q.get("submit-time") or "")
+        results_url = f"{target.url}/servicex/transformation/{newest['request_id']}/results"
+        with http_get(results_url, timeout=5, token=target.token) as r:
+            results = json.load(r)["results"]
+    except Exception as err:  # best effort: only decorates an error message
+        log.debug("cannot fetch failure reasons from %s: %s", target.url, err)
+        return {}
+    return {x["file-path"]: x.get("info") or "failed" for x in results if x.get("transform_status") != "success"}
+
+
+def probe(url: str, timeout: float = REACH_TIMEOUT_S, token: str = "") -> str | None:
     """GET ``<url>/servicex`` with a short timeout: None when a ServiceX answers, else the reason."""
     try:
-        with http_get(f"{url}/servicex", timeout=timeout) as response:
+        with http_get(f"{url}/servicex", timeout=timeout, token=token) as response:
             body = response.read()
     except urllib.error.HTTPError as err:
         if err.code in (401, 403):
@@ -218,12 +249,32 @@ def _tail(path: Path, lines: int = 15) -> str:
         return "(no log)"
 
 
-def ensure_reachable(target: ServiceXTarget, workers: int | None = None) -> None:
+def _with_endpoint_token(target: ServiceXTarget) -> ServiceXTarget:
+    """``target`` with the token of the local endpoint on its port, written into its servicex.yaml
+    when this module wrote that file (a user's own file keeps the token it has)."""
+    from utils.delivery.local.server import read_endpoint_info
+
+    if not target.local:
+        return target
+    info = read_endpoint_info(endpoint_state_dir(target.port))
+    if not info or not info.get("token") or info.get("port") != target.port or info["token"] == target.token:
+        return target
+    try:
+        written_here = target.config_path.read_text().startswith(_WRITTEN_MARK)
+    except OSError:
+        written_here = False
+    if not written_here:
+        return target
+    write_local_config(target.config_path, target.url, target.cache_dir, info["token"])
+    return read_target(target.config_path)
+
+
+def ensure_reachable(target: ServiceXTarget, workers: int | None = None) -> ServiceXTarget:
     """Make sure ``target`` answers: start the local endpoint for a silent loopback URL, and
-    raise DeliveryError for a silent remote one."""
+    raise DeliveryError for a silent remote one. Returns the target with the local endpoint's token."""
     reason = probe(target.url)
     if reason is None:
-        return
+        return _with_endpoint_token(target)
     if not target.local:
         raise DeliveryError(
             f"ServiceX endpoint {target.backend!r} at {target.url} (from {target.config_path}): {reason}. "
@@ -238,10 +289,10 @@ def ensure_reachable(target: ServiceXTarget, workers: int | None = None) -> None
     deadline = time.monotonic() + STARTUP_TIMEOUT_S
     while time.monotonic() < deadline:
         if probe(target.url, timeout=1.0) is None:
-            return
+            return _with_endpoint_token(target)
         if process.poll() is not None:
             if probe(target.url, timeout=1.0) is None:  # another process won the race for the port
-                return
+                return _with_endpoint_token(target)
             raise DeliveryError(
                 f"the local ServiceX endpoint for {target.url} exited with code {process.returncode}; "
                 f"its log ({state_dir / 'endpoint.log'}) ends with:\n{_tail(state_dir / 'endpoint.log')}"

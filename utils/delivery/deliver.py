@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from utils.config import AnalysisConfig
-from utils.delivery.config import ServiceXTarget, ensure_reachable, http_get, resolve_target
+from utils.delivery.config import ServiceXTarget, ensure_reachable, failure_reasons, resolve_target
 from utils.delivery.query import CODEGEN, FUNC_ADL_TREE, QUERY_LANGUAGES, build_query, skim_definition
 from utils.errors import ConfigError, DeliveryError
 
@@ -230,26 +230,6 @@ def _expected_names(path: str, output_format: str) -> set[str]:
     return {_sanitize_filename(obj), _sanitize_filename(MinioAdapter.hash_path(obj))}
 
 
-def _failure_reasons(target: ServiceXTarget, title: str) -> dict[str, str]:
-    """Per-file failure messages of the newest request titled ``title`` (local endpoint only)."""
-    if not target.local:
-        return {}
-    import json
-
-    try:
-        with http_get(f"{target.url}/servicex/transformation", timeout=5) as r:
-            requests = [q for q in json.load(r)["requests"] if q.get("title") == title]
-        if not requests:
-            return {}
-        newest = max(requests, key=lambda q: q.get("submit-time") or "")
-        with http_get(f"{target.url}/servicex/transformation/{newest['request_id']}/results", timeout=5) as r:
-            results = json.load(r)["results"]
-    except Exception as err:  # best effort: only decorates an error message
-        log.debug("cannot fetch failure reasons from %s: %s", target.url, err)
-        return {}
-    return {x["file-path"]: x.get("info") or "failed" for x in results if x.get("transform_status") != "success"}
-
-
 def _run_client(spec, target: ServiceXTarget, cache_dir: str, ignore_cache: bool, progress: bool) -> dict[str, Any]:
     from servicex import ProgressBarFormat, deliver
 
@@ -358,8 +338,7 @@ def deliver_fileset(
     ``allow_incomplete``: skip (and report) inputs whose transform failed instead of raising.
     """
     samples, queries, requests = _prepare(fileset, query_language, output_format, analysis_config)
-    target = resolve_target(servicex_config)
-    ensure_reachable(target)
+    target = ensure_reachable(resolve_target(servicex_config))
 
     import servicex
     from servicex import dataset
@@ -439,7 +418,7 @@ def _collect(
                 traced[hit] = inp
         n_failed = len(sample.inputs) - len(paths)
         if n_failed > 0:
-            reasons = _failure_reasons(target, sample.name)
+            reasons = failure_reasons(target, sample.name)
             fallback = sample_error or "transform failed"
             if len(untraced) == n_failed:
                 failed = [SkippedInput(sample.name, m, reasons.get(m) or fallback) for m in untraced]

@@ -1,17 +1,22 @@
-"""Code generation of the local endpoint: turn a request's selection into Python source.
+"""Code generation of the local endpoint: check a request's selection and describe what will run.
 
-The source defines ``run_query(input_path)`` returning ``({tree: awkward array}, {name: object})``;
-it is stored with the request (ServiceX's ``generated-code-cm``) and executed by the workers.
-Generation happens when a request is submitted, so an invalid query is refused with HTTP 400.
+No Python source is generated and nothing from a request is ever executed: ``uproot-raw``
+selections are checked by :mod:`utils.delivery.local.uproot_raw` and FuncADL (qastle) ones by
+:mod:`utils.delivery.local.funcadl`, when a request is submitted (an invalid query is refused with
+HTTP 400) and again in the worker, which interprets the checked query (:func:`run_query`).
+The stored "generated code" (ServiceX's ``generated-code-cm``) is the checked query as JSON.
 """
 
 from __future__ import annotations
 
 import json
+from typing import Any
 
-from utils.delivery.local.uproot_raw import validate_subqueries
+from utils.delivery.local.expressions import QueryError
+from utils.delivery.local.funcadl import OUTPUT_TREE, parse_qastle, run_func_adl
+from utils.delivery.local.uproot_raw import run_subqueries, validate_subqueries
 
-FUNC_ADL_OUTPUT_TREE = "servicex"
+FUNC_ADL_OUTPUT_TREE = OUTPUT_TREE
 
 CODE_GENERATORS = {
     "uproot-raw": "agc-local/uproot-raw-transformer",
@@ -21,52 +26,35 @@ CODE_GENERATORS = {
 
 
 class CodegenError(ValueError):
-    """The selection cannot be turned into code; the message says why."""
+    """The selection cannot be served; the message says why."""
 
 
-def _uproot_raw(selection: str) -> str:
+def _uproot_raw_query(selection: str) -> list[dict]:
     try:
-        query = validate_subqueries(json.loads(selection))
+        return validate_subqueries(json.loads(selection))
     except json.JSONDecodeError as err:
         raise CodegenError(f"uproot-raw selection is not valid JSON: {err}") from None
-    except ValueError as err:
+    except (QueryError, RecursionError) as err:
         raise CodegenError(f"uproot-raw selection: {err}") from None
-    return (
-        "import json\n"
-        "from utils.delivery.local.uproot_raw import run_subqueries\n\n"
-        f"QUERY = json.loads({json.dumps(query)!r})\n\n\n"
-        "def run_query(input_path):\n"
-        "    return run_subqueries(input_path, QUERY)\n"
-    )
-
-
-def _func_adl_uproot(selection: str) -> str:
-    from func_adl_uproot import generate_python_source
-
-    try:
-        body = generate_python_source(selection, function_name="_func_adl_query")
-    except Exception as err:  # qastle/func_adl raise many types for a malformed query
-        raise CodegenError(f"func_adl (uproot) selection cannot be translated: {type(err).__name__}: {err}") from None
-    return (
-        body
-        + "\n\n"
-        + "def run_query(input_path):\n"
-        + "    import dask\n"
-        + "    import dask_awkward  # noqa: F401  (sets its defaults, which the next line overrides)\n"
-        + "    # dask 2026 + dask-awkward 2025.3 cannot fuse func_adl_uproot's graphs; projection only\n"
-        + "    with dask.config.set({'awkward.optimization.which': ['columns']}):\n"
-        + "        result = _func_adl_query(input_path)\n"
-        + "    import awkward as ak\n"
-        + "    if not isinstance(result, ak.Array) or not result.fields:\n"
-        + "        result = ak.zip({'col1': result}, depth_limit=1)\n"
-        + f"    return {{{FUNC_ADL_OUTPUT_TREE!r}: result}}, {{}}\n"
-    )
 
 
 def generate_source(codegen: str, selection: str) -> str:
-    """Python source for ``codegen`` (a key of :data:`CODE_GENERATORS`); raise CodegenError."""
+    """The checked query of ``codegen`` (a key of :data:`CODE_GENERATORS`) as JSON; raise CodegenError."""
     if codegen == "uproot-raw":
-        return _uproot_raw(selection)
+        return json.dumps({"codegen": codegen, "query": _uproot_raw_query(selection)})
     if codegen == "uproot":
-        return _func_adl_uproot(selection)
+        try:
+            parse_qastle(selection)
+        except QueryError as err:
+            raise CodegenError(str(err)) from None
+        return json.dumps({"codegen": codegen, "qastle": selection})
+    raise CodegenError(f"code generator {codegen!r} is not served here; available: {sorted(CODE_GENERATORS)}")
+
+
+def run_query(codegen: str, selection: str, input_path: str) -> tuple[dict[str, Any], dict[str, Any]]:
+    """``({tree: awkward array}, {name: histogram})`` of a request's selection on one input file."""
+    if codegen == "uproot-raw":
+        return run_subqueries(input_path, _uproot_raw_query(selection))
+    if codegen == "uproot":
+        return run_func_adl(input_path, selection)
     raise CodegenError(f"code generator {codegen!r} is not served here; available: {sorted(CODE_GENERATORS)}")

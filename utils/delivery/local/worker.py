@@ -22,7 +22,8 @@ class FileTask:
     request_id: str
     index: int
     input_path: str
-    source: str  # generated Python source defining run_query(input_path)
+    codegen: str  # a key of codegen.CODE_GENERATORS
+    selection: str  # the request's selection, checked again before it is interpreted
     result_format: str  # "root-file" or "parquet"
     output_path: str
 
@@ -56,13 +57,12 @@ def warm_up() -> None:
 
 def run_file(task: FileTask) -> FileOutcome:
     """Transform ``task.input_path``; the output appears at ``task.output_path`` only when complete."""
+    from utils.delivery.local.codegen import run_query
     from utils.delivery.local.output import write_parquet, write_root
 
     if "://" not in task.input_path and not Path(task.input_path).is_file():
         raise FileNotFoundError(f"input file not found: {task.input_path}")
-    namespace: dict = {"__name__": f"servicex_transform_{task.request_id}"}
-    exec(compile(task.source, f"<generated code of request {task.request_id}>", "exec"), namespace)
-    trees, histograms = namespace["run_query"](task.input_path)
+    trees, histograms = run_query(task.codegen, task.selection, task.input_path)
     with atomic_path(task.output_path) as tmp:
         if task.result_format == "parquet":
             if len(trees) != 1 or histograms:
