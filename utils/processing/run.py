@@ -43,6 +43,7 @@ class ProcessingOptions:
     disable_processing: bool = False
     io_file_percent: int = 4
     on_bad_input: str = "fail"  # fail | skip
+    read_timeout_s: int = 60  # per request to a remote input (root://, http(s)://)
 
     def __post_init__(self) -> None:
         problems = []
@@ -56,6 +57,8 @@ class ProcessingOptions:
             problems.append(f"workers={self.workers!r}: must be at least 1")
         if self.chunksize < 1:
             problems.append(f"chunksize={self.chunksize!r}: must be at least 1")
+        if self.read_timeout_s < 1:
+            problems.append(f"read_timeout_s={self.read_timeout_s!r}: must be at least 1")
         if problems:
             raise ConfigError("invalid processing options:\n  " + "\n  ".join(problems))
 
@@ -89,7 +92,7 @@ def process_fileset(
     """
     config = config or load_analysis_config()
     expected = {p: n for e in fileset.values() for p, n in e.get("file_nevts", {}).items()}
-    fileset, report = preflight(fileset, options.on_bad_input, expected)
+    fileset, report = preflight(fileset, options.on_bad_input, expected, timeout_s=options.read_timeout_s)
     proc = TtbarAnalysis(
         config,
         classifier=classifier,
@@ -108,6 +111,7 @@ def process_fileset(
             savemetrics=True,
             chunksize=options.chunksize,
             metadata_cache={},
+            xrootdtimeout=options.read_timeout_s,
         )
         t0 = time.monotonic()
         try:
