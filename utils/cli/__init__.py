@@ -18,6 +18,8 @@ from utils.errors import AGCError
 # name -> "module:attribute", in pipeline order
 SUBCOMMANDS: dict[str, str] = {
     "generate": "utils.cli.generate:generate",
+    "datasets": "utils.cli.datasets:datasets",
+    "serve-data": "utils.cli.datasets:serve_data",
     "servicex-endpoint": "utils.cli.delivery:endpoint",
     "run": "utils.cli.run:run",
     "fit": "utils.cli.inference:fit",
