@@ -62,16 +62,19 @@ def test_dataset_json_with_urls(xrootd_server, tiny_dataset, tmp_path):
     assert not report.bad and clean.keys() == fileset.keys()
 
 
-def one_remote_file(xrootd_server, tiny_dataset, name="ttbar__nominal/0.root"):
-    fileset = remote_fileset(tiny_dataset, xrootd_server.root_url, n_files_max_per_sample=1, processes=["ttbar"])
+def one_remote_file(server, tiny_dataset, name="ttbar__nominal/0.root", base=None):
+    base = base or server.root_url
+    fileset = remote_fileset(tiny_dataset, base, n_files_max_per_sample=1, processes=["ttbar"])
     entry = fileset["ttbar__nominal"]
-    url = xrootd_server.root_url + name
+    url = base + name
     nevts = next(iter(entry["file_nevts"].values()))
     return {"ttbar__nominal": {**entry, "files": {url: "events"}, "file_nevts": {url: nevts}}}, url
 
 
-def test_missing_remote_file_fails_naming_the_url(xrootd_server, tiny_dataset):
-    fileset, url = one_remote_file(xrootd_server, tiny_dataset, "ttbar__nominal/404.root")
+@pytest.mark.parametrize("scheme", ["root", "http"])
+def test_missing_remote_file_fails_naming_the_url(scheme, xrootd_server, tiny_dataset):
+    base = xrootd_server.root_url if scheme == "root" else xrootd_server.http_url
+    fileset, url = one_remote_file(xrootd_server, tiny_dataset, "ttbar__nominal/404.root", base)
     with pytest.raises(InputFileError, match="file not found on the server") as err:
         preflight(fileset, "fail", fileset["ttbar__nominal"]["file_nevts"], timeout_s=5)
     assert url in str(err.value)
@@ -140,3 +143,29 @@ def test_server_killed_mid_run(own_server, tiny_dataset, config):
     with pytest.raises(AGCError) as err:
         process_fileset(clean, ProcessingOptions(**opts), config)
     assert url in str(err.value)
+    # under skip, with a second (local) file: the gone server's file is reported and left out
+    local = str((tiny_dataset.parent / "ttbar__nominal" / "1.root").resolve())
+    entry = clean["ttbar__nominal"]
+    mixed = {"ttbar__nominal": {**entry, "files": {**entry["files"], local: "events"},
+                                "file_nevts": {**entry["file_nevts"], local: 3000},
+                                "metadata": {**entry["metadata"], "nevts": entry["metadata"]["nevts"] + 3000}}}  # fmt: skip
+    skipped = process_fileset(mixed, ProcessingOptions(**opts, on_bad_input="skip"), config)
+    assert [b.path for b in skipped.input_report.bad] == [url]
+    assert skipped.fileset["ttbar__nominal"]["metadata"]["nevts"] == 3000
+
+
+def test_servicex_pipeline_reads_remote_inputs(
+    xrootd_server, tiny_dataset, config, local_result, tmp_path, monkeypatch
+):
+    """The local ServiceX endpoint's workers read root:// inputs; the skim gives the same histograms."""
+    from utils.delivery import deliver_fileset
+
+    monkeypatch.setenv("AGC_SERVICEX_DIR", str(tmp_path / "servicex"))
+    monkeypatch.setenv("AGC_SERVICEX_PORT", str(free_port()))
+    fileset = remote_fileset(tiny_dataset, xrootd_server.root_url, n_files_max_per_sample=1, processes=PROCESSES)
+    delivery = deliver_fileset(fileset, query_language="uproot-raw")
+    assert delivery.stats.n_files == sum(len(e["files"]) for e in fileset.values())
+    skimmed = process_fileset(delivery.fileset, ProcessingOptions(**OPTIONS), config)
+    h, ref = skimmed.histograms.hist, local_result.histograms.hist
+    np.testing.assert_array_equal(h.values(flow=True), ref.values(flow=True))
+    np.testing.assert_array_equal(h.variances(flow=True), ref.variances(flow=True))
