@@ -26,6 +26,7 @@ SUBCOMMANDS: dict[str, str] = {
     "validate": "utils.cli.inference:validate",
     "train": "utils.cli.train:train",
     "benchmark": "utils.cli.benchmark:benchmark",
+    "benchmark-remote": "utils.cli.benchmark:benchmark_remote",
     "publish": "utils.cli.preservation:publish",
     "reinterpret": "utils.cli.preservation:reinterpret",
 }

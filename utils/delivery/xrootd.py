@@ -67,6 +67,8 @@ class XRootDServer:
     port: int = 0  # 0: a free port
     http_port: int = 0  # 0: a free port; -1: no HTTP
     allow_host: str = "localhost"
+    host: str = LOOPBACK  # the address clients use (another one inside a network namespace)
+    launcher: tuple[str, ...] = ()  # a command prefix, e.g. ("ip", "netns", "exec", NAME)
     process: subprocess.Popen | None = field(default=None, init=False, repr=False)
     workdir: Path | None = field(default=None, init=False)
 
@@ -78,11 +80,11 @@ class XRootDServer:
     @property
     def root_url(self) -> str:
         """The root:// URL of the exported folder (append a path relative to ``root``)."""
-        return f"root://{LOOPBACK}:{self.port}//"
+        return f"root://{self.host}:{self.port}//"
 
     @property
     def http_url(self) -> str:
-        return f"http://{LOOPBACK}:{self.http_port}//"
+        return f"http://{self.host}:{self.http_port}//"
 
     def config_text(self) -> str:
         lines = [
@@ -103,7 +105,7 @@ class XRootDServer:
         if self.http_port == 0:
             self.http_port = free_port()
         self.workdir = Path(tempfile.mkdtemp(prefix="agc-xrootd-"))
-        cmd = [binary, "-c", str(self.workdir / "xrootd.cfg"), "-l", str(self.workdir / "xrootd.log")]
+        cmd = [*self.launcher, binary, "-c", str(self.workdir / "xrootd.cfg"), "-l", str(self.workdir / "xrootd.log")]
         if os.geteuid() == 0:
             shutil.chown(self.workdir, user=RUN_AS)
             cmd += ["-R", RUN_AS]
@@ -113,7 +115,7 @@ class XRootDServer:
         )
         deadline = time.monotonic() + timeout_s
         ports = [self.port] + ([self.http_port] if self.http_port > 0 else [])
-        while not all(_accepts(LOOPBACK, p) for p in ports):
+        while not all(_accepts(self.host, p) for p in ports):
             if self.process.poll() is not None or time.monotonic() > deadline:
                 err = self.process.stderr.read().decode(errors="replace") if self.process.poll() is not None else ""
                 self.stop()
