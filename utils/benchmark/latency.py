@@ -58,7 +58,8 @@ class DelayProxy:
         except OSError:
             writer.close()
             return
-        await asyncio.gather(self._pump(reader, up_writer), self._pump(up_reader, writer))
+        with contextlib.suppress(asyncio.CancelledError):  # the proxy stopping
+            await asyncio.gather(self._pump(reader, up_writer), self._pump(up_reader, writer))
 
     def start(self) -> DelayProxy:
         self._thread.start()

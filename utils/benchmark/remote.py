@@ -32,6 +32,7 @@ NETNS = "agc-bench"
 HOST_IF, NS_IF = "agcb0", "agcb1"
 HOST_IP, NS_IP = "10.213.7.1", "10.213.7.2"
 SCHEMES = ("local", "root", "http")
+HANDLERS = ("default", "xrootd")
 
 
 @dataclass(frozen=True)
@@ -39,6 +40,7 @@ class RemotePoint:
     name: str
     scheme: str
     rtt_ms: float = 0.0
+    handler: str = "default"  # root:// only: "default" (fsspec-xrootd) | "xrootd" (uproot's XRootDSource)
 
 
 @dataclass(frozen=True)
@@ -62,6 +64,7 @@ class RemoteMeasurement:
     bytes_read: int
     requests: int
     rate_hz: float
+    handler: str = "default"
     latency: str = "none"  # none | netem | proxy
     relative_to_local: float | None = None
 
@@ -69,16 +72,19 @@ class RemoteMeasurement:
 def load_remote_grid(path: str | Path) -> RemoteGrid:
     raw = read_yaml(path)
     try:
-        points = tuple(RemotePoint(str(p["name"]), str(p["scheme"]), float(p.get("rtt_ms", 0))) for p in raw["points"])
+        points = tuple(
+            RemotePoint(str(p["name"]), str(p["scheme"]), float(p.get("rtt_ms", 0)), str(p.get("handler", "default")))
+            for p in raw["points"]
+        )
         grid = RemoteGrid(str(raw["name"]), str(raw["dataset"]), tuple(raw["samples"]),
                           int(raw.get("n_files_max_per_sample", -1)), int(raw.get("repeat", 1)), points)  # fmt: skip
     except (TypeError, KeyError, ValueError) as err:
         raise ConfigError(
             f"{path}: expected name, dataset, samples, points [{{name, scheme, rtt_ms}}]: {err}"
         ) from None
-    bad = [p.name for p in grid.points if p.scheme not in SCHEMES]
+    bad = [p.name for p in grid.points if p.scheme not in SCHEMES or p.handler not in HANDLERS]
     if bad:
-        raise ConfigError(f"{path}: points {bad}: scheme must be one of {list(SCHEMES)}")
+        raise ConfigError(f"{path}: points {bad}: scheme one of {list(SCHEMES)}, handler one of {list(HANDLERS)}")
     if "local" not in {p.scheme for p in grid.points}:
         raise ConfigError(f"{path}: needs a point with scheme 'local' (the reference rate)")
     return grid
@@ -120,16 +126,18 @@ def latency_namespace(rtt_ms: float) -> Iterator[tuple[str, ...]]:
         subprocess.run(["ip", "netns", "del", NETNS], capture_output=True)
 
 
-def read_files(urls: list[str], timeout_s: float = 60) -> tuple[float, int, int, int]:
-    """Read the processor's branches of every file: (seconds, events, bytes read, requests)."""
+def read_files(urls: list[str], timeout_s: float = 60, handler: str = "default") -> tuple[float, int, int, int]:
+    """Read the processor's branches of every file: (seconds, events, bytes read, requests).
+    ``handler="xrootd"``: uproot's XRootDSource (the XRootD bindings' vector reads) for root://."""
     import uproot
 
+    options = {"handler": uproot.source.xrootd.XRootDSource} if handler == "xrootd" else {}
     from utils.processing.selection import READ_BRANCHES
 
     events = nbytes = requests = 0
     t0 = time.perf_counter()
     for url in urls:
-        with uproot.open(url, timeout=timeout_s) as f:
+        with uproot.open(url, timeout=timeout_s, **options) as f:
             arrays = f["events"].arrays(list(READ_BRANCHES))
             events += len(arrays)
             nbytes += f.file.source.num_requested_bytes
@@ -179,13 +187,13 @@ def run_remote_benchmark(grid: RemoteGrid) -> list[RemoteMeasurement]:
                 proxy = stack.enter_context(DelayProxy(server.host, port, point.rtt_ms / 2000))
                 base = base.replace(f"{server.host}:{port}", f"{proxy.host}:{proxy.port}")
             targets[point] = ([base + r for r in relative], latency)
-        for urls, _ in targets.values():
-            read_files(urls)  # warm: page cache, imports, the client's connection
+        for point, (urls, _) in targets.items():
+            read_files(urls, handler=point.handler)  # warm: page cache, imports, the client's connection
         for i in range(grid.repeat):
             for point, (urls, latency) in targets.items():
-                seconds, events, nbytes, requests = read_files(urls)
+                seconds, events, nbytes, requests = read_files(urls, handler=point.handler)
                 out.append(RemoteMeasurement(point.name, point.scheme, point.rtt_ms, i, seconds, events, nbytes,
-                                             requests, events / seconds, latency))  # fmt: skip
+                                             requests, events / seconds, point.handler, latency))  # fmt: skip
                 log.info("%s #%d: %.2f s, %d requests, %.1f MB", point.name, i, seconds, requests, nbytes / 1e6)
     local = [m.rate_hz for m in out if m.scheme == "local"]
     ref = sorted(local)[len(local) // 2]
@@ -200,7 +208,7 @@ def summary_rows(measurements: list[RemoteMeasurement]) -> list[dict[str, Any]]:
     for name in dict.fromkeys(m.point for m in measurements):
         ms = sorted((m for m in measurements if m.point == name), key=lambda m: m.rate_hz)
         med = ms[len(ms) // 2]
-        rows.append({"point": name, "scheme": med.scheme, "rtt_ms": med.rtt_ms, "repeats": len(ms),
+        rows.append({"point": name, "scheme": med.scheme, "handler": med.handler, "rtt_ms": med.rtt_ms, "repeats": len(ms),
                      "seconds": med.seconds, "events": med.events, "bytes_read": med.bytes_read,
                      "requests": med.requests, "rate_hz": med.rate_hz, "latency": med.latency,
                      "relative_to_local": med.relative_to_local})  # fmt: skip
@@ -219,11 +227,11 @@ def write_remote_results(grid: RemoteGrid, measurements: list[RemoteMeasurement]
         f"median of {grid.repeat} repeat(s). Load average before/after: {load_before[0]:.2f} / {load[0]:.2f} "
         f"(1 min), {os.cpu_count()} CPUs.",
         "",
-        "| point | scheme | added RTT [ms] | latency by | s | events | MB read | requests | events/s | rate / local |",
-        "|---|---|---:|---|---:|---:|---:|---:|---:|---:|",
+        "| point | scheme | handler | added RTT [ms] | latency by | s | events | MB read | requests | events/s | rate / local |",
+        "|---|---|---|---:|---|---:|---:|---:|---:|---:|---:|",
     ]
     for r in rows:
-        lines.append(f"| {r['point']} | {r['scheme']} | {r['rtt_ms']:g} | {r['latency']} | {r['seconds']:.3f} | {r['events']:,d} | "
+        lines.append(f"| {r['point']} | {r['scheme']} | {r['handler']} | {r['rtt_ms']:g} | {r['latency']} | {r['seconds']:.3f} | {r['events']:,d} | "
                      f"{r['bytes_read'] / 1e6:.2f} | {r['requests']} | {r['rate_hz']:,.0f} | "
                      f"{r['relative_to_local']:.2f} |")  # fmt: skip
     folder.mkdir(parents=True, exist_ok=True)
