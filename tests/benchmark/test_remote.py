@@ -11,7 +11,7 @@ from utils.errors import ConfigError
 
 
 def test_committed_grid_is_valid():
-    grid = load_remote_grid(REPO_ROOT / "benchmarks" / "remote.yml")
+    grid = load_remote_grid(REPO_ROOT / "benchmarks" / "remote" / "remote.yml")
     assert {p.scheme for p in grid.points} == {"local", "root", "http"}
 
 

@@ -2,7 +2,7 @@
 loopback, and with added latency (a network namespace and ``tc netem``, set up and removed here,
 as root). Reports seconds, bytes read, requests and the rate relative to the local read.
 
-The grid (``benchmarks/remote.yml``) names the dataset, the samples, the repeats and the points
+The grid (``benchmarks/remote/remote.yml``) names the dataset, the samples, the repeats and the points
 (``scheme``: local | root | http; ``rtt_ms``: added round-trip time). What is read is the
 processor's branches (``READ_BRANCHES``) of every file, one ``TTree.arrays`` call per file: uproot
 asks for all their baskets in one vector read, so a round trip is paid per file, not per basket.

@@ -62,7 +62,7 @@ def benchmark(grid_file: Path, output: Path | None, repeat: int | None, summary_
 
 @click.command("benchmark-remote")
 @click.argument("grid_file", type=click.Path(exists=True, dir_okay=False, path_type=Path),
-                default="benchmarks/remote.yml")  # fmt: skip
+                default="benchmarks/remote/remote.yml")  # fmt: skip
 @click.option(
     "--output",
     type=click.Path(file_okay=False, path_type=Path),
