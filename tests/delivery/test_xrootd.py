@@ -169,3 +169,16 @@ def test_servicex_pipeline_reads_remote_inputs(
     h, ref = skimmed.histograms.hist, local_result.histograms.hist
     np.testing.assert_array_equal(h.values(flow=True), ref.values(flow=True))
     np.testing.assert_array_equal(h.variances(flow=True), ref.variances(flow=True))
+
+
+def test_ml_scores_over_root_identical_to_local(xrootd_server, tiny_dataset, config):
+    """The torch classifier's categories filled from root:// inputs match the local run's."""
+    from utils.ml.inference import MLClassifier
+
+    classifier = MLClassifier.from_directory(None)
+    options = ProcessingOptions(**OPTIONS)
+    local = process_fileset(build_fileset(tiny_dataset, 1, processes=["ttbar"]), options, config, classifier)
+    fileset = remote_fileset(tiny_dataset, xrootd_server.root_url, n_files_max_per_sample=1, processes=["ttbar"])
+    remote = process_fileset(fileset, options, config, classifier)
+    np.testing.assert_array_equal(remote.histograms.hist.values(flow=True), local.histograms.hist.values(flow=True))
+    assert remote.histograms.hist.axes.name == local.histograms.hist.axes.name
