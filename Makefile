@@ -4,16 +4,24 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: setup browser-deps run workflow references test lint sync-notebooks clean-outputs
+.PHONY: setup browser-deps xrootd-deps run workflow references test lint sync-notebooks clean-outputs
 
 setup: $(STAMP)
 
-# torch first and exactly pinned (the CPU build on local disk); then the single specification
+# torch first, exactly pinned, always the CPU build: a local wheel when pip finds one without an
+# index (its find-links, e.g. a wheel folder in pip.conf), else the official CPU-only index.
+# Override the index: `make setup TORCH_INDEX_URL=https://mirror.example/whl/cpu`.
+# Then the single specification; torch==2.13.0 is already satisfied by 2.13.0+cpu and stays.
+TORCH_INDEX_URL ?= https://download.pytorch.org/whl/cpu
+TORCH_PIN := $(shell grep -E '^torch==' requirements.txt)
+
 $(STAMP): requirements.txt pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet "$$(grep -E '^torch==' requirements.txt)"
+	$(BIN)/pip install --quiet --no-index --no-deps "$(TORCH_PIN)" 2>/dev/null || \
+	  $(BIN)/pip install --quiet --index-url $(TORCH_INDEX_URL) "$(TORCH_PIN)"
 	$(BIN)/pip install --quiet -r requirements.txt
+	@! $(BIN)/pip list 2>/dev/null | grep -qi '^nvidia-' || { echo "setup: CUDA libraries were installed; expected the CPU build of torch"; exit 1; }
 	$(BIN)/pip install --quiet --no-deps -e .
 	touch $(STAMP)
 
@@ -40,7 +48,19 @@ browser-deps:
 	    echo "browser-deps: chromium missing and apt-get unavailable or not root: the browser test will skip"; \
 	  fi; }
 
-test: setup browser-deps
+# Debian's xrootd-server for the remote-input tests and benchmarks (a real file server on
+# loopback) and iproute2 (tc netem, the benchmark's added latency); installed with apt-get when
+# missing and we are root; otherwise those tests skip, saying why.
+xrootd-deps:
+	@command -v xrootd >/dev/null 2>&1 && command -v tc >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	    echo "xrootd-deps: installing xrootd-server and iproute2 with apt-get"; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq xrootd-server iproute2 >/dev/null; \
+	  else \
+	    echo "xrootd-deps: xrootd missing and apt-get unavailable or not root: the remote-input tests will skip"; \
+	  fi; }
+
+test: setup browser-deps xrootd-deps
 	$(BIN)/python -m pytest
 
 lint: setup

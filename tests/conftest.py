@@ -31,3 +31,17 @@ def poet_file() -> Path:
     if not POET_FILE.is_file():
         pytest.skip(f"real POET file not available at {POET_FILE} (../shared/realdata is absent)")
     return POET_FILE
+
+
+@pytest.fixture(scope="session")
+def xrootd_server(tiny_dataset):
+    """A real xrootd (Debian's xrootd-server) serving the tiny dataset's folder over root:// and
+    HTTP on free loopback ports; skips, saying why, when xrootd is not installed."""
+    from utils.delivery.xrootd import XRootDServer, XRootDUnavailableError
+
+    try:
+        server = XRootDServer(tiny_dataset.parent).start()
+    except XRootDUnavailableError as err:
+        pytest.skip(str(err))
+    yield server
+    server.stop()

@@ -18,12 +18,15 @@ from utils.errors import AGCError
 # name -> "module:attribute", in pipeline order
 SUBCOMMANDS: dict[str, str] = {
     "generate": "utils.cli.generate:generate",
+    "datasets": "utils.cli.datasets:datasets",
+    "serve-data": "utils.cli.datasets:serve_data",
     "servicex-endpoint": "utils.cli.delivery:endpoint",
     "run": "utils.cli.run:run",
     "fit": "utils.cli.inference:fit",
     "validate": "utils.cli.inference:validate",
     "train": "utils.cli.train:train",
     "benchmark": "utils.cli.benchmark:benchmark",
+    "benchmark-remote": "utils.cli.benchmark:benchmark_remote",
     "publish": "utils.cli.preservation:publish",
     "reinterpret": "utils.cli.preservation:reinterpret",
 }

@@ -58,3 +58,26 @@ def benchmark(grid_file: Path, output: Path | None, repeat: int | None, summary_
     click.echo(f"summary: {output / 'summary.md'}")
     if result.failures:
         raise AGCError(f"{len(result.failures)} run(s) failed:\n  " + "\n  ".join(result.failures))
+
+
+@click.command("benchmark-remote")
+@click.argument("grid_file", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+                default="benchmarks/remote/remote.yml")  # fmt: skip
+@click.option(
+    "--output",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=Path("benchmarks/results/remote"),
+    show_default=True,
+    help="Folder of summary.md and results.json.",
+)
+def benchmark_remote(grid_file: Path, output: Path) -> None:
+    """Read the same files locally, over root:// and HTTP from xrootd on loopback, and with added
+    latency (network namespace + tc netem, as root); write the table of rates relative to local."""
+    import os
+
+    from utils.benchmark.remote import load_remote_grid, run_remote_benchmark, write_remote_results
+
+    grid = load_remote_grid(grid_file)
+    before = os.getloadavg()
+    path = write_remote_results(grid, run_remote_benchmark(grid), output, before)
+    click.echo(path.read_text())

@@ -68,12 +68,26 @@ def _resolve(path: str, base: Path) -> str:
     return str(p if p.is_absolute() else (base / p).resolve())
 
 
+def _first_events(files: list[dict[str, Any]], max_events: int) -> list[dict[str, Any]]:
+    """The leading files that hold at least ``max_events`` events (all with -1)."""
+    if max_events < 0:
+        return files
+    taken, total = [], 0
+    for f in files:
+        if total >= max_events:
+            break
+        taken.append(f)
+        total += int(f["nevts"])
+    return taken
+
+
 def build_fileset(
     dataset: str | Path,
     n_files_max_per_sample: int = -1,
     processes: list[str] | None = None,
     cross_sections: dict[str, float] | None = None,
     treename: str = TREE_NAME,
+    max_events_per_sample: int = -1,
 ) -> dict[str, dict[str, Any]]:
     """A coffea fileset ``{"process__variation": {"files": {path: treename}, "metadata": {...}}}``
     (``treename``: ``events`` in the ntuples, ``Events`` in NanoAOD).
@@ -81,6 +95,8 @@ def build_fileset(
     ``nevts`` in the metadata is the sum over the files actually taken, so the normalisation
     ``xsec x lumi / nevts`` stays right for any ``n_files_max_per_sample`` (-1: all files).
     The cross-section comes from the description's ``xsec`` if present, else the table.
+    ``max_events_per_sample`` (-1: no limit) takes whole files, in order, until the sample holds
+    at least that many events (so the normalisation stays exact).
     """
     path = Path(dataset)
     description = load_dataset_description(path)
@@ -91,6 +107,7 @@ def build_fileset(
             continue
         for variation, entry in variations.items():
             files = entry["files"] if n_files_max_per_sample < 0 else entry["files"][:n_files_max_per_sample]
+            files = _first_events(files, max_events_per_sample)
             if process == DATA_PROCESS:
                 xsec = None
             elif "xsec" in entry:

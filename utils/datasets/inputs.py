@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 import uproot
 
+from utils.datasets.urls import configure_xrootd_client, is_remote
 from utils.errors import ConfigError, InputFileError
 from utils.processing.selection import READ_BRANCHES
 
@@ -59,22 +60,49 @@ class InputReport:
         }
 
 
+def remote_problem(err: BaseException) -> str | None:
+    """The named outcome of a failed remote read (root:// or http(s)), or None if it is not one."""
+    text = f"{type(err).__name__}: {err}"
+    low = text.lower()
+    if isinstance(err, FileNotFoundError) or "no such file" in low or "[3011]" in low or " 404" in low:
+        return "file not found on the server"
+    if "permission denied" in low or "[3010]" in low or " 403" in low or "unauthorized" in low:
+        return "permission denied by the server"
+    if "operation expired" in low or "timeout" in low or "timed out" in low:
+        return f"no answer from the server within the read timeout ({text.strip()})"
+    if (
+        "connection refused" in low
+        or "connection error" in low
+        or "cannot connect" in low
+        or "connect call failed" in low
+    ):
+        return f"server not reachable ({text.strip()})"
+    if "reset" in low or "socket error" in low or "disconnected" in low or "serverdisconnected" in low:
+        return f"connection to the server lost ({text.strip()})"
+    return None
+
+
 def check_file(
     path: str,
     treename: str = "events",
     expected_entries: int | None = None,
+    timeout_s: float = 30,
     required: Sequence[str] = READ_BRANCHES,
     floating: bool = True,
 ) -> str | None:
-    """The problem with one input file, or None if it is usable. Reads only metadata.
-
-    ``required``: the branches the analysis reads; with ``floating`` each must be a jagged
-    floating-point array (the ntuples' analysis branches)."""
+    """The problem with one input file, or None if it is usable. Reads only metadata; a remote
+    file (root://, http(s)://) gets at most ``timeout_s`` per request. ``required``: the branches
+    the analysis reads; with ``floating`` each must be a jagged floating-point array (the ntuples'
+    analysis branches)."""
     try:
-        f = uproot.open(path, timeout=30)
-    except FileNotFoundError:
-        return "file not found"
+        f = uproot.open(path, timeout=timeout_s)
     except Exception as err:  # uproot raises many types for non-ROOT or truncated files
+        if is_remote(path):
+            named = remote_problem(err)
+            if named is not None:
+                return named
+        if isinstance(err, FileNotFoundError):
+            return "file not found"
         return f"not a readable ROOT file ({type(err).__name__}: {err})"
     with f:
         size = f.file.source.num_bytes
@@ -111,6 +139,7 @@ def preflight(
     policy: str = "fail",
     expected_entries: dict[str, int] | None = None,
     threads: int = 8,
+    timeout_s: float = 30,
     *,
     required: Sequence[str] = READ_BRANCHES,
     floating: bool = True,
@@ -120,15 +149,20 @@ def preflight(
     With ``policy="fail"`` the first problem raises :class:`InputFileError`; with ``"skip"`` bad
     files are dropped and their events subtracted from the sample's ``nevts``.
     ``expected_entries`` maps file paths to the event counts of the dataset description;
+    ``timeout_s`` bounds each request to a remote file.
     ``required`` and ``floating`` as for :func:`check_file`.
     """
     if policy not in POLICIES:
         raise ConfigError(f"ON_BAD_INPUT={policy!r}: allowed {list(POLICIES)}")
     expected_entries = expected_entries or {}
     items = [(s, p, t) for s, e in fileset.items() for p, t in e["files"].items()]
+    if any(is_remote(p) for _, p, _ in items):
+        configure_xrootd_client(timeout_s)
     with ThreadPoolExecutor(max(1, min(threads, len(items)))) as pool:
         problems = list(
-            pool.map(lambda it: check_file(it[1], it[2], expected_entries.get(it[1]), required, floating), items)
+            pool.map(
+                lambda it: check_file(it[1], it[2], expected_entries.get(it[1]), timeout_s, required, floating), items
+            )
         )
     report = InputReport(policy)
     clean = {s: {**e, "files": dict(e["files"]), "metadata": dict(e["metadata"])} for s, e in fileset.items()}

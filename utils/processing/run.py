@@ -48,6 +48,7 @@ class ProcessingOptions:
     io_file_percent: int = 4
     on_bad_input: str = "fail"  # fail | skip
     input_format: str = "ntuple"  # ntuple | nanoaod
+    read_timeout_s: int = 60  # per request to a remote input (root://, http(s)://)
 
     def __post_init__(self) -> None:
         problems = []
@@ -63,6 +64,8 @@ class ProcessingOptions:
             problems.append(f"chunksize={self.chunksize!r}: must be at least 1")
         if self.input_format not in INPUT_FORMATS:
             problems.append(f"input_format={self.input_format!r}: allowed {list(INPUT_FORMATS)}")
+        if self.read_timeout_s < 1:
+            problems.append(f"read_timeout_s={self.read_timeout_s!r}: must be at least 1")
         if problems:
             raise ConfigError("invalid processing options:\n  " + "\n  ".join(problems))
 
@@ -99,7 +102,14 @@ def process_fileset(
     schema = NanoAODSchema if nanoaod else AGCSchema
     treename = NANOAOD_TREE if nanoaod else TREE_NAME
     required = NANOAOD_BRANCHES if nanoaod else READ_BRANCHES
-    fileset, report = preflight(fileset, options.on_bad_input, expected, required=required, floating=not nanoaod)
+    fileset, report = preflight(
+        fileset,
+        options.on_bad_input,
+        expected,
+        timeout_s=options.read_timeout_s,
+        required=required,
+        floating=not nanoaod,
+    )
     proc = TtbarAnalysis(
         config,
         classifier=classifier,
@@ -119,6 +129,7 @@ def process_fileset(
             savemetrics=True,
             chunksize=options.chunksize,
             metadata_cache={},
+            xrootdtimeout=options.read_timeout_s,
         )
         t0 = time.monotonic()
         try:

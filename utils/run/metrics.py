@@ -13,6 +13,7 @@ from typing import Any
 import jsonschema
 
 from utils.config import _format_path, load_schema
+from utils.datasets.urls import load_url_rules, rules_record
 from utils.errors import AGCError
 from utils.io import write_json_atomic
 from utils.processing.run import ProcessingResult
@@ -113,6 +114,8 @@ def run_metrics(params: RunParameters, result: ProcessingResult, stage_times: di
         "use_dask": params.use_dask,
         "pipeline": params.pipeline,
         "n_files_max_per_sample": params.n_files_max_per_sample,
+        "max_events_per_sample": params.max_events_per_sample,
+        "input_urls": rules_record(params.input_urls, load_url_rules(params.input_urls)),
         "chunksize": params.chunksize,
         "cores_per_worker": params.cores_per_worker,
         "systematics": params.systematics,

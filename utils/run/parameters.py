@@ -30,6 +30,9 @@ class RunParameters:
     dataset: str = "embedded:quickstart"  # embedded:<preset> | cms-open-data-2015 | path to a JSON
     input_format: str = "auto"  # auto (from the dataset) | ntuple (2015 POET ntuples) | nanoaod (CMS NanoAOD)
     n_files_max_per_sample: int = -1
+    max_events_per_sample: int = -1  # whole files until at least this many events (-1: all)
+    input_urls: str = "as-listed"  # a rule set of datasets/url_rules.yml, or "FROM=>TO"
+    read_timeout_s: int = 60
     pipeline: str = "direct"  # direct | servicex
     servicex_query_language: str = "uproot-raw"
     servicex_ignore_cache: bool = False
@@ -75,6 +78,10 @@ class RunParameters:
             problems.append(f"CHUNKSIZE={self.chunksize!r}: must be at least 1")
         if self.n_files_max_per_sample == 0 or self.n_files_max_per_sample < -1:
             problems.append(f"N_FILES_MAX_PER_SAMPLE={self.n_files_max_per_sample!r}: -1 (all) or a positive number")
+        if self.max_events_per_sample == 0 or self.max_events_per_sample < -1:
+            problems.append(f"MAX_EVENTS_PER_SAMPLE={self.max_events_per_sample!r}: -1 (all) or a positive number")
+        if self.read_timeout_s < 1:
+            problems.append(f"READ_TIMEOUT_S={self.read_timeout_s!r}: must be at least 1 (seconds)")
         if problems:
             raise ConfigError("invalid run parameters:\n  " + "\n  ".join(problems))
 
@@ -125,6 +132,7 @@ class RunParameters:
             io_file_percent=self.io_file_percent,
             on_bad_input=self.on_bad_input,
             input_format=self.resolved_input_format,
+            read_timeout_s=self.read_timeout_s,
         )
 
     @property

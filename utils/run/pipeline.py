@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 from utils.config import AnalysisConfig
 from utils.datasets.fileset import TREE_NAME, build_fileset
 from utils.datasets.resolve import resolve_dataset
+from utils.datasets.urls import load_url_rules, rewrite_fileset
 from utils.processing.nanoaod import TREE_NAME as NANOAOD_TREE
 from utils.processing.processor import Classifier
 from utils.processing.run import ProcessingResult, process_fileset
@@ -39,10 +40,17 @@ def output_dir_for(params: RunParameters) -> Path:
 
 def fileset_for(params: RunParameters) -> tuple[Path, dict[str, Any]]:
     """The dataset description of ``DATASET`` (the embedded one generated on first use) and its
-    fileset, limited to ``N_FILES_MAX_PER_SAMPLE``."""
+    fileset, limited to ``N_FILES_MAX_PER_SAMPLE`` and ``MAX_EVENTS_PER_SAMPLE``, with the
+    ``INPUT_URLS`` rules applied to its paths."""
     dataset_path = resolve_dataset(params.dataset, workers=params.num_cores)
     treename = NANOAOD_TREE if params.resolved_input_format == "nanoaod" else TREE_NAME
-    return dataset_path, build_fileset(dataset_path, params.n_files_max_per_sample, treename=treename)
+    fileset = build_fileset(
+        dataset_path,
+        params.n_files_max_per_sample,
+        treename=treename,
+        max_events_per_sample=params.max_events_per_sample,
+    )
+    return dataset_path, rewrite_fileset(fileset, load_url_rules(params.input_urls))
 
 
 @dataclass
