@@ -45,15 +45,19 @@ def test_upper_limit_agrees_with_cabinetry(counting_workspace):
 def test_cls_is_cached_and_the_backend_restored(counting_workspace):
     import pyhf
 
-    pyhf.set_backend("numpy", "scipy")
     ws = counting_workspace(10.0)
-    scan = CLsScan.from_workspace(ws)
-    first = scan(1.0)
+    previous = pyhf.get_backend()
+    pyhf.set_backend("numpy", "scipy")  # what a notebook may have set
+    try:
+        scan = CLsScan.from_workspace(ws)
+        first = scan(1.0)
+        assert pyhf.get_backend()[1].name == "scipy"
+    finally:
+        pyhf.set_backend(*previous)
     assert scan(1.0) is first and len(scan.evaluated) == 1
     assert first == cls_at(ws, 1.0)
     assert 0 < first.cls_obs < 1 and list(first.cls_exp) == sorted(first.cls_exp)
     assert all(math.isfinite(x) for x in first.curves)
-    assert pyhf.get_backend()[1].name == "scipy"
 
 
 def test_a_model_without_poi_is_refused(counting_workspace):

@@ -6,7 +6,9 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from utils.inference.fit import upper_limit_of
+import cabinetry
+
+from utils.inference.fit import numpy_backend, upper_limit_of
 from utils.inference.limits import model_and_data
 from utils.preservation.evaluation import evaluate
 
@@ -18,6 +20,9 @@ def test_preservation_and_inference_give_the_same_limit(counting_workspace):
     point = evaluate(ws, "point", {"mass": 500.0}, 2.5)
     assert point.failure is None
     assert point.limit == upper_limit_of(*model_and_data(ws))  # exactly: the same code
+    with numpy_backend():  # the model the inference stage fits (run_inference)
+        model, data = cabinetry.model_utils.model_and_data(ws)
+    assert point.limit == upper_limit_of(model, data)
     assert 1 < point.limit.observed_limit < 2
     content = json.loads(json.dumps(point.to_dict(), allow_nan=False))
     assert content["limit"]["observed_limit"] == point.limit.observed_limit

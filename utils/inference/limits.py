@@ -3,9 +3,9 @@ the 95% CL upper limit. The inference stage (:func:`utils.inference.fit.upper_li
 preservation steps (:mod:`utils.preservation.evaluation`) both use it, so one workspace has one
 limit.
 
-CLs: pyhf's ``hypotest``, asymptotic, q-tilde, MINUIT on the numpy backend (for a model built
-with pyhf's defaults, the numbers ``pyhf cls --optimizer minuit`` prints; pyhf's default scipy
-fits of the AGC model return NaN far above the limit).
+CLs: pyhf's ``hypotest``, asymptotic, q-tilde, MINUIT on the numpy backend: the numbers
+``pyhf cls --optimizer minuit`` prints (pyhf's default scipy fits of the AGC model return NaN
+far above the limit).
 
 Limit search (:func:`upper_limit`): about ten CLs evaluations; on the test workspaces it agrees
 with ``cabinetry.fit.limit`` within 1% (observed and every band) at a third of the time, and it
@@ -54,8 +54,9 @@ class CLsResult:
 
 
 def model_and_data(ws: Mapping[str, Any]) -> tuple[Any, list[float]]:
-    """The pyhf model (pyhf's default interpolation, as ``pyhf cls`` builds it) and data of a
-    workspace, built on the numpy backend."""
+    """The pyhf model and data of a workspace, built on the numpy backend as ``pyhf cls`` builds
+    them (pyhf's default interpolation codes 4 and 4p are cabinetry's: the model the inference
+    stage fits)."""
     import pyhf
 
     with numpy_backend():

@@ -1,6 +1,6 @@
 """The inference of one signal point: CLs at signal strength 1 and the 95% CL upper limit of a
 signal-plus-background workspace, both from :mod:`utils.inference.limits` (the limit
-:func:`utils.inference.fit.upper_limit_of` gives for the same model). The model is built as
+:func:`utils.inference.fit.upper_limit_of` gives for the same workspace). The model is built as
 ``pyhf cls`` builds it, so the published files give the same CLs with pyhf alone."""
 
 from __future__ import annotations
