@@ -69,3 +69,12 @@ def test_a_model_without_poi_is_refused(counting_workspace):
         CLsScan(model, [52.0, 29.0])
     with pytest.raises(StatisticsError, match=r"upper-limit search failed.*no POI"):
         upper_limit_of(model, [52.0, 29.0])
+
+
+def test_a_negative_poi_bound_is_taken_as_zero(counting_workspace):
+    ws = counting_workspace(10.0)
+    negative = counting_workspace(10.0)
+    negative["measurements"][0]["config"]["parameters"][0]["bounds"] = [[-5, 50]]
+    scan = CLsScan.from_workspace(negative)
+    assert scan.bounds == (0.0, 50.0)
+    assert upper_limit(scan) == upper_limit(CLsScan.from_workspace(ws))

@@ -68,7 +68,8 @@ def model_and_data(ws: Mapping[str, Any]) -> tuple[Any, list[float]]:
 class CLsScan:
     """CLs of one model and its data at any value of the POI, each value computed once.
 
-    ``strategy``: the MINUIT strategy (None: pyhf's choice, 1 without gradients).
+    ``strategy``: the MINUIT strategy (None: pyhf's choice, 1 without gradients). A POI whose
+    lower bound is negative is bounded at zero, as q-tilde requires (and cabinetry does).
     """
 
     def __init__(self, model: Any, data: list[float], *, strategy: int | None = None) -> None:
@@ -78,8 +79,10 @@ class CLsScan:
         self.data = data
         self.strategy = strategy
         self.poi_name: str = model.config.poi_name
-        low, high = model.config.suggested_bounds()[model.config.poi_index]
-        self.bounds = (float(low), float(high))
+        self.par_bounds = [tuple(b) for b in model.config.suggested_bounds()]
+        low, high = self.par_bounds[model.config.poi_index]
+        self.bounds = (max(float(low), 0.0), float(high))
+        self.par_bounds[model.config.poi_index] = self.bounds
         self._cache: dict[float, CLsResult] = {}
 
     @classmethod
@@ -94,7 +97,12 @@ class CLsScan:
             with numpy_backend(pyhf.optimize.minuit_optimizer(strategy=self.strategy)):
                 try:
                     obs, exp = pyhf.infer.hypotest(
-                        poi_value, self.data, self.model, test_stat="qtilde", return_expected_set=True
+                        poi_value,
+                        self.data,
+                        self.model,
+                        par_bounds=self.par_bounds,
+                        test_stat="qtilde",
+                        return_expected_set=True,
                     )
                 except Exception as err:  # pyhf's FailedMinimization and friends
                     raise StatisticsError(
