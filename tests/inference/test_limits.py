@@ -3,7 +3,11 @@ cabinetry's root finding on a counting workspace."""
 
 from __future__ import annotations
 
+import json
 import math
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 
@@ -78,3 +82,21 @@ def test_a_negative_poi_bound_is_taken_as_zero(counting_workspace):
     scan = CLsScan.from_workspace(negative)
     assert scan.bounds == (0.0, 50.0)
     assert upper_limit(scan) == upper_limit(CLsScan.from_workspace(ws))
+
+
+def test_cls_is_what_pyhf_cls_prints(counting_workspace, tmp_path):
+    ws = counting_workspace(10.0)
+    path = tmp_path / "ws.json"
+    path.write_text(json.dumps(ws))
+    pyhf_cli = Path(sys.executable).parent / "pyhf"
+    out = subprocess.run(
+        [str(pyhf_cli), "cls", str(path), "--optimizer", "minuit"],
+        check=True,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    cli = json.loads(out.stdout)
+    ours = cls_at(ws, 1.0)
+    assert ours.cls_obs == pytest.approx(cli["CLs_obs"], abs=1e-9)
+    assert list(ours.cls_exp) == pytest.approx(cli["CLs_exp"], abs=1e-9)
