@@ -45,3 +45,24 @@ def xrootd_server(tiny_dataset):
         pytest.skip(str(err))
     yield server
     server.stop()
+
+
+@pytest.fixture(scope="session")
+def counting_workspace():
+    """Make a two-bin counting workspace (pyhf's uncorrelated background, signal ``signal`` and
+    ``signal / 2``, data near the background); its POI ``mu`` lies in [0, 50]."""
+
+    def make(signal: float) -> dict:
+        import pyhf
+
+        model = pyhf.simplemodels.uncorrelated_background([signal, signal / 2], [50.0, 30.0], [5.0, 4.0])
+        return {
+            "channels": model.spec["channels"],
+            "observations": [{"name": "singlechannel", "data": [52.0, 29.0]}],
+            "measurements": [
+                {"name": "m", "config": {"poi": "mu", "parameters": [{"name": "mu", "bounds": [[0, 50]]}]}}
+            ],
+            "version": "1.0.0",
+        }
+
+    return make

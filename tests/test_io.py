@@ -1,11 +1,13 @@
 """Atomic outputs: nothing half-written ever takes an output's name."""
 
 import json
+import math
+from dataclasses import dataclass
 
 import matplotlib
 import pytest
 
-from utils.io import atomic_path, save_figure, sha256_file, write_json_atomic, write_text_atomic
+from utils.io import atomic_path, json_ready, save_figure, sha256_file, write_json_atomic, write_text_atomic
 
 matplotlib.use("Agg")
 
@@ -54,3 +56,18 @@ def test_save_figure_writes_the_format_of_the_suffix(tmp_path):
     assert (tmp_path / "f.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["f.pdf", "f.png"]
     plt.close(fig)
+
+
+@dataclass(frozen=True)
+class _Summary:
+    value: float
+    band: tuple[float, ...]
+
+
+def test_json_ready_gives_strict_json(tmp_path):
+    content = {"a": _Summary(math.inf, (1.0, math.nan)), "b": [(1, 2)], "c": None, "d": "text"}
+    ready = json_ready(content)
+    assert ready == {"a": {"value": None, "band": [1.0, None]}, "b": [[1, 2]], "c": None, "d": "text"}
+    path = write_json_atomic(tmp_path / "out.json", ready)
+    assert json.loads(path.read_text()) == ready
+    assert json_ready(None) is None and json_ready(_Summary) is _Summary  # a class is left alone

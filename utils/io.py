@@ -50,6 +50,23 @@ def write_json_atomic(target: str | Path, data: Any, indent: int | None = 2, mod
     return write_text_atomic(target, text, mode=mode)
 
 
+def json_ready(value: Any) -> Any:
+    """``value`` as strict JSON content: dataclass instances as dicts, tuples as lists, and
+    non-finite numbers (NaN, an infinite significance) as None, since strict JSON has none."""
+    import dataclasses
+    import math
+
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        value = dataclasses.asdict(value)
+    if isinstance(value, dict):
+        return {k: json_ready(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [json_ready(v) for v in value]
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
 def _json_default(obj: Any) -> Any:
     try:
         import numpy as np

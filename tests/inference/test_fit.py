@@ -292,6 +292,10 @@ def test_weak_signal_ranking_significance_limit_figures(weak_model, tmp_path, ca
     results = json.loads(result.results_path.read_text())
     assert len(results["ranking"]) == 8 and results["significance"]["observed_significance"] > 1
     assert results["limit"]["observed_limit"] == pytest.approx(lim.observed_limit)
+    # one limit per workspace: the preservation steps give exactly this one
+    from utils.preservation.evaluation import evaluate
+
+    assert evaluate(json.loads(result.workspace_path.read_text()), "weak").limit == lim
 
 
 def test_ranking_retries_a_failed_refit_with_strategy_2(weak_model, tmp_path, monkeypatch, caplog):

@@ -26,15 +26,10 @@ from utils.errors import ConfigError, StatisticsError
 from utils.histograms.accumulate import save_histograms
 from utils.inference.config import DEFAULT_CABINETRY_CONFIG
 from utils.inference.fit import workspace_text
+from utils.inference.limits import CLsScan
 from utils.inference.results import prepare_workspace
 from utils.io import sha256_file
-from utils.preservation.model import (
-    CLsScan,
-    load_signal_model,
-    make_patchset,
-    signal_plus_background_config,
-    upper_limit,
-)
+from utils.preservation.model import load_signal_model, make_patchset, signal_plus_background_config
 from utils.preservation.publish import PublishedAnalysis, background_inputs
 from utils.preservation.signal import load_signal, standalone_description
 from utils.processing.run import ProcessingOptions, process_fileset
@@ -177,7 +172,7 @@ def test_reinterpretation_gives_the_cls_of_the_full_pipeline(workflow_run, oracl
     result = json.loads((folder / "result.json").read_text())
     ws = oracle_workspace(oracle, workflow_run / "published", tmp_path, sample_path="signal_new")
     assert workspace_text(ws) == workspace_text(json.loads((folder / "workspace.json").read_text()))
-    cls = CLsScan(ws)(1.0)
+    cls = CLsScan.from_workspace(ws)(1.0)
     assert result["cls"]["cls_obs"] == pytest.approx(cls.cls_obs, abs=1e-6)
     assert result["cls"]["cls_exp"] == pytest.approx(list(cls.cls_exp), abs=1e-6)
     assert result["xsec_pb"] == pytest.approx(6.1) and result["parameters"] == {"mass": 1250.0}
@@ -320,41 +315,10 @@ def test_signal_model_checks_which_systematics_can_act_on_a_signal(tmp_path):
         load_signal_model(path)
 
 
-def _counting_workspace(signal: float) -> dict:
-    import pyhf
-
-    model = pyhf.simplemodels.uncorrelated_background([signal, signal / 2], [50.0, 30.0], [5.0, 4.0])
-    return {
-        "channels": model.spec["channels"],
-        "observations": [{"name": "singlechannel", "data": [52.0, 29.0]}],
-        "measurements": [{"name": "m", "config": {"poi": "mu", "parameters": [{"name": "mu", "bounds": [[0, 50]]}]}}],
-        "version": "1.0.0",
-    }
-
-
-def test_upper_limit_agrees_with_pyhf_root_finding():
-    import pyhf
-
-    ws = _counting_workspace(10.0)
-    scan = CLsScan(ws)
-    limit = upper_limit(scan)
-    workspace = pyhf.Workspace(ws)
-    model = workspace.model()
-    observed, expected = pyhf.infer.intervals.upper_limits.toms748_scan(
-        workspace.data(model), model, 0.1, 50, level=0.05, rtol=1e-4
-    )
-    assert limit.observed_limit == pytest.approx(float(observed), rel=0.01)
-    assert limit.expected_limit[2] == pytest.approx(float(expected[2]), rel=0.01)
-    assert limit.expected_limit == pytest.approx([float(e) for e in expected], rel=0.01)
-    assert len(scan.evaluated) <= 10
-    with pytest.raises(StatisticsError, match="does not fall"):
-        upper_limit(CLsScan(_counting_workspace(0.01)))
-
-
-def test_patchset_needs_patches_with_common_labels():
+def test_patchset_needs_patches_with_common_labels(counting_workspace):
     from utils.preservation.model import SignalPatch
 
-    ws = _counting_workspace(1.0)
+    ws = counting_workspace(1.0)
     with pytest.raises(StatisticsError, match="at least one"):
         make_patchset(ws, [])
     spec = make_patchset(ws, [SignalPatch("a", (), {"mass": 1.0}), SignalPatch("b", (), {"mass": 2.0, "width": 3})])

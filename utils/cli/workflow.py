@@ -120,7 +120,7 @@ def merge(parts: tuple[Path, ...], output: Path) -> None:
 def limit(published: Path, point: str, output: Path, no_limit: bool) -> None:
     """CLs and the upper limit of one published signal point (BkgOnly.json + its patch)."""
     from utils.io import write_json_atomic
-    from utils.preservation.model import evaluate
+    from utils.preservation.evaluation import evaluate
     from utils.preservation.publish import PublishedAnalysis
 
     analysis = PublishedAnalysis.load(published)

@@ -1,6 +1,6 @@
 """Fits of a pyhf workspace: the maximum-likelihood fit, the impact ranking, the discovery
-significance and the one CLs upper limit of the project (the preservation steps use it too).
-Every fit runs on pyhf's numpy backend with MINUIT."""
+significance and the upper limit (:mod:`utils.inference.limits`, which the preservation steps use
+too). Every fit runs on pyhf's numpy backend (:func:`numpy_backend`) with MINUIT."""
 
 from __future__ import annotations
 
@@ -16,25 +16,11 @@ from typing import Any
 import numpy as np
 
 from utils.errors import StatisticsError
+from utils.inference.backend import first_line, numpy_backend
+from utils.inference.limits import CLsScan, LimitSummary, upper_limit
 from utils.io import write_text_atomic
 
 log = logging.getLogger(__name__)
-
-
-@contextlib.contextmanager
-def numpy_backend() -> Iterator[None]:
-    """Run pyhf on its numpy backend inside the block (whatever a notebook set), then restore.
-
-    Build models inside the block: a pyhf model keeps tensors of the backend it was built with.
-    """
-    import pyhf
-
-    previous = pyhf.get_backend()
-    pyhf.set_backend("numpy")
-    try:
-        yield
-    finally:
-        pyhf.set_backend(*previous)
 
 
 def workspace_text(ws: Mapping[str, Any]) -> str:
@@ -98,15 +84,9 @@ def fit_model(
             )
     except Exception as err:  # pyhf.exceptions.FailedMinimization and friends
         raise StatisticsError(
-            f"the maximum-likelihood fit failed ({_first_line(err)}); try another MINUIT strategy "
+            f"the maximum-likelihood fit failed ({first_line(err)}); try another MINUIT strategy "
             "(--strategy 2) or check the templates for empty bins"
         ) from err
-
-
-def _first_line(err: Exception) -> str:
-    """Exception type and first message line (pyhf puts a whole MINUIT dump in its messages)."""
-    text = str(err).strip()
-    return f"{type(err).__name__}: {text.splitlines()[0]}" if text else type(err).__name__
 
 
 @contextlib.contextmanager
@@ -216,13 +196,6 @@ class SignificanceSummary:
     expected_significance: float
 
 
-@dataclass(frozen=True)
-class LimitSummary:
-    confidence_level: float
-    observed_limit: float
-    expected_limit: tuple[float, ...]  # -2, -1, 0, +1, +2 sigma
-
-
 def significance_of(model: Any, data: list[float], *, strategy: int | None = None) -> SignificanceSummary:
     """Discovery significance of the POI (``cabinetry.fit.significance``, asymptotic)."""
     import cabinetry
@@ -231,27 +204,17 @@ def significance_of(model: Any, data: list[float], *, strategy: int | None = Non
         with numpy_backend():
             sig = cabinetry.fit.significance(model, data, strategy=strategy)
     except Exception as err:  # pyhf's FailedMinimization, scipy's bracketing errors, ...
-        raise StatisticsError(f"the significance calculation failed: {_first_line(err)}") from err
+        raise StatisticsError(f"the significance calculation failed: {first_line(err)}") from err
     return SignificanceSummary(*(float(x) for x in sig))
 
 
 def upper_limit_of(model: Any, data: list[float], *, strategy: int | None = None) -> LimitSummary:
-    """95% CL upper limit on the POI (``cabinetry.fit.limit``, CLs, asymptotic).
-
-    The search starts at 1e-3, not cabinetry's 0.1: with a signal as large as ttbar the expected
-    limit lies below 0.1 and the default bracket fails.
-    """
-    import cabinetry
-
-    upper = model.config.suggested_bounds()[model.config.poi_index][1]
+    """95% CL upper limit on the POI: the CLs scan and limit search of
+    :mod:`utils.inference.limits` (asymptotic, q-tilde, MINUIT with ``strategy``)."""
     try:
-        with numpy_backend():
-            lim = cabinetry.fit.limit(model, data, bracket=(1e-3, upper), strategy=strategy)
-    except Exception as err:
+        return upper_limit(CLsScan(model, data, strategy=strategy))
+    except StatisticsError as err:
         raise StatisticsError(
-            f"the upper-limit search failed: {_first_line(err)} (a limit is meaningful for a small signal; "
+            f"the upper-limit search failed: {err} (a limit is meaningful for a small signal; "
             "for a measured signal such as ttbar the CLs scan near zero may not converge)"
         ) from err
-    return LimitSummary(
-        float(lim.confidence_level), float(lim.observed_limit), tuple(float(x) for x in lim.expected_limit)
-    )

@@ -43,7 +43,7 @@ from utils.inference.fit import (
     upper_limit_of,
 )
 from utils.inference.templates import build_templates
-from utils.io import sha256_file, write_json_atomic
+from utils.io import json_ready, sha256_file, write_json_atomic
 from utils.runinfo import StageTimer, package_versions
 
 log = logging.getLogger(__name__)
@@ -119,29 +119,14 @@ class InferenceResult:
             "correlations": np.round(self.correlations, 12).tolist(),
             "fit_quality": {"twice_nll": self.twice_nll, "goodness_of_fit_p_value": gof},
             "workspace": {"path": self.workspace_path.name, "sha256": self.workspace_sha256},
-            "significance": _asdict(self.significance),
-            "limit": _asdict(self.limit),
-            "ranking": [_asdict(i) for i in self.ranking] if self.ranking is not None else None,
+            "significance": json_ready(self.significance),
+            "limit": json_ready(self.limit),
+            "ranking": json_ready(list(self.ranking)) if self.ranking is not None else None,
             "failures": dict(self.failures),
             "figures": {k: str(v.name) for k, v in self.figures.items()},
             "settings": {"pyhf_backend": "numpy", "minuit_strategy": self.strategy},
             "timings_s": self.timings,
         }
-
-
-def _asdict(obj: Any) -> Any:
-    """A dataclass as JSON-ready dict; infinite or NaN numbers (a 'significance' of a signal
-    too large for double precision, say) become None, as strict JSON has no such numbers."""
-    from dataclasses import asdict
-
-    def clean(value: Any) -> Any:
-        if isinstance(value, float) and not np.isfinite(value):
-            return None
-        if isinstance(value, list | tuple):
-            return [clean(v) for v in value]
-        return value
-
-    return {k: clean(v) for k, v in asdict(obj).items()} if obj is not None else None
 
 
 @contextlib.contextmanager

@@ -144,8 +144,8 @@ def limits_table(points: Sequence[Mapping[str, Any]], label: str, poi: str) -> T
     """Observed and expected (with 1 and 2 sigma bands) 95% CL upper limits on the signal
     strength per signal point, against the model parameter ``label`` (e.g. the mass).
 
-    ``points``: dicts with ``parameters`` and ``limit`` (:class:`utils.inference.fit.LimitSummary`
-    as a dict), as :func:`utils.preservation.model.evaluate` returns them.
+    ``points``: dicts with ``parameters`` and ``limit`` (:class:`utils.inference.limits.LimitSummary`
+    as a dict), as :func:`utils.preservation.evaluation.evaluate` returns them.
     """
     done = sorted((p for p in points if p.get("limit")), key=lambda p: p["parameters"][label])
     expected = [p["limit"]["expected_limit"] for p in done]

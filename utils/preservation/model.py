@@ -1,4 +1,4 @@
-"""The preserved likelihood: background-only workspace, signal patches, patchsets, CLs.
+"""The preserved likelihood: background-only workspace, signal patches, patchsets.
 
 The signal model (``cabinetry_config_signal.yml``) says what a signal adds to the analysis
 model of ``cabinetry_config.yml``: one sample, its NormFactor (the POI of every
@@ -10,9 +10,9 @@ reinterpretation, ``mu_sig``) and the background systematics that also act on it
   ``BkgOnly.json`` convention);
 - :func:`signal_patch`: the JSON patch that adds one signal (its templates from the signal's
   histograms alone, modifiers as cabinetry builds them) to every channel;
-- :func:`make_patchset`: patches of a signal family as a ``pyhf.PatchSet`` (validated);
-- :class:`CLsScan`, :func:`upper_limit`, :func:`evaluate`: CLs at a signal strength (as
-  ``pyhf cls``) and the 95% CL upper limit.
+- :func:`make_patchset`: patches of a signal family as a ``pyhf.PatchSet`` (validated).
+
+CLs and upper limits of a patched workspace: :mod:`utils.preservation.evaluation`.
 
 Applying a patch to the background-only workspace gives the workspace cabinetry builds from
 all histograms with the signal-plus-background configuration
@@ -21,33 +21,23 @@ all histograms with the signal-plus-background configuration
 
 from __future__ import annotations
 
-import contextlib
 import copy
-import itertools
 import logging
-import math
 import tempfile
-from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from utils.config import REPO_ROOT, AnalysisConfig, load_analysis_config, read_yaml, validate_against_schema
 from utils.errors import ConfigError, StatisticsError
-
-if TYPE_CHECKING:
-    from utils.inference.fit import LimitSummary
 
 log = logging.getLogger(__name__)
 
 DEFAULT_SIGNAL_CONFIG = REPO_ROOT / "cabinetry_config_signal.yml"
 PATCHSET_VERSION = "1.0.0"
-OPTIMIZER = "minuit"
-#: the band (in sigma) of each CLs curve: observed (taken as the median), expected -2 ... +2
-CURVE_SIGMAS = (0, -2, -1, 0, 1, 2)
 #: pyhf's patchset schema requires a HEPData reference; this one says "none yet"
 PLACEHOLDER_INSPIRE_ID = "ins0000000"
-CLS_LEVEL = 0.05  # 95% CL upper limits
 
 SIGNAL_MODEL_SCHEMA: dict[str, Any] = {
     "$schema": "https://json-schema.org/draft/2020-12/schema",
@@ -308,236 +298,3 @@ def _patch_metadata(patch: SignalPatch, values: list[float]) -> dict[str, Any]:
     if patch.xsec is not None:
         out["xsec_pb"] = patch.xsec
     return out
-
-
-# -- inference ----------------------------------------------------------------------------------
-
-
-@contextlib.contextmanager
-def pyhf_backend(optimizer: str) -> Iterator[None]:
-    """numpy backend with a chosen optimizer inside the block (results then do not depend on
-    what ran before), restored afterwards."""
-    import pyhf
-
-    previous = pyhf.get_backend()
-    pyhf.set_backend("numpy", optimizer)
-    try:
-        yield
-    finally:
-        pyhf.set_backend(*previous)
-
-
-@dataclass(frozen=True)
-class CLsResult:
-    """CLs of the hypothesis ``poi = poi_value`` (asymptotic, q-tilde, as ``pyhf cls``)."""
-
-    poi_name: str
-    poi_value: float
-    cls_obs: float
-    cls_exp: tuple[float, ...]  # -2, -1, 0, +1, +2 sigma
-
-    @property
-    def curves(self) -> tuple[float, ...]:
-        """Observed, then expected -2 ... +2 sigma."""
-        return (self.cls_obs, *self.cls_exp)
-
-
-class CLsScan:
-    """CLs of one workspace at any value of its POI, each value computed once.
-
-    pyhf's ``hypotest`` (asymptotic, q-tilde) with MINUIT on the numpy backend: the numbers
-    ``pyhf cls --optimizer minuit`` prints. (MINUIT, not pyhf's default scipy: scipy's fits of
-    the AGC model return NaN far above the limit.)
-    """
-
-    def __init__(self, ws: Mapping[str, Any]) -> None:
-        import pyhf
-
-        with pyhf_backend(OPTIMIZER):
-            workspace = pyhf.Workspace(dict(ws))
-            self.model = workspace.model()
-            self.data = workspace.data(self.model)
-        self.poi_name: str = self.model.config.poi_name
-        low, high = self.model.config.suggested_bounds()[self.model.config.poi_index]
-        self.bounds = (float(low), float(high))
-        self._cache: dict[float, CLsResult] = {}
-
-    def __call__(self, poi_value: float) -> CLsResult:
-        import pyhf
-
-        poi_value = float(poi_value)
-        if poi_value not in self._cache:
-            with pyhf_backend(OPTIMIZER):
-                try:
-                    obs, exp = pyhf.infer.hypotest(
-                        poi_value, self.data, self.model, test_stat="qtilde", return_expected_set=True
-                    )
-                except Exception as err:  # pyhf's FailedMinimization and friends
-                    raise StatisticsError(f"CLs at {self.poi_name} = {poi_value:.4g} failed: {err}") from err
-            result = CLsResult(self.poi_name, poi_value, float(obs), tuple(float(x) for x in exp))
-            if not all(math.isfinite(x) for x in result.curves):
-                raise StatisticsError(f"CLs at {self.poi_name} = {poi_value:.4g} is not a number: {result}")
-            self._cache[poi_value] = result
-            log.debug("CLs(%s = %.4g) = %.4g, expected %s", self.poi_name, poi_value, obs, result.cls_exp)
-        return self._cache[poi_value]
-
-    @property
-    def evaluated(self) -> list[CLsResult]:
-        return [self._cache[k] for k in sorted(self._cache)]
-
-    def crossing(self, curve: int, level: float) -> tuple[CLsResult, CLsResult] | None:
-        """The evaluated neighbours between which ``curve`` first falls below ``level``."""
-        points = self.evaluated
-        for a, b in itertools.pairwise(points):
-            if a.curves[curve] > level >= b.curves[curve]:
-                return a, b
-        return None
-
-    def interpolate(self, curve: int, level: float) -> float:
-        """Where ``curve`` crosses ``level``, interpolated between its evaluated neighbours in
-        a variable linear in the POI for the asymptotic expected CLs of band N,
-        Phi(N - mu/sigma) / Phi(N): t = Phi^-1(CLs Phi(N)) = N - mu/sigma (N = 0 for the
-        observed curve)."""
-        from scipy.stats import norm
-
-        pair = self.crossing(curve, level)
-        if pair is None:
-            raise StatisticsError(f"CLs curve {curve} does not cross {level} in the evaluated {self.poi_name} values")
-        scale = norm.cdf(CURVE_SIGMAS[curve])
-
-        def t(cls: float) -> float:
-            return float(norm.ppf(max(cls, 1e-300) * scale))
-
-        a, b = pair
-        fa, fb = t(a.curves[curve]) - t(level), t(b.curves[curve]) - t(level)
-        return a.poi_value + fa * (b.poi_value - a.poi_value) / (fa - fb)
-
-
-def cls_at(ws: Mapping[str, Any], poi_value: float = 1.0) -> CLsResult:
-    """CLs at ``poi_value`` (see :class:`CLsScan`)."""
-    return CLsScan(ws)(poi_value)
-
-
-def upper_limit(
-    scan: CLsScan, *, level: float = CLS_LEVEL, start: float = 1.0, rtol: float = 0.01, max_steps: int = 8
-) -> LimitSummary:
-    """The upper limit on the POI (CLs = ``level``): observed and expected -2 ... +2 sigma.
-
-    Search: CLs at ``start``, then doubled (halved) until the observed and the median expected
-    curves have crossed ``level`` (and the bands too, while within the POI bounds); then secant
-    steps (:meth:`CLsScan.interpolate`) refine the observed and the median expected limit until
-    a step moves them by less than ``rtol`` (relative); the bands are interpolated between the
-    evaluated points (NaN for a band that does not cross within the bounds). About ten CLs evaluations in all
-    (cabinetry's bracketing root search needs some per band, and fails where MINUIT fails at a
-    bracket end).
-    """
-    from utils.inference.fit import LimitSummary
-
-    low, high = scan.bounds
-    required = (0, 3)  # observed, median expected
-    up = start
-    while max(scan(up).curves) > level:
-        crossed = max(scan(up).curves[c] for c in required) <= level
-        if 2 * up > high and not crossed:
-            raise StatisticsError(
-                f"CLs does not fall to {level} below the {scan.poi_name} bound {high} "
-                f"(at {up:.4g}: observed {scan(up).cls_obs:.3g}, expected {scan(up).cls_exp[2]:.3g})"
-            )
-        if 2 * up > high:
-            break
-        try:
-            scan(2 * up)
-        except StatisticsError:
-            if not crossed:
-                raise
-            log.warning("CLs at %s = %.4g failed; the outer bands end there", scan.poi_name, 2 * up)
-            break
-        up *= 2
-    down = start
-    while min(scan(down).curves) <= level:
-        down /= 2
-        if down < max(low, start * 2.0**-max_steps):
-            raise StatisticsError(f"CLs is already below {level} at {scan.poi_name} = {down * 2:.3g}")
-    for curve in required:
-        previous = None
-        for _ in range(max_steps):
-            estimate = scan.interpolate(curve, level)
-            if previous is not None and abs(estimate - previous) <= rtol * estimate:
-                break
-            previous = estimate
-            scan(estimate)
-    limits = [scan.interpolate(c, level) if scan.crossing(c, level) else math.nan for c in range(6)]
-    if not all(math.isfinite(x) for x in limits):
-        log.warning("%s: expected bands beyond the bound %g are not given", scan.poi_name, high)
-    log.info(
-        "upper limit on %s: observed %.4g, expected %.4g (%d CLs evaluations)",
-        scan.poi_name, limits[0], limits[3], len(scan.evaluated),
-    )  # fmt: skip
-    return LimitSummary(1 - level, limits[0], tuple(limits[1:]))
-
-
-@dataclass(frozen=True)
-class PointResult:
-    """The inference of one signal point: CLs at the nominal signal strength and the upper limit."""
-
-    name: str
-    parameters: Mapping[str, float]
-    xsec: float | None
-    cls: CLsResult
-    limit: LimitSummary | None  # None when not asked for or failed
-    failure: str | None = None
-    timings: Mapping[str, float] = field(default_factory=dict)
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "name": self.name,
-            "parameters": dict(self.parameters),
-            "xsec_pb": self.xsec,
-            "poi": self.cls.poi_name,
-            "cls": _json_ready(asdict(self.cls)),
-            "limit": _json_ready(asdict(self.limit)) if self.limit is not None else None,
-            "failure": self.failure,
-            "timings_s": dict(self.timings),
-        }
-
-
-def evaluate(
-    ws: Mapping[str, Any],
-    name: str,
-    parameters: Mapping[str, float] | None = None,
-    xsec: float | None = None,
-    *,
-    with_limit: bool = True,
-) -> PointResult:
-    """CLs at signal strength 1 and (``with_limit``) the 95% CL upper limit
-    (:func:`upper_limit`) of a signal-plus-background workspace. A failed limit search is
-    recorded in ``failure``, not raised."""
-    import time
-
-    timings = {}
-    start = time.perf_counter()
-    scan = CLsScan(ws)
-    cls = scan(1.0)
-    timings["cls"] = round(time.perf_counter() - start, 3)
-    limit = failure = None
-    if with_limit:
-        start = time.perf_counter()
-        try:
-            limit = upper_limit(scan)
-        except StatisticsError as err:
-            failure = str(err)
-            log.error("%s: %s", name, err)
-        timings["limit"] = round(time.perf_counter() - start, 3)
-    log.info("%s: CLs(%s = 1) = %.4g, expected %.4g", name, cls.poi_name, cls.cls_obs, cls.cls_exp[2])
-    return PointResult(name, dict(parameters or {}), xsec, cls, limit, failure, timings)
-
-
-def _json_ready(value: Any) -> Any:
-    """Non-finite numbers as None (strict JSON has no NaN), tuples as lists."""
-    if isinstance(value, dict):
-        return {k: _json_ready(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_json_ready(v) for v in value]
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    return value

@@ -35,13 +35,12 @@ from utils.config import AnalysisConfig, load_analysis_config, read_yaml
 from utils.errors import ConfigError
 from utils.io import write_json_atomic, write_text_atomic
 from utils.preservation import hepdata
+from utils.preservation.evaluation import PointResult, evaluate
 from utils.preservation.model import (
     PLACEHOLDER_INSPIRE_ID,
-    PointResult,
     SignalModel,
     SignalPatch,
     background_only_workspace,
-    evaluate,
     load_signal_model,
     make_patchset,
     signal_patch,
