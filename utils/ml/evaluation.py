@@ -30,6 +30,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 from utils.config import AnalysisConfig  # noqa: E402
+from utils.histograms.figures import cms_style  # noqa: E402
 from utils.io import save_figure  # noqa: E402
 from utils.ml.features import FeatureTable  # noqa: E402
 from utils.ml.inference import MLClassifier  # noqa: E402
@@ -189,6 +190,7 @@ def evaluate_classifier(
 # -- figures ---------------------------------------------------------------------------------------
 
 
+@cms_style()
 def plot_roc(evaluations: Sequence[RegionEvaluation], path: str | Path | None = None) -> plt.Figure:
     """ROC curves of each region's model and its one-variable baseline, AUCs in the legend."""
     fig, axes = plt.subplots(1, len(evaluations), figsize=(7 * len(evaluations), 6.5), squeeze=False)
@@ -210,6 +212,7 @@ def plot_roc(evaluations: Sequence[RegionEvaluation], path: str | Path | None = 
     return save_figure(fig, path)
 
 
+@cms_style()
 def plot_score_distributions(evaluation: RegionEvaluation, path: str | Path | None = None) -> plt.Figure:
     """Normalised score distribution of each process in a region, the threshold marked."""
     fig, ax = plt.subplots(figsize=(8, 6.5))
@@ -230,6 +233,7 @@ def plot_score_distributions(evaluation: RegionEvaluation, path: str | Path | No
     return save_figure(fig, path)
 
 
+@cms_style()
 def plot_accuracy(evaluations: Sequence[RegionEvaluation], path: str | Path | None = None) -> plt.Figure:
     """Accuracy per process (bars) in each region."""
     fig, ax = plt.subplots(figsize=(9, 6))
@@ -253,6 +257,7 @@ def plot_accuracy(evaluations: Sequence[RegionEvaluation], path: str | Path | No
     return save_figure(fig, path)
 
 
+@cms_style()
 def plot_training_history(histories: dict[str, dict[str, list[float]]], path: str | Path | None = None) -> plt.Figure:
     """Training and validation loss per epoch of each region's model."""
     fig, axes = plt.subplots(1, len(histories), figsize=(7 * len(histories), 5.5), squeeze=False)
@@ -270,6 +275,7 @@ def plot_training_history(histories: dict[str, dict[str, list[float]]], path: st
     return save_figure(fig, path)
 
 
+@cms_style()
 def plot_feature_distributions(
     table: FeatureTable, region: str, features: Sequence[str], signal_process: str, path: str | Path | None = None
 ) -> plt.Figure:
