@@ -1,5 +1,6 @@
 """The notebook's parameters: one mapping to every stage's options, validated with their names."""
 
+import ast
 import re
 from dataclasses import fields
 
@@ -65,3 +66,30 @@ def test_the_fit_runs_only_with_systematics_and_processing():
     assert not RunParameters(systematics="none").runs_fit
     assert not RunParameters(disable_processing=True).runs_fit
     assert not RunParameters(run_fit=False).runs_fit
+
+
+REFERENCE_NOTEBOOK = REPO_ROOT.parent / "shared" / "reference" / "agc_ttbar_ml_notebook.md"
+
+
+@pytest.mark.parametrize(
+    ("reference", "here"),
+    [("coffea", "direct"), ("servicex_processor", "servicex"), ("servicex_databinder", "servicex")],
+)
+def test_reference_pipeline_names_are_aliases(reference, here):
+    assert RunParameters.from_notebook({"PIPELINE": reference}).pipeline == here
+    assert RunParameters(pipeline=reference).pipeline == here
+
+
+def test_reference_notebook_parameters_are_accepted():
+    """The AGC reference notebook's GLOBAL CONFIGURATION cell, as it is, gives valid parameters
+    (its AF is the facility name when AF_NAME is absent)."""
+    if not REFERENCE_NOTEBOOK.is_file():
+        pytest.skip(f"the AGC reference notebook is not at {REFERENCE_NOTEBOOK}")
+    cell = REFERENCE_NOTEBOOK.read_text().split("### GLOBAL CONFIGURATION", 1)[1].split("```", 1)[0]
+    values = dict(re.findall(r"^([A-Z][A-Z0-9_]*)\s*=\s*([^#\n]+?)\s*(?:#.*)?$", cell, re.M))
+    values = {k: ast.literal_eval(v) for k, v in values.items() if not v.startswith("torch.")}
+    assert values["PIPELINE"] == "coffea"
+    params = RunParameters.from_notebook(values)
+    assert params.pipeline == "direct" and params.af_name == "coffea_casa" and params.num_cores == 2
+    without_af_name = {k: v for k, v in values.items() if k != "AF_NAME"} | {"AF": "EAF"}
+    assert RunParameters.from_notebook(without_af_name, strict=True).af_name == "EAF"

@@ -10,6 +10,7 @@ place that turns them into :class:`~utils.processing.run.ProcessingOptions`.
 from __future__ import annotations
 
 import dataclasses
+import logging
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -19,7 +20,17 @@ from utils.errors import ConfigError
 from utils.processing.processor import INPUT_FORMATS, IO_BRANCH_SETS
 from utils.processing.run import ProcessingOptions
 
+log = logging.getLogger(__name__)
+
 PIPELINES = ("direct", "servicex")
+#: The AGC reference notebook's values of PIPELINE, and what they are here: ``coffea`` reads the
+#: files directly; both ServiceX pipelines of the reference (a ServiceX processor, or ServiceX
+#: output downloaded and then processed with coffea) are the ServiceX pipeline here, which
+#: delivers the skimmed files and processes them with the same coffea processor.
+PIPELINE_ALIASES = {"coffea": "direct", "servicex_processor": "servicex", "servicex_databinder": "servicex"}
+#: The reference notebook's parameter names that are another parameter here (``AF`` is the
+#: facility, as ``AF_NAME``); the notebook name wins when both are given.
+NAME_ALIASES = {"AF": "AF_NAME"}
 QUERY_LANGUAGES = ("uproot-raw", "func-adl")
 
 
@@ -30,7 +41,7 @@ class RunParameters:
     dataset: str = "embedded:quickstart"  # embedded:<preset> | cms-open-data-2015 | path to a JSON
     input_format: str = "auto"  # auto (from the dataset) | ntuple (2015 POET ntuples) | nanoaod (CMS NanoAOD)
     n_files_max_per_sample: int = -1
-    pipeline: str = "direct"  # direct | servicex
+    pipeline: str = "direct"  # direct | servicex (AGC reference: coffea | servicex_processor | servicex_databinder)
     servicex_query_language: str = "uproot-raw"
     servicex_ignore_cache: bool = False
     use_dask: bool = False
@@ -50,9 +61,15 @@ class RunParameters:
     output_dir: str | None = None  # None: a new folder outputs/<timestamp>-<dataset>
 
     def __post_init__(self) -> None:
+        if self.pipeline in PIPELINE_ALIASES:
+            log.info("PIPELINE=%r (AGC reference notebook) is PIPELINE=%r here", self.pipeline,
+                     PIPELINE_ALIASES[self.pipeline])  # fmt: skip
+            self.pipeline = PIPELINE_ALIASES[self.pipeline]
         problems = []
         if self.pipeline not in PIPELINES:
-            problems.append(f"PIPELINE={self.pipeline!r}: allowed {list(PIPELINES)}")
+            problems.append(
+                f"PIPELINE={self.pipeline!r}: allowed {list(PIPELINES)} (or the AGC reference's {list(PIPELINE_ALIASES)})"
+            )
         if self.servicex_query_language not in QUERY_LANGUAGES:
             problems.append(
                 f"SERVICEX_QUERY_LANGUAGE={self.servicex_query_language!r}: allowed {list(QUERY_LANGUAGES)}"
@@ -92,10 +109,11 @@ class RunParameters:
         with ``strict``. Unset parameters take their defaults."""
         names = set(cls.notebook_names())
         if strict:
-            unknown = sorted(k for k in values if k not in names)
+            unknown = sorted(k for k in values if k not in names and k not in NAME_ALIASES)
             if unknown:
                 raise ConfigError(f"unknown notebook parameter(s) {unknown}: allowed {sorted(names)}")
-        return cls(**{k.lower(): v for k, v in values.items() if k in names})
+        aliased = {NAME_ALIASES[k]: v for k, v in values.items() if k in NAME_ALIASES and NAME_ALIASES[k] not in values}
+        return cls(**{k.lower(): v for k, v in {**values, **aliased}.items() if k in names})
 
     def to_notebook(self) -> dict[str, Any]:
         """The notebook-named values of these parameters."""
