@@ -112,7 +112,7 @@ def test_workflow_outputs(workflow_run):
     for point in summary:
         assert 0 < point["cls"]["cls_obs"] < 1 and len(point["cls"]["cls_exp"]) == 5
         assert point["poi"] == "mu_sig"
-    assert (workflow_run / "results" / "summary" / "hepdata" / "limits.yaml").is_file()
+    assert (workflow_run / "results" / "summary" / "hepdata" / "upper_limits.yaml").is_file()
 
 
 def test_merged_per_sample_histograms_equal_one_processing(workflow_run, oracle):
@@ -203,10 +203,14 @@ def test_pyhf_command_line_on_the_published_files(workflow_run, tmp_path):
 def test_hepdata_tables(workflow_run):
     folder = workflow_run / "published" / "hepdata"
     documents = list(yaml.safe_load_all((folder / "submission.yaml").read_text()))
-    assert {r["location"] for r in documents[0]["additional_resources"]} == {"BkgOnly.json", "patchset.json"}
+    likelihood = {r["location"] for r in documents[0]["additional_resources"] if r.get("type") == "HistFactory"}
+    assert likelihood == {"BkgOnly.json", "patchset.json"} and (folder / "BkgOnly.json").is_file()
+    assert "AGC-CMS-ttbar-2015" in documents[0]["comment"] and "record_ids" not in documents[0]
     tables = {d["name"]: yaml.safe_load((folder / d["data_file"]).read_text()) for d in documents[1:]}
-    assert set(tables) == {f"Yields {r} ({s})" for r in ("4j1b CR", "4j2b SR") for s in ("pre-fit", "post-fit")}
-    table = tables["Yields 4j2b SR (post-fit)"]
+    assert set(tables) == {f"Yields {r} {s}" for r in ("4j1b CR", "4j2b SR") for s in ("pre-fit", "post-fit")}
+    patchset = json.loads((workflow_run / "published" / "patchset.json").read_text())
+    assert patchset["metadata"]["analysis_id"] == "AGC-CMS-ttbar-2015"
+    table = tables["Yields 4j2b SR post-fit"]
     (independent,) = table["independent_variables"]
     assert independent["header"] == {"name": "$m_{bjj}$", "units": "GeV"}
     assert [b["low"] for b in independent["values"]] == list(range(110, 550, 40))
