@@ -93,3 +93,37 @@ def test_reference_notebook_parameters_are_accepted():
     assert params.pipeline == "direct" and params.af_name == "coffea_casa" and params.num_cores == 2
     without_af_name = {k: v for k, v in values.items() if k != "AF_NAME"} | {"AF": "EAF"}
     assert RunParameters.from_notebook(without_af_name, strict=True).af_name == "EAF"
+
+
+@pytest.mark.parametrize(
+    ("environ", "memory", "dataset"),
+    [
+        ({}, 64 * 1024**3, "embedded:quickstart"),
+        ({"BINDER_LAUNCH_HOST": "https://mybinder.org/"}, 64 * 1024**3, "embedded:tiny"),
+        ({"JUPYTERHUB_API_URL": "http://hub"}, 64 * 1024**3, "embedded:tiny"),
+        ({}, 2 * 1024**3, "embedded:tiny"),
+    ],
+)
+def test_auto_dataset_is_tiny_on_binder_or_with_little_memory(environ, memory, dataset):
+    from utils.run.parameters import default_dataset
+
+    assert default_dataset(environ, memory)[0] == dataset
+
+
+def test_auto_dataset_resolved_on_construction(monkeypatch):
+    monkeypatch.setenv("BINDER_REQUEST", "v2/gh/x/y/HEAD")
+    assert RunParameters().dataset == "embedded:tiny"
+    assert RunParameters.from_notebook({"DATASET": "auto"}).dataset == "embedded:tiny"
+    assert RunParameters(dataset="embedded:quickstart").dataset == "embedded:quickstart"
+
+
+def test_memory_limit_is_the_lower_of_machine_and_container(tmp_path):
+    from utils.runinfo import memory_limit_bytes
+
+    meminfo = tmp_path / "meminfo"
+    meminfo.write_text("MemTotal:       16384000 kB\nMemFree: 1 kB\n")
+    (tmp_path / "v2").write_text("2147483648\n")
+    (tmp_path / "v1").write_text("max\n")
+    assert memory_limit_bytes(str(meminfo), [str(tmp_path / "v1")]) == 16384000 * 1024
+    assert memory_limit_bytes(str(meminfo), [str(tmp_path / "v2"), str(tmp_path / "v1")]) == 2 * 1024**3
+    assert memory_limit_bytes(str(tmp_path / "absent"), []) is None
