@@ -110,3 +110,19 @@ def test_style_applies_per_figure_only(histograms, config):
     with figures.cms_style():
         assert list(plt.rcParams["figure.figsize"]) == list(figures.FIGSIZE)
     assert plt.rcParams["figure.figsize"] == before["figure.figsize"]
+
+
+def test_stack_shows_the_pseudodata_the_fit_uses_unless_data_is_asked_for(histograms, config):
+    """An embedded data sample is a small luminosity fraction: the default overlays the
+    pseudo-data, ``observed="data"`` the data sample."""
+    h = histograms.hist.copy()
+    centres = h.axes["observable"].centers
+    h.fill(observable=centres, region="4j2b", process="data", variation="nominal", classification=1, weight=0.01)
+    with_data = AnalysisHistograms(h, histograms.filled | {("data", "nominal")})
+    for observed, label, peak in (("pseudo-data", "pseudo-data", 10.0), ("data", "data", 0.0)):
+        fig = figures.plot_stack(with_data, config, "4j2b", observed=observed)
+        ax = fig.axes[0]
+        assert label in [t.get_text() for t in ax.get_legend().get_texts()]
+        (points,) = [line for line in ax.get_lines() if line.get_marker() == "o"]
+        assert (max(points.get_ydata()) > peak) if peak else (max(points.get_ydata()) <= 0.011)
+        plt.close(fig)

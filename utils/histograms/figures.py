@@ -99,11 +99,13 @@ def _headroom(ax: plt.Axes, top: float, fraction: float = 0.45) -> None:
 @cms_style()
 def plot_stack(
     histograms: AnalysisHistograms, config: AnalysisConfig, region: str, path: str | Path | None = None,
-    classification: int | None = None,
+    classification: int | None = None, observed: str = "pseudo-data",
 ) -> plt.Figure:  # fmt: skip
-    """Stacked nominal distributions of every MC process in a region, the data (or, where there
-    is none, the pseudo-data) overlaid, and their ratio to the prediction below with the
-    prediction's statistical uncertainty."""
+    """Stacked nominal distributions of every MC process in a region, the observed events
+    overlaid, and their ratio to the prediction below with the prediction's statistical
+    uncertainty. ``observed``: ``"pseudo-data"`` (what the fit of ``cabinetry_config.yml`` is
+    given), or ``"data"`` (the data sample; an embedded dataset's is a small luminosity
+    fraction, not comparable with the MC)."""
     h = histograms.hist
     cls = sum if classification is None else hist.loc(classification)
     processes = [p for p in h.axes["process"] if p != "data" and (p, "nominal") in histograms.filled]
@@ -116,7 +118,7 @@ def plot_stack(
     centres = stack[0].axes[0].centers
     total = np.sum([s.values() for s in stack], axis=0)
     total_var = np.sum([s.variances() for s in stack], axis=0)
-    observed, observed_label = _observed(histograms, config, region, classification)
+    observed, observed_label = _observed(histograms, config, region, classification, observed)
     top = float(total.max())
     if observed is not None:
         values, errors = observed.values(), np.sqrt(observed.variances())
@@ -146,15 +148,20 @@ def plot_stack(
 
 
 def _observed(
-    histograms: AnalysisHistograms, config: AnalysisConfig, region: str, classification: int | None
+    histograms: AnalysisHistograms, config: AnalysisConfig, region: str, classification: int | None, which: str
 ) -> tuple[hist.Hist | None, str]:
-    """The data of a region if it was processed, else its pseudo-data (None if neither exists)."""
-    h = histograms.hist
-    if ("data", "nominal") in histograms.filled:
-        cls = sum if classification is None else hist.loc(classification)
-        return h[{"region": region, "process": "data", "variation": "nominal", "classification": cls}], "data"
+    """The data or pseudo-data of a region (None, with a log line, where it cannot be made)."""
+    if which not in ("pseudo-data", "data"):
+        raise ValueError(f"observed={which!r}: 'pseudo-data' or 'data'")
+    cls = sum if classification is None else classification
+    if which == "data":
+        if ("data", "nominal") not in histograms.filled:
+            log.info("%s: no data sample was processed; the figure shows none", region)
+            return None, "data"
+        return histograms.hist[{"region": region, "process": "data", "variation": "nominal",
+                                "classification": cls if cls is sum else hist.loc(cls)}], "data"  # fmt: skip
     try:
-        return pseudodata(histograms, region, config, sum if classification is None else classification), "pseudo-data"
+        return pseudodata(histograms, region, config, cls), "pseudo-data"
     except AGCError as err:
         log.info("%s: no pseudo-data in the figure (%s)", region, err)
         return None, "pseudo-data"
