@@ -115,3 +115,11 @@ def test_an_invalid_submission_raises_with_the_validators_message(submission, tm
     (tmp_path / data_file).write_text("independent_variables: 3\n")
     with pytest.raises(StatisticsError, match="not a valid HEPData submission"):
         hepdata.validate_submission(tmp_path)
+
+
+def test_limits_table_without_limits_is_valid(tmp_path):
+    """CLs-only results (upper_limits: false) have no limit: an empty table, still valid."""
+    table = hepdata.limits_table([{"parameters": {"mass": 500.0}, "limit": None}], "mass", "mu_sig")
+    hepdata.write_submission(tmp_path / "h", [table])
+    data = yaml.safe_load((tmp_path / "h" / "upper_limits.yaml").read_text())
+    assert all(v["values"] == [] for v in data["dependent_variables"])

@@ -158,7 +158,7 @@ def limits_table(points: Sequence[Mapping[str, Any]], label: str, poi: str) -> h
     expected_bands = [p["limit"]["expected_limit"] for p in done]
     expected = _variable(f"Expected 95% CL upper limit on {poi}", independent=False,
                          values=[float(e[2]) for e in expected_bands])  # fmt: skip
-    for lo, hi, name in ((1, 3, "1 sigma"), (0, 4, "2 sigma")):
+    for lo, hi, name in ((1, 3, "1 sigma"), (0, 4, "2 sigma")) if done else ():
         # a band beyond the POI bound is None: no error on that point
         found = [e[lo] is not None and e[hi] is not None for e in expected_bands]
         band = Uncertainty(name, is_symmetric=False)
