@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: setup browser-deps xrootd-deps run workflow references test lint sync-notebooks clean-outputs
+.PHONY: setup browser-deps xrootd-deps run workflow image reana-client docs-figures binder-link references test lint sync-notebooks clean-outputs
 
 setup: $(STAMP)
 
@@ -31,7 +31,36 @@ run: setup
 
 # The preserved workflow (generation, processing per sample, merge, model, fit, limits) with Snakemake
 workflow: setup
-	$(BIN)/snakemake -s workflow/Snakefile --cores 2 --directory outputs/workflow
+	PATH=$(abspath $(BIN)):$$PATH $(BIN)/snakemake -s workflow/Snakefile --cores 2 --directory outputs/workflow
+
+# The container image of every workflow step (workflow/config.yaml `container`)
+IMAGE ?= agc-ttbar:$(shell sed -n 's/^version = "\(.*\)"/\1/p' pyproject.toml)
+image:
+	docker build -f workflow/Dockerfile -t $(IMAGE) .
+
+# reana-client in a tool environment of its own (its pins clash with the analysis's): validates
+# workflow/reana.yaml (tests/preservation/test_workflow.py uses it when present)
+REANA_VENV ?= .venv-reana
+reana-client: $(REANA_VENV)/bin/reana-client
+$(REANA_VENV)/bin/reana-client:
+	$(PYTHON) -m venv $(REANA_VENV)
+	$(REANA_VENV)/bin/pip install --quiet "reana-client==$(REANA_CLIENT_VERSION)"
+REANA_CLIENT_VERSION ?= 0.9.6
+
+# The README's fit result and docs/figures/ from one quick-start run (utils/run/docs.py)
+docs-figures: setup
+	$(BIN)/agc generate --preset quickstart --workers 2
+	rm -rf outputs/docs-quickstart
+	$(BIN)/agc run --dataset embedded:quickstart --output outputs/docs-quickstart --validate references/histograms_quickstart.json
+	$(BIN)/python -m utils.run.docs outputs/docs-quickstart
+
+# The Binder link and badge of this repository, from its GitHub remote (none: says so)
+binder-link:
+	@url="$$(git remote get-url origin 2>/dev/null)" || { echo "binder-link: no git remote 'origin'; push to GitHub first" >&2; exit 1; }; \
+	slug="$$(echo "$$url" | sed -E 's#^(https://github.com/|git@github.com:)##; s#\.git$$##')"; \
+	case "$$slug" in */*) ;; *) echo "binder-link: $$url is not a GitHub repository" >&2; exit 1;; esac; \
+	link="https://mybinder.org/v2/gh/$$slug/HEAD?urlpath=lab/tree/notebooks/ttbar_analysis_pipeline.ipynb"; \
+	echo "$$link"; echo "[![Binder](https://mybinder.org/badge_logo.svg)]($$link)"
 
 # Regenerate the reference histograms of the embedded datasets: only on purpose (see utils/run/references.py)
 references: setup

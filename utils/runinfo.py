@@ -12,6 +12,7 @@ import subprocess
 import time
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 from utils.config import REPO_ROOT
@@ -65,6 +66,34 @@ def peak_memory_mb(children: bool = True) -> float:
     if children:
         peak = max(peak, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)
     return peak / 1024.0
+
+
+#: where a container's memory limit is (cgroup v2, then v1): Binder pods are limited there
+CGROUP_MEMORY_LIMITS = ("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory/memory.limit_in_bytes")
+
+
+def memory_limit_bytes(
+    meminfo: str = "/proc/meminfo", cgroup_files: Iterable[str] = CGROUP_MEMORY_LIMITS
+) -> int | None:
+    """The memory this process may use: the machine's total, or its container's limit where
+    that is lower (None where neither can be read)."""
+    limits = []
+    try:
+        with open(meminfo) as f:
+            for line in f:
+                if line.startswith("MemTotal:"):
+                    limits.append(int(line.split()[1]) * 1024)
+                    break
+    except (OSError, ValueError, IndexError):
+        pass
+    for path in cgroup_files:
+        try:
+            text = Path(path).read_text().strip()
+        except OSError:
+            continue
+        if text.isdigit():
+            limits.append(int(text))  # "max" (cgroup v2) or a huge number: no limit
+    return min(limits) if limits else None
 
 
 def timestamp() -> str:

@@ -607,3 +607,14 @@ def test_agc_group_exposes_generate():
 
     result = CliRunner().invoke(cli, ["generate", "--help"])
     assert result.exit_code == 0 and "--with-data / --no-data" in result.output and "--workers" in result.output
+
+
+def test_generate_help_names_every_preset():
+    from click.testing import CliRunner
+
+    from utils.cli.generate import generate
+    from utils.datasets.embedded.presets import load_presets
+
+    out = CliRunner().invoke(generate, ["--help"], terminal_width=200).output
+    assert all(name in out for name in load_presets()), out
+    assert "describe-signal" in out

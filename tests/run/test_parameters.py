@@ -1,5 +1,6 @@
 """The notebook's parameters: one mapping to every stage's options, validated with their names."""
 
+import ast
 import re
 from dataclasses import fields
 
@@ -65,3 +66,64 @@ def test_the_fit_runs_only_with_systematics_and_processing():
     assert not RunParameters(systematics="none").runs_fit
     assert not RunParameters(disable_processing=True).runs_fit
     assert not RunParameters(run_fit=False).runs_fit
+
+
+REFERENCE_NOTEBOOK = REPO_ROOT.parent / "shared" / "reference" / "agc_ttbar_ml_notebook.md"
+
+
+@pytest.mark.parametrize(
+    ("reference", "here"),
+    [("coffea", "direct"), ("servicex_processor", "servicex"), ("servicex_databinder", "servicex")],
+)
+def test_reference_pipeline_names_are_aliases(reference, here):
+    assert RunParameters.from_notebook({"PIPELINE": reference}).pipeline == here
+    assert RunParameters(pipeline=reference).pipeline == here
+
+
+def test_reference_notebook_parameters_are_accepted():
+    """The AGC reference notebook's GLOBAL CONFIGURATION cell, as it is, gives valid parameters
+    (its AF is the facility name when AF_NAME is absent)."""
+    if not REFERENCE_NOTEBOOK.is_file():
+        pytest.skip(f"the AGC reference notebook is not at {REFERENCE_NOTEBOOK}")
+    cell = REFERENCE_NOTEBOOK.read_text().split("### GLOBAL CONFIGURATION", 1)[1].split("```", 1)[0]
+    values = dict(re.findall(r"^([A-Z][A-Z0-9_]*)\s*=\s*([^#\n]+?)\s*(?:#.*)?$", cell, re.M))
+    values = {k: ast.literal_eval(v) for k, v in values.items() if not v.startswith("torch.")}
+    assert values["PIPELINE"] == "coffea"
+    params = RunParameters.from_notebook(values)
+    assert params.pipeline == "direct" and params.af_name == "coffea_casa" and params.num_cores == 2
+    without_af_name = {k: v for k, v in values.items() if k != "AF_NAME"} | {"AF": "EAF"}
+    assert RunParameters.from_notebook(without_af_name, strict=True).af_name == "EAF"
+
+
+@pytest.mark.parametrize(
+    ("environ", "memory", "dataset"),
+    [
+        ({}, 64 * 1024**3, "embedded:quickstart"),
+        ({"BINDER_LAUNCH_HOST": "https://mybinder.org/"}, 64 * 1024**3, "embedded:tiny"),
+        ({"JUPYTERHUB_API_URL": "http://hub"}, 64 * 1024**3, "embedded:tiny"),
+        ({}, 2 * 1024**3, "embedded:tiny"),
+    ],
+)
+def test_auto_dataset_is_tiny_on_binder_or_with_little_memory(environ, memory, dataset):
+    from utils.run.parameters import default_dataset
+
+    assert default_dataset(environ, memory)[0] == dataset
+
+
+def test_auto_dataset_resolved_on_construction(monkeypatch):
+    monkeypatch.setenv("BINDER_REQUEST", "v2/gh/x/y/HEAD")
+    assert RunParameters().dataset == "embedded:tiny"
+    assert RunParameters.from_notebook({"DATASET": "auto"}).dataset == "embedded:tiny"
+    assert RunParameters(dataset="embedded:quickstart").dataset == "embedded:quickstart"
+
+
+def test_memory_limit_is_the_lower_of_machine_and_container(tmp_path):
+    from utils.runinfo import memory_limit_bytes
+
+    meminfo = tmp_path / "meminfo"
+    meminfo.write_text("MemTotal:       16384000 kB\nMemFree: 1 kB\n")
+    (tmp_path / "v2").write_text("2147483648\n")
+    (tmp_path / "v1").write_text("max\n")
+    assert memory_limit_bytes(str(meminfo), [str(tmp_path / "v1")]) == 16384000 * 1024
+    assert memory_limit_bytes(str(meminfo), [str(tmp_path / "v2"), str(tmp_path / "v1")]) == 2 * 1024**3
+    assert memory_limit_bytes(str(tmp_path / "absent"), []) is None

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections.abc import Sequence
 from pathlib import Path
@@ -17,6 +18,19 @@ __all__ = ["PLOTS", "plot_io_comparison", "plot_scaling", "plot_stage_times"]
 # --- plots --------------------------------------------------------------------------------------------
 
 
+def _cms_style(func):
+    """Run a plot function in the CMS style (imported on use: matplotlib is loaded lazily)."""
+
+    @functools.wraps(func)
+    def styled(*args, **kwargs):
+        from utils.histograms.figures import cms_style
+
+        with cms_style():
+            return func(*args, **kwargs)
+
+    return styled
+
+
 def _save(fig, path: str | Path | None):
     """PNG at a modest resolution: summaries are committed."""
     return save_figure(fig, path, dpi=72)
@@ -30,14 +44,12 @@ def _series(summaries: Sequence[PointSummary]) -> dict[str, list[PointSummary]]:
     return {k: sorted(v, key=lambda s: s.workers) for k, v in out.items()}
 
 
+@_cms_style
 def plot_scaling(summaries: Sequence[PointSummary], path: str | Path | None = None):
     """Aggregate wall-time rate and per-core rate versus workers, per series, with the ideal
     (linear from the fewest-worker point) as a dashed line."""
     import matplotlib.pyplot as plt
 
-    from utils.histograms.figures import set_style
-
-    set_style()
     fig, (ax_wall, ax_core) = plt.subplots(1, 2, figsize=(14, 7.5))
     for i, (label, pts) in enumerate(_series(summaries).items()):
         color = f"C{i % 10}"
@@ -60,15 +72,13 @@ def plot_scaling(summaries: Sequence[PointSummary], path: str | Path | None = No
     return _save(fig, path)
 
 
+@_cms_style
 def plot_io_comparison(summaries: Sequence[PointSummary], path: str | Path | None = None):
     """Rates of each processing point beside its I/O-only reference on the same files (per core
     and in wall time), the ratio written on the processing bar."""
     import matplotlib.pyplot as plt
     import numpy as np
 
-    from utils.histograms.figures import set_style
-
-    set_style()
     by_name = {s.point.name: s for s in summaries}
     pairs = [(s, by_name[s.io_reference]) for s in summaries if s.io_reference]
     fig, axes = plt.subplots(1, 2, figsize=(max(12, 2.4 * len(pairs) + 6), 6.5))
@@ -100,14 +110,12 @@ def plot_io_comparison(summaries: Sequence[PointSummary], path: str | Path | Non
     return _save(fig, path)
 
 
+@_cms_style
 def plot_stage_times(summaries: Sequence[PointSummary], path: str | Path | None = None):
     """Median wall time per notebook stage, stacked per point (the rest of the notebook's wall
     time, kernel start and imports, as 'other')."""
     import matplotlib.pyplot as plt
 
-    from utils.histograms.figures import set_style
-
-    set_style()
     stages = _stage_names(summaries)
     fig, ax = plt.subplots(figsize=(12, max(5, 0.6 * len(summaries) + 3)))
     y = list(range(len(summaries)))

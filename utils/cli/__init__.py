@@ -55,10 +55,23 @@ class LazyGroup(click.Group):
 @click.option("-v", "--verbose", is_flag=True, help="Log debug messages.")
 def cli(verbose: bool) -> None:
     """The AGC CMS open data ttbar analysis."""
+    configure_logging(verbose)
+
+
+#: libraries whose INFO messages are details of ours (cabinetry logs every template and fit step)
+QUIET_LIBRARIES = ("cabinetry", "pyhf", "distributed", "numba", "matplotlib", "servicex", "httpx")
+
+
+def configure_logging(verbose: bool) -> None:
+    """The project's INFO messages (DEBUG with ``verbose``), and only the warnings of the
+    libraries it drives (everything with ``verbose``)."""
     logging.basicConfig(
         level=logging.DEBUG if verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    if not verbose:
+        for name in QUIET_LIBRARIES:
+            logging.getLogger(name).setLevel(logging.WARNING)
 
 
 def run_command(command: click.Command) -> None:

@@ -12,7 +12,9 @@ import click
     "--preset",
     default="quickstart",
     show_default=True,
-    help="Preset of datasets/embedded/presets.yml: tiny, quickstart or benchmark.",
+    help="Preset of datasets/embedded/presets.yml: tiny (seconds; tests, Binder), quickstart (the README's "
+    "run), benchmark (timings), or signal (the Z' -> ttbar signal family of docs/preservation.md; signal "
+    "descriptions: python -m utils.cli.workflow describe-signal).",
 )
 @click.option(
     "--output",

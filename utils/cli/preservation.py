@@ -61,6 +61,8 @@ def _echo_point(point) -> None:
 @click.option("--limits", is_flag=True, help="Also compute CLs and upper limits of every signal point.")
 @click.option("--inspire", "inspire_id", default="ins0000000", show_default=True,
               help="INSPIRE id of the publication (the patchset's HEPData reference); the default means none.")  # fmt: skip
+@click.option("--analysis-id", default="AGC-CMS-ttbar-2015", show_default=True,
+              help="Identifier of the analysis (patchset metadata, HEPData record, provenance).")  # fmt: skip
 @_CORES
 def publish(
     histograms: Path,
@@ -70,6 +72,7 @@ def publish(
     signal_config: Path | None,
     limits: bool,
     inspire_id: str,
+    analysis_id: str,
     cores: int,
 ) -> None:
     """Publish the background-only likelihood, a signal patchset, HEPData tables and provenance."""
@@ -84,6 +87,7 @@ def publish(
         limits=limits,
         params=processing_options(cores),
         inspire_id=inspire_id,
+        analysis_id=analysis_id,
     )
     click.echo(f"background-only likelihood: {result.background_ws}")
     if signals:

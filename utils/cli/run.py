@@ -20,9 +20,10 @@ log = logging.getLogger(__name__)
 @click.command()
 @click.option(
     "--dataset",
-    default="embedded:quickstart",
+    default="auto",
     show_default=True,
-    help="embedded:<preset>, cms-open-data-2015, or a dataset JSON path",
+    help="embedded:<preset>, cms-open-data-2015, or a dataset JSON path; auto: embedded:quickstart, or "
+    "embedded:tiny on Binder/JupyterHub or with under 6 GiB of memory.",
 )
 @click.option(
     "-p",
@@ -50,8 +51,9 @@ log = logging.getLogger(__name__)
 def run(dataset: str, parameters: tuple[tuple[str, str], ...], output: Path | None, notebook: Path,
         reference: Path | None) -> None:  # fmt: skip
     """Run the analysis notebook end to end (papermill) and print the fitted ttbar_norm."""
-    params = {"DATASET": dataset, **{k: parse_value(v) for k, v in parameters}}
     run_params = RunParameters(dataset=dataset)
+    dataset = run_params.dataset  # auto resolved here, so that the output folder is named after it
+    params = {"DATASET": dataset, **{k: parse_value(v) for k, v in parameters}}
     output = output if output is not None else new_output_dir(run_params)
     click.echo(f"running {notebook.name} on {dataset}; outputs in {output}")
     t0 = time.monotonic()

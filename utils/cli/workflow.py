@@ -19,11 +19,9 @@ _FILE = click.Path(exists=True, dir_okay=False, path_type=Path)
 @click.option("-v", "--verbose", is_flag=True)
 def steps(verbose: bool) -> None:
     """Workflow steps of the analysis preservation (see docs/preservation.md)."""
-    import logging
+    from utils.cli import configure_logging
 
-    logging.basicConfig(
-        level=logging.DEBUG if verbose else logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
+    configure_logging(verbose)
 
 
 @steps.command("describe")

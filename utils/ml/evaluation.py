@@ -18,7 +18,7 @@ Figures are functions that take evaluations and an optional output path and retu
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -30,6 +30,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 from utils.config import AnalysisConfig  # noqa: E402
+from utils.histograms.figures import cms_style  # noqa: E402
 from utils.io import save_figure  # noqa: E402
 from utils.ml.features import FeatureTable  # noqa: E402
 from utils.ml.inference import MLClassifier  # noqa: E402
@@ -189,6 +190,7 @@ def evaluate_classifier(
 # -- figures ---------------------------------------------------------------------------------------
 
 
+@cms_style()
 def plot_roc(evaluations: Sequence[RegionEvaluation], path: str | Path | None = None) -> plt.Figure:
     """ROC curves of each region's model and its one-variable baseline, AUCs in the legend."""
     fig, axes = plt.subplots(1, len(evaluations), figsize=(7 * len(evaluations), 6.5), squeeze=False)
@@ -210,6 +212,7 @@ def plot_roc(evaluations: Sequence[RegionEvaluation], path: str | Path | None = 
     return save_figure(fig, path)
 
 
+@cms_style()
 def plot_score_distributions(evaluation: RegionEvaluation, path: str | Path | None = None) -> plt.Figure:
     """Normalised score distribution of each process in a region, the threshold marked."""
     fig, ax = plt.subplots(figsize=(8, 6.5))
@@ -230,6 +233,7 @@ def plot_score_distributions(evaluation: RegionEvaluation, path: str | Path | No
     return save_figure(fig, path)
 
 
+@cms_style()
 def plot_accuracy(evaluations: Sequence[RegionEvaluation], path: str | Path | None = None) -> plt.Figure:
     """Accuracy per process (bars) in each region."""
     fig, ax = plt.subplots(figsize=(9, 6))
@@ -253,6 +257,7 @@ def plot_accuracy(evaluations: Sequence[RegionEvaluation], path: str | Path | No
     return save_figure(fig, path)
 
 
+@cms_style()
 def plot_training_history(histories: dict[str, dict[str, list[float]]], path: str | Path | None = None) -> plt.Figure:
     """Training and validation loss per epoch of each region's model."""
     fig, axes = plt.subplots(1, len(histories), figsize=(7 * len(histories), 5.5), squeeze=False)
@@ -270,6 +275,7 @@ def plot_training_history(histories: dict[str, dict[str, list[float]]], path: st
     return save_figure(fig, path)
 
 
+@cms_style()
 def plot_feature_distributions(
     table: FeatureTable, region: str, features: Sequence[str], signal_process: str, path: str | Path | None = None
 ) -> plt.Figure:
@@ -329,3 +335,53 @@ def summary_columns(evaluations: Sequence[RegionEvaluation]) -> dict[str, dict[s
         }
         for ev in evaluations
     }
+
+
+@cms_style()
+def plot_signal_vs_background(
+    evaluation: RegionEvaluation, reference_auc: float | None = None, path: str | Path | None = None
+) -> plt.Figure:
+    """The score distributions of the signal process and of the other processes together
+    (physics-weighted, normalised), the threshold marked; the AUC of these events beside the
+    model card's held-out (test) AUC."""
+    fig, ax = plt.subplots(figsize=(8, 6.5), layout="constrained")
+    bins = np.linspace(0.0, 1.0, 26)
+    for is_signal, label, color in ((True, evaluation.signal_process, "C0"), (False, "background", "C3")):
+        m = evaluation.labels.astype(bool) == is_signal
+        if m.any():
+            ax.hist(evaluation.scores[m], bins=bins, weights=evaluation.weights[m], density=True, histtype="step",
+                    lw=2, color=color, label=f"{_pretty(label)} ({m.sum():,d} events)")  # fmt: skip
+    ax.axvline(evaluation.threshold, color="black", ls="--", lw=1, label=f"threshold {evaluation.threshold:g}")
+    ax.set_xlabel("network score")
+    ax.set_ylabel("normalised events")
+    ax.set_xlim(0, 1)
+    top = ax.get_ylim()[1]
+    ax.set_ylim(0, top * 1.5)
+    auc = f"AUC {evaluation.roc.auc:.3f} here" + ("" if reference_auc is None else f", {reference_auc:.3f} on test")
+    ax.legend(frameon=False, fontsize=13, loc="upper center", title=f"{evaluation.region}: {auc}", title_fontsize=13)
+    return save_figure(fig, path)
+
+
+def _pretty(process: str) -> str:
+    return r"$t\bar{t}$" if process == "ttbar" else process
+
+
+def score_figures(
+    classifier: MLClassifier, fileset: Mapping[str, Any], config: AnalysisConfig, folder: str | Path | None = None,
+    workers: int = 1,
+) -> dict[str, plt.Figure]:  # fmt: skip
+    """Score the nominal MC events of a run's fileset per region and draw the signal against the
+    background (:func:`plot_signal_vs_background`, ``ml_scores_<region>.png`` in ``folder``),
+    with each model card's test AUC for comparison. The events are those of the analysis
+    dataset, which the models were not trained on."""
+    from utils.ml.card import load_card
+    from utils.ml.features import build_feature_table
+
+    table = build_feature_table(fileset, config, workers=workers)
+    figures = {}
+    for region, evaluation in evaluate_classifier(classifier, table, config, split=None).items():
+        model = next(m for m in classifier.models if m.region == region)
+        test = load_card(Path(model.card_path)).content.get("metrics", {}).get("test", {})
+        path = None if folder is None else Path(folder) / f"ml_scores_{region}.png"
+        figures[region] = plot_signal_vs_background(evaluation, test.get("auc"), path)
+    return figures

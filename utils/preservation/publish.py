@@ -8,7 +8,8 @@
     analysis/                     the preserved configuration: analysis_config.yml,
                                   cabinetry_config.yml, cabinetry_config_signal.yml and the
                                   signal-plus-background model they make
-    hepdata/                      submission.yaml and yields tables (pre- and post-fit)
+    hepdata/                      HEPData submission (validated): yields tables (pre- and post-fit),
+                                  the likelihood and patchset as HistFactory resources
     limits.json                   per signal point CLs and upper limits (``limits=True``)
     provenance.json               inputs with event counts and sha256, configuration
                                   checksums, seeds, versions, commit, output checksums
@@ -64,6 +65,8 @@ PATCHSET_NAME = "patchset.json"
 LIMITS_NAME = "limits.json"
 ANALYSIS_DIRNAME = "analysis"
 HEPDATA_DIRNAME = "hepdata"
+#: the analysis's identifier (patchset metadata, HEPData record, provenance)
+ANALYSIS_ID = "AGC-CMS-ttbar-2015"
 #: preserved configuration files by role, as named in ``analysis/``
 CONFIG_FILES = {
     "analysis_config": "analysis_config.yml",
@@ -271,10 +274,13 @@ def publish_analysis(
     limits: bool = False,
     params: Any = None,
     inspire_id: str = PLACEHOLDER_INSPIRE_ID,
+    analysis_id: str = ANALYSIS_ID,
 ) -> PublishResult:
     """Publish the background-only likelihood of ``histograms`` (a ``histograms.root`` of the
     pipeline), a patchset of ``signals`` (signal descriptions or their processed histograms),
-    HEPData tables and provenance into ``output`` (see the module doc)."""
+    HEPData tables and provenance into ``output`` (see the module doc). ``inspire_id``: the
+    HEPData (INSPIRE) record, ``ins`` + 7 digits (``ins0000000``: none yet); ``analysis_id``:
+    the analysis's identifier, in the patchset's metadata and the HEPData record."""
     start = time.perf_counter()
     histograms, output = Path(histograms), Path(output)
     _remove_previous(output)
@@ -297,6 +303,7 @@ def publish_analysis(
             description=f"Signal points for {model.signal.poi}: {', '.join(p.name for p in patches)}",
             inspire_id=inspire_id,
         )
+        spec["metadata"]["analysis_id"] = analysis_id  # the schema allows more metadata
         write_text_atomic(output / PATCHSET_NAME, _canonical(spec))
         for patch in patches:
             write_text_atomic(output / patch_file_name(patch.name), _canonical(list(patch.operations)))
@@ -308,14 +315,20 @@ def publish_analysis(
     )
     if points:
         write_json_atomic(output / LIMITS_NAME, [p.to_dict() for p in points])
-    _write_hepdata(output / HEPDATA_DIRNAME, background_ws, model, [p.to_dict() for p in points])
+    _write_hepdata(output, background_ws, model, [p.to_dict() for p in points], inspire_id, analysis_id)
 
     record = Provenance(
         "published-likelihood",
         inputs={"background": inputs, "signals": [dict(p.record) for p in processed]},
         configuration=config_records(model.paths),
         seeds={"jet_pt_resolution": model.analysis.pt_res_seed, **inputs.get("seeds", {})},
-        parameters={"poi": model.signal.poi, "signal_sample": model.signal.sample_name, "limits": limits},
+        parameters={
+            "poi": model.signal.poi,
+            "signal_sample": model.signal.sample_name,
+            "limits": limits,
+            "analysis_id": analysis_id,
+            "hepdata_record": inspire_id,
+        },
     )
     record.record_outputs(output, [p for p in output.rglob("*") if p.is_file() and p.name != PROVENANCE_NAME])
     record.write(output / PROVENANCE_NAME)
@@ -342,7 +355,12 @@ def _remove_previous(output: Path) -> None:
 
 
 def _write_hepdata(
-    folder: Path, background_ws: Mapping[str, Any], model: PreservedModel, points: Sequence[Mapping[str, Any]]
+    output: Path,
+    background_ws: Mapping[str, Any],
+    model: PreservedModel,
+    points: Sequence[Mapping[str, Any]],
+    inspire_id: str,
+    analysis_id: str,
 ) -> None:
     regions = model.sb_config["Regions"]
     binning = {r["Name"]: r["Binning"] for r in regions}
@@ -355,12 +373,13 @@ def _write_hepdata(
     labels = set.intersection(*(set(p["parameters"]) for p in points)) if points else set()
     if labels:
         tables.append(hepdata.limits_table(points, sorted(labels)[0], model.signal.poi))
-    # resources sit beside hepdata/ in the published folder; a HEPData archive holds both
+    # the likelihood goes into the submission as HistFactory resources (pyhf JSON)
     resources = [
-        {"location": BACKGROUND_NAME, "description": "Background-only likelihood (pyhf JSON workspace)"},
-        {"location": PATCHSET_NAME, "description": "Signal patchset (pyhf PatchSet)"},
+        hepdata.Resource(output / BACKGROUND_NAME, "Background-only likelihood (pyhf JSON workspace)", "HistFactory"),
     ]
-    hepdata.write_submission(folder, tables, resources)
+    if (output / PATCHSET_NAME).is_file():
+        resources.append(hepdata.Resource(output / PATCHSET_NAME, "Signal patchset (pyhf PatchSet)", "HistFactory"))
+    hepdata.write_submission(output / HEPDATA_DIRNAME, tables, resources, record=inspire_id, analysis_id=analysis_id)
 
 
 # -- reinterpretation ---------------------------------------------------------------------------

@@ -280,12 +280,14 @@ def make_executor(
         yield ExecutorHandle(processor.IterativeExecutor(), name, 1)
         return
     if name == "futures":
+        log.info("futures: starting %d worker process(es) (each imports coffea, numba and torch first)", workers)
         with _futures_pool(workers, warm) as pool:
             startup = time.monotonic() - t0
             log.info("futures: %d worker process(es) started and warm in %.1f s", workers, startup)
             yield ExecutorHandle(processor.FuturesExecutor(pool=pool, workers=workers, merging=False), name,
                                  workers, startup_s=startup)  # fmt: skip
         return
+    log.info("Dask: starting or joining the cluster (%s)", scheduler_address or f"{workers} local worker(s)")
     with dask_client(workers, scheduler_address, af_name) as (client, n_workers):
         client.run(warm_worker, WARM_MODULES, warm)
         startup = time.monotonic() - t0

@@ -20,6 +20,20 @@ def parse_value(text: str) -> Any:
         return text
 
 
+def ipc_kernel_manager_class() -> type:
+    """A kernel manager whose kernel talks over local IPC sockets, not TCP: nothing listens on
+    a port, and ipykernel has no unencrypted TCP transport to warn about."""
+    from jupyter_client.manager import AsyncKernelManager
+    from traitlets import default
+
+    class IPCKernelManager(AsyncKernelManager):
+        @default("transport")
+        def _default_transport(self) -> str:
+            return "ipc"
+
+    return IPCKernelManager
+
+
 def execute_notebook(
     parameters: dict, output_dir: Path, notebook: Path = MAIN_NOTEBOOK, kernel_name: str = "python3",
     progress: bool = True,
@@ -35,6 +49,7 @@ def execute_notebook(
         papermill.execute_notebook(
             str(notebook), str(executed), parameters=parameters, cwd=str(notebook.parent),
             kernel_name=kernel_name, progress_bar=progress, log_output=False,
+            kernel_manager_class=ipc_kernel_manager_class(),
         )  # fmt: skip
     except papermill.PapermillExecutionError as err:
         raise AGCError(

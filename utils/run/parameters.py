@@ -10,6 +10,8 @@ place that turns them into :class:`~utils.processing.run.ProcessingOptions`.
 from __future__ import annotations
 
 import dataclasses
+import logging
+import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -19,7 +21,39 @@ from utils.errors import ConfigError
 from utils.processing.processor import INPUT_FORMATS, IO_BRANCH_SETS
 from utils.processing.run import ProcessingOptions
 
+log = logging.getLogger(__name__)
+
 PIPELINES = ("direct", "servicex")
+#: The AGC reference notebook's values of PIPELINE, and what they are here: ``coffea`` reads the
+#: files directly; both ServiceX pipelines of the reference (a ServiceX processor, or ServiceX
+#: output downloaded and then processed with coffea) are the ServiceX pipeline here, which
+#: delivers the skimmed files and processes them with the same coffea processor.
+PIPELINE_ALIASES = {"coffea": "direct", "servicex_processor": "servicex", "servicex_databinder": "servicex"}
+#: DATASET = "auto": the quick-start dataset, or the tiny one on Binder or with little memory
+AUTO_DATASET = "auto"
+SMALL_MEMORY_BYTES = 6 * 1024**3  # the quick start (1.1 GB of files) needs more than a Binder pod's 2 GB
+HOSTED_ENV_PREFIXES = ("BINDER_", "JUPYTERHUB_")
+
+
+def default_dataset(environ: Mapping[str, str] | None = None, memory_bytes: int | None = None) -> tuple[str, str]:
+    """The dataset of ``DATASET = "auto"`` and why: ``embedded:tiny`` on Binder or a JupyterHub
+    (their ``BINDER_*``/``JUPYTERHUB_*`` variables) or with less than 6 GiB of memory (the
+    machine's, or the container's limit), else ``embedded:quickstart``."""
+    from utils.runinfo import memory_limit_bytes
+
+    environ = os.environ if environ is None else environ
+    hosted = sorted(k for k in environ if k.startswith(HOSTED_ENV_PREFIXES))
+    if hosted:
+        return "embedded:tiny", f"a hosted notebook ({hosted[0]} is set)"
+    memory = memory_limit_bytes() if memory_bytes is None else memory_bytes
+    if memory is not None and memory < SMALL_MEMORY_BYTES:
+        return "embedded:tiny", f"{memory / 1024**3:.1f} GiB of memory"
+    return "embedded:quickstart", "the quick start"
+
+
+#: The reference notebook's parameter names that are another parameter here (``AF`` is the
+#: facility, as ``AF_NAME``); the notebook name wins when both are given.
+NAME_ALIASES = {"AF": "AF_NAME"}
 QUERY_LANGUAGES = ("uproot-raw", "func-adl")
 
 
@@ -27,13 +61,13 @@ QUERY_LANGUAGES = ("uproot-raw", "func-adl")
 class RunParameters:
     """The knobs of a run (the notebook's ``parameters`` cell), validated."""
 
-    dataset: str = "embedded:quickstart"  # embedded:<preset> | cms-open-data-2015 | path to a JSON
+    dataset: str = AUTO_DATASET  # auto | embedded:<preset> | cms-open-data-2015 | path to a JSON
     input_format: str = "auto"  # auto (from the dataset) | ntuple (2015 POET ntuples) | nanoaod (CMS NanoAOD)
     n_files_max_per_sample: int = -1
     max_events_per_sample: int = -1  # whole files until at least this many events (-1: all)
     input_urls: str = "as-listed"  # a rule set of datasets/url_rules.yml, or "FROM=>TO"
     read_timeout_s: int = 60
-    pipeline: str = "direct"  # direct | servicex
+    pipeline: str = "direct"  # direct | servicex (AGC reference: coffea | servicex_processor | servicex_databinder)
     servicex_query_language: str = "uproot-raw"
     servicex_ignore_cache: bool = False
     use_dask: bool = False
@@ -53,9 +87,18 @@ class RunParameters:
     output_dir: str | None = None  # None: a new folder outputs/<timestamp>-<dataset>
 
     def __post_init__(self) -> None:
+        if self.dataset == AUTO_DATASET:
+            self.dataset, reason = default_dataset()
+            log.info("DATASET='auto': %s (%s); set DATASET to choose", self.dataset, reason)
+        if self.pipeline in PIPELINE_ALIASES:
+            log.info("PIPELINE=%r (AGC reference notebook) is PIPELINE=%r here", self.pipeline,
+                     PIPELINE_ALIASES[self.pipeline])  # fmt: skip
+            self.pipeline = PIPELINE_ALIASES[self.pipeline]
         problems = []
         if self.pipeline not in PIPELINES:
-            problems.append(f"PIPELINE={self.pipeline!r}: allowed {list(PIPELINES)}")
+            problems.append(
+                f"PIPELINE={self.pipeline!r}: allowed {list(PIPELINES)} (or the AGC reference's {list(PIPELINE_ALIASES)})"
+            )
         if self.servicex_query_language not in QUERY_LANGUAGES:
             problems.append(
                 f"SERVICEX_QUERY_LANGUAGE={self.servicex_query_language!r}: allowed {list(QUERY_LANGUAGES)}"
@@ -99,10 +142,11 @@ class RunParameters:
         with ``strict``. Unset parameters take their defaults."""
         names = set(cls.notebook_names())
         if strict:
-            unknown = sorted(k for k in values if k not in names)
+            unknown = sorted(k for k in values if k not in names and k not in NAME_ALIASES)
             if unknown:
                 raise ConfigError(f"unknown notebook parameter(s) {unknown}: allowed {sorted(names)}")
-        return cls(**{k.lower(): v for k, v in values.items() if k in names})
+        aliased = {NAME_ALIASES[k]: v for k, v in values.items() if k in NAME_ALIASES and NAME_ALIASES[k] not in values}
+        return cls(**{k.lower(): v for k, v in {**values, **aliased}.items() if k in names})
 
     def to_notebook(self) -> dict[str, Any]:
         """The notebook-named values of these parameters."""
