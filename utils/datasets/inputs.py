@@ -9,6 +9,8 @@ normalisation uses the events actually processed.
 from __future__ import annotations
 
 import logging
+import os
+import stat
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -61,7 +63,17 @@ class InputReport:
 
 
 def check_file(path: str, treename: str = "events", expected_entries: int | None = None) -> str | None:
-    """The problem with one input file, or None if it is usable. Reads only metadata."""
+    """The problem with one input file, or None if it is usable. Reads only metadata; a local
+    path that is not a regular file (a FIFO, a device, a folder) is refused before it is opened."""
+    if "://" not in path:
+        try:
+            mode = os.stat(path).st_mode
+        except FileNotFoundError:
+            return "file not found"
+        except OSError as err:
+            return f"cannot stat the file ({err.strerror})"
+        if not stat.S_ISREG(mode):
+            return "not a regular file (a FIFO, device or folder); give the path of a ROOT file"
     try:
         f = uproot.open(path, timeout=30)
     except FileNotFoundError:

@@ -24,7 +24,7 @@ from utils.errors import InputFileError
 from utils.histograms.accumulate import HistogramAccumulator
 from utils.processing.fastio import use_fast_zlib
 from utils.processing.schema import branch_to_field
-from utils.processing.selection import EventSelection, chunk_arrays, select_variations
+from utils.processing.selection import ChunkArrays, EventSelection, chunk_arrays, select_variations
 
 log = logging.getLogger(__name__)
 
@@ -66,6 +66,47 @@ def sample_variations(config: AnalysisConfig, process: str, variation: str) -> t
     return (*config.jet_variations, *config.weight_variations(process))
 
 
+def _range(meta) -> str:
+    return f"{meta['entrystart']}-{meta['entrystop']}"
+
+
+def entries_read(events) -> dict[str, dict[str, int]]:
+    """``{sample: {file: entries}}`` of one chunk; summed over the chunks, the entries of each
+    file really read (the normalisation is checked against them)."""
+    meta = events.metadata
+    return {meta["dataset"]: {meta["filename"]: int(meta["entrystop"] - meta["entrystart"])}}
+
+
+def kinematics_problem(arrays: ChunkArrays, jet_pt_max: float) -> str | None:
+    """What is wrong with a chunk's kinematics (non-finite values, a jet above ``jet_pt_max``),
+    or None. Such values would overflow the fixed-point sums or fill flow bins with nonsense."""
+    problems = []
+    jet_event = np.repeat(np.arange(arrays.n_events), np.diff(arrays.jet_offsets))
+    bad_events: set[int] = set()
+    columns = {"jet_pt": arrays.jet_pt, "jet_eta": arrays.jet_eta, "jet_phi": arrays.jet_phi,
+               "jet_mass": arrays.jet_mass, "jet_btag": arrays.jet_btag}  # fmt: skip
+    for name, values in columns.items():
+        bad = ~np.isfinite(values)
+        if name == "jet_pt":
+            bad |= np.abs(values) > jet_pt_max
+        if bad.any():
+            events = set(jet_event[bad].tolist())
+            bad_events |= events
+            problems.append(f"{name} non-finite or above {jet_pt_max:g} GeV in {len(events)} event(s)"
+                            if name == "jet_pt" else f"{name} non-finite in {len(events)} event(s)")  # fmt: skip
+    for name, offsets, values in (("electron_pt", arrays.el_offsets, arrays.el_pt),
+                                  ("muon_pt", arrays.mu_offsets, arrays.mu_pt)):  # fmt: skip
+        bad = ~np.isfinite(values) | (np.abs(values) > jet_pt_max)
+        if bad.any():
+            events = set(np.repeat(np.arange(arrays.n_events), np.diff(offsets))[bad].tolist())
+            bad_events |= events
+            problems.append(f"{name} non-finite or above {jet_pt_max:g} GeV in {len(events)} event(s)")
+    if not problems:
+        return None
+    return (f"{len(bad_events)} event(s) with absurd kinematics ({'; '.join(problems)}; "
+            "the ceiling is objects.jet_pt_max of the analysis configuration)")  # fmt: skip
+
+
 class TtbarAnalysis(processor.ProcessorABC):
     """The AGC ttbar processor.
 
@@ -105,7 +146,8 @@ class TtbarAnalysis(processor.ProcessorABC):
             for part in branch_to_field(branch):
                 arr = arr[part]
             ak.materialize(arr)
-        return {"nevents": {events.metadata["dataset"]: len(events)}, "peak_memory": PeakMemory.now()}
+        return {"nevents": {events.metadata["dataset"]: len(events)}, "entries": entries_read(events),
+                "peak_memory": PeakMemory.now()}  # fmt: skip
 
     # -- classification -------------------------------------------------------------------------
     def classify(self, sel: EventSelection) -> np.ndarray:
@@ -134,7 +176,10 @@ class TtbarAnalysis(processor.ProcessorABC):
         try:
             arrays = chunk_arrays(events)
         except Exception as err:  # corrupt basket, truncated read, wrong type: a clear report
-            return self._bad_chunk(events, acc, err)
+            return self._bad_chunk(events, acc, f"cannot read entries {_range(meta)} ({type(err).__name__}: {err})", err)
+        insane = kinematics_problem(arrays, cfg.jet_pt_max)
+        if insane is not None:
+            return self._bad_chunk(events, acc, f"entries {_range(meta)}: {insane}")
         jet_variations = cfg.jet_variations if variations[0] == "nominal" and len(variations) > 1 else ("nominal",)
         selected: dict[str, int] = {}
         for jet_variation, sel in select_variations(arrays, cfg, jet_variations).items():
@@ -149,24 +194,25 @@ class TtbarAnalysis(processor.ProcessorABC):
         return {
             "hists": {dataset: acc},
             "nevents": {dataset: arrays.n_events},
+            "entries": entries_read(events),
             "selected": {dataset: selected},
             "peak_memory": PeakMemory.now(),
         }
 
-    def _bad_chunk(self, events, acc: HistogramAccumulator, err: Exception) -> dict[str, Any]:
+    def _bad_chunk(self, events, acc: HistogramAccumulator, problem: str, err: Exception | None = None
+                   ) -> dict[str, Any]:  # fmt: skip
         meta = events.metadata
         start, stop = meta["entrystart"], meta["entrystop"]
-        problem = f"cannot read entries {start}-{stop} ({type(err).__name__}: {err})"
         if self.on_bad_input != "skip":
             raise InputFileError(
                 f"{meta['filename']}: {problem}.\n  sample: {meta['dataset']}\n  what to do: replace the file, "
                 "or rerun with ON_BAD_INPUT='skip' to leave these entries out (the normalisation then uses "
                 "the events actually processed)"
             ) from err
-        log.warning("skipping %s entries %d-%d: %s", meta["filename"], start, stop, err)
+        log.warning("skipping %s entries %d-%d: %s", meta["filename"], start, stop, problem)
         bad = BadInput(meta["dataset"], meta["filename"], problem, stop - start, start, stop)
         return {"hists": {meta["dataset"]: acc}, "nevents": {meta["dataset"]: 0}, "bad_chunks": [bad],
-                "peak_memory": PeakMemory.now()}  # fmt: skip
+                "entries": entries_read(events), "peak_memory": PeakMemory.now()}  # fmt: skip
 
     def _fill_weight_variations(self, acc, sel: EventSelection, obs, cls, process: str) -> None:
         cfg = self.config
