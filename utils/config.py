@@ -209,8 +209,12 @@ def _semantic_checks(cfg: AnalysisConfig) -> None:
                 f"{src}: at ['regions'][{i}]['min_btags']: {r.min_btags} is looser than the event selection's "
                 f"min_btags ({cfg.min_btags}); the region could never be filled as configured"
             )
-    for key, value in (("['luminosity']", cfg.luminosity), ("['histogram']['low']", cfg.hist_low),
-                       ("['histogram']['high']", cfg.hist_high), ("['objects']['jet_pt_max']", cfg.jet_pt_max)):
+    for key, value in (
+        ("['luminosity']", cfg.luminosity),
+        ("['histogram']['low']", cfg.hist_low),
+        ("['histogram']['high']", cfg.hist_high),
+        ("['objects']['jet_pt_max']", cfg.jet_pt_max),
+    ):
         if not math.isfinite(value):
             raise ConfigError(f"{src}: at {key}: expected a finite number, got {value}")
     if cfg.luminosity <= 0:

@@ -51,7 +51,9 @@ def fileset_of(path: Path, nevts: int, tree: str = "events") -> dict:
 
 def nominal_yield(result) -> float:
     h = result.histograms.hist
-    return float(h[{"process": "ttbar", "variation": "nominal", "classification": sum, "region": sum}].sum(flow=True).value)
+    return float(
+        h[{"process": "ttbar", "variation": "nominal", "classification": sum, "region": sum}].sum(flow=True).value
+    )
 
 
 def write_description(tmp_path: Path, files: list[dict], **extra) -> Path:

@@ -72,11 +72,20 @@ def run_command(command: click.Command) -> None:
         click.secho(f"error: {os_error_message(err)}", fg="red", err=True)
         sys.exit(2)
     except (click.exceptions.Abort, KeyboardInterrupt):
+        _quiet_teardown()
         click.secho("interrupted: stopped; the output folder holds no manifest (an incomplete run)", err=True)
         sys.exit(130)
     except click.ClickException as err:
         err.show()
         sys.exit(err.exit_code)
+
+
+def _quiet_teardown() -> None:
+    """After Ctrl-C the kernel and worker clients are torn down half-way: their event loops and
+    sockets report errors while the interpreter exits. They say nothing the user needs."""
+    logging.getLogger("asyncio").setLevel(logging.CRITICAL)
+    logging.getLogger("distributed").setLevel(logging.CRITICAL)
+    sys.unraisablehook = lambda _unraisable: None
 
 
 def os_error_message(err: OSError) -> str:

@@ -84,8 +84,7 @@ def read_histograms(histograms_path: str | Path, names: list[str]) -> dict[str, 
         f = uproot.open(histograms_path)
     except Exception as err:  # uproot raises many types for a file that is not ROOT
         raise StatisticsError(
-            f"{histograms_path}: not a readable ROOT file ({type(err).__name__}); give the histograms.root "
-            "a run wrote"
+            f"{histograms_path}: not a readable ROOT file ({type(err).__name__}); give the histograms.root a run wrote"
         ) from None
     with f:
         present = set(f.keys(cycle=False))

@@ -176,7 +176,9 @@ class TtbarAnalysis(processor.ProcessorABC):
         try:
             arrays = chunk_arrays(events)
         except Exception as err:  # corrupt basket, truncated read, wrong type: a clear report
-            return self._bad_chunk(events, acc, f"cannot read entries {_range(meta)} ({type(err).__name__}: {err})", err)
+            return self._bad_chunk(
+                events, acc, f"cannot read entries {_range(meta)} ({type(err).__name__}: {err})", err
+            )
         insane = kinematics_problem(arrays, cfg.jet_pt_max)
         if insane is not None:
             return self._bad_chunk(events, acc, f"entries {_range(meta)}: {insane}")

@@ -34,6 +34,8 @@ def _type_problems(params: RunParameters) -> list[str]:
             wanted = " or ".join("None" if t is type(None) else t.__name__ for t in allowed)
             problems.append(f"{f.name.upper()}={value!r}: expected {wanted}, got {type(value).__name__}")
     return problems
+
+
 QUERY_LANGUAGES = ("uproot-raw", "func-adl")
 
 
