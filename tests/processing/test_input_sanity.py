@@ -217,3 +217,16 @@ def test_fileset_tree_name_is_used_by_processing(tmp_path, good_file, config):
     path = write_branches(tmp_path / "renamed.root", read_branches(good_file, 200), tree="Events")
     result = process_fileset(fileset_of(path, 200, tree="Events"), OPTIONS, config)
     assert result.nevents["ttbar__nominal"] == 200
+
+
+# --- case 14: non-ASCII paths --------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("executor", ["iterative", "futures"])
+def test_non_ascii_path_is_processed(tmp_path, good_file, config, executor):
+    folder = tmp_path / "données ü"
+    folder.mkdir()
+    path = write_branches(folder / "événements #1.root", read_branches(good_file, 200))
+    options = ProcessingOptions(executor=executor, workers=1, chunksize=100_000)
+    result = process_fileset(fileset_of(path, 200), options, config)
+    assert result.nevents["ttbar__nominal"] == 200

@@ -9,10 +9,10 @@ normalisation uses the events actually processed.
 from __future__ import annotations
 
 import logging
-import os
 import stat
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -67,7 +67,7 @@ def check_file(path: str, treename: str = "events", expected_entries: int | None
     path that is not a regular file (a FIFO, a device, a folder) is refused before it is opened."""
     if "://" not in path:
         try:
-            mode = os.stat(path).st_mode
+            mode = Path(path).stat().st_mode
         except FileNotFoundError:
             return "file not found"
         except OSError as err:

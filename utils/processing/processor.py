@@ -8,6 +8,7 @@ histograms and every weight, jet-kinematic and alternative-sample variation.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import resource
 from dataclasses import dataclass
@@ -16,6 +17,7 @@ from typing import Any, Protocol
 import awkward as ak
 import numpy as np
 from coffea import processor
+from coffea.processor import executor as coffea_executor
 
 from utils.config import AnalysisConfig, load_analysis_config
 from utils.datasets.fileset import DATA_PROCESS
@@ -74,7 +76,8 @@ def entries_read(events) -> dict[str, dict[str, int]]:
     """``{sample: {file: entries}}`` of one chunk; summed over the chunks, the entries of each
     file really read (the normalisation is checked against them)."""
     meta = events.metadata
-    return {meta["dataset"]: {meta["filename"]: int(meta["entrystop"] - meta["entrystart"])}}
+    n = meta["entrystop"] - meta["entrystart"] if "entrystop" in meta else len(events)  # (warm-up: no range)
+    return {meta["dataset"]: {meta["filename"]: int(n)}}
 
 
 def kinematics_problem(arrays: ChunkArrays, jet_pt_max: float) -> str | None:
@@ -230,3 +233,14 @@ class TtbarAnalysis(processor.ProcessorABC):
 
     def postprocess(self, accumulator):
         return accumulator
+
+
+def _utf8_hash(items) -> int:
+    """coffea's persistent hash of work items, over UTF-8 instead of ASCII bytes: the same value
+    for every ASCII path, and no ``UnicodeEncodeError`` for a path such as ``données/ü.root``."""
+    digest = hashlib.md5(";".join(str(x) for x in items).encode("utf-8"))
+    return int(digest.hexdigest()[:16], base=16)
+
+
+# in every process that unpickles the processor (the driver and the workers alike)
+coffea_executor._hash = _utf8_hash
