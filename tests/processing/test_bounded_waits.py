@@ -42,7 +42,9 @@ def silent_port():
 
 def test_silent_scheduler_port_is_a_clear_error(silent_port):
     address = f"tcp://127.0.0.1:{silent_port}"
-    with dask.config.set({"distributed.comm.timeouts.connect": "2s"}):
-        with pytest.raises(ConfigError, match=r"did not answer the Dask handshake within 2 s"):
-            with make_executor("dask", 1, address):
-                pass
+    with (
+        dask.config.set({"distributed.comm.timeouts.connect": "2s"}),
+        pytest.raises(ConfigError, match=r"did not answer the Dask handshake within 2 s"),
+        make_executor("dask", 1, address),
+    ):
+        pass
