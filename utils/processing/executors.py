@@ -164,6 +164,7 @@ def handshake_timeout_s() -> float:
     """The bound on a Dask connection and handshake: dask's ``distributed.comm.timeouts.connect``
     (configuration, e.g. ``DASK_DISTRIBUTED__COMM__TIMEOUTS__CONNECT=10s``)."""
     import dask.config
+    import distributed  # noqa: F401 (registers the distributed.* defaults)
     from dask.utils import parse_timedelta
 
     return float(parse_timedelta(dask.config.get("distributed.comm.timeouts.connect"), default="seconds"))
