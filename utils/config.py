@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
@@ -105,6 +106,7 @@ class AnalysisConfig:
     lepton_pt_min: float
     jet_pt_min: float
     btag_threshold: float
+    jet_pt_max: float  # input sanity: a jet above this pT (GeV), or non-finite kinematics, is bad input
     n_leptons: int
     min_jets: int
     min_btags: int
@@ -167,6 +169,9 @@ class AnalysisConfig:
         return self.jet_pt_min / max_factor
 
 
+DEFAULT_JET_PT_MAX = 1.0e5  # GeV: far above any 13 TeV jet, far below a fixed-point overflow
+
+
 def _build(data: dict[str, Any], source: str) -> AnalysisConfig:
     obj, sel, syst = data["objects"], data["event_selection"], data["systematics"]
     regions = tuple(
@@ -177,6 +182,7 @@ def _build(data: dict[str, Any], source: str) -> AnalysisConfig:
         lepton_pt_min=float(obj["lepton_pt_min"]),
         jet_pt_min=float(obj["jet_pt_min"]),
         btag_threshold=float(obj["btag_threshold"]),
+        jet_pt_max=float(obj.get("jet_pt_max", DEFAULT_JET_PT_MAX)),
         n_leptons=int(sel["n_leptons"]),
         min_jets=int(sel["min_jets"]),
         min_btags=int(sel["min_btags"]),
@@ -243,6 +249,16 @@ def _semantic_checks(cfg: AnalysisConfig) -> None:
                 f"{src}: at ['regions'][{i}]['min_btags']: {r.min_btags} is looser than the event selection's "
                 f"min_btags ({cfg.min_btags}); the region could never be filled as configured"
             )
+    for key, value in (
+        ("['luminosity']", cfg.luminosity),
+        ("['histogram']['low']", cfg.hist_low),
+        ("['histogram']['high']", cfg.hist_high),
+        ("['objects']['jet_pt_max']", cfg.jet_pt_max),
+    ):
+        if not math.isfinite(value):
+            raise ConfigError(f"{src}: at {key}: expected a finite number, got {value}")
+    if cfg.luminosity <= 0:
+        raise ConfigError(f"{src}: at ['luminosity']: must be positive, got {cfg.luminosity}")
     if cfg.hist_high <= cfg.hist_low:
         raise ConfigError(f"{src}: at ['histogram']: high ({cfg.hist_high}) must exceed low ({cfg.hist_low})")
     for region in cfg.ml_features:

@@ -157,6 +157,23 @@ def test_parquet_output(fileset, sx_config):
         assert ak.all(table.numberjet == ak.num(table.jet_pt, axis=1))
 
 
+def test_input_rewritten_at_the_same_path_is_delivered_again(inputs, sx_config, workdir):
+    """Issue 14, case 5: the client's cache keys on file names; the inputs' size, mtime and UUID
+    complete the key, so a new file at the same path does not get the old skim."""
+    import shutil
+
+    path = workdir / "rewritten_input.root"
+    shutil.copy(inputs[2], path)
+    fs = {"wjets__nominal": {"files": {str(path): "events"}, "metadata": {}}}
+    first = deliver_fileset(fs, servicex_config=sx_config)
+    assert first.stats.events == len(direct_selection(str(path)))
+    assert all(s.from_cache for s in deliver_fileset(fs, servicex_config=sx_config).stats.samples.values())
+    shutil.copy(inputs[0], path)  # other events, same name
+    again = deliver_fileset(fs, servicex_config=sx_config)
+    assert not any(s.from_cache for s in again.stats.samples.values())
+    assert again.stats.events == len(direct_selection(str(path))) != first.stats.events
+
+
 def test_missing_input_is_named(inputs, sx_config, workdir):
     missing = workdir / "no_such_file.root"
     fs = {"single_top_tW__nominal": {"files": {str(inputs[2]): "events", str(missing): "events"}, "metadata": {}}}

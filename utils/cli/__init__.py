@@ -6,6 +6,7 @@ module is imported only when it is used, so that ``agc --help`` stays fast.
 
 from __future__ import annotations
 
+import errno
 import importlib
 import importlib.util
 import logging
@@ -75,18 +76,47 @@ def configure_logging(verbose: bool) -> None:
 
 
 def run_command(command: click.Command) -> None:
-    """Run a click command as a program: project errors print one red line (exit 2), not a
-    traceback."""
+    """Run a click command as a program: project errors, and the operating system's refusals
+    (full disk, read-only folder, not a file), print one red line (exit 2), not a traceback;
+    Ctrl-C stops with one line and exit 130."""
     try:
         command(standalone_mode=False)
     except AGCError as err:
         click.secho(f"error: {err}", fg="red", err=True)
         sys.exit(2)
-    except click.exceptions.Abort:
+    except OSError as err:
+        click.secho(f"error: {os_error_message(err)}", fg="red", err=True)
+        sys.exit(2)
+    except (click.exceptions.Abort, KeyboardInterrupt):
+        _quiet_teardown()
+        click.secho("interrupted: stopped; the output folder holds no manifest (an incomplete run)", err=True)
         sys.exit(130)
     except click.ClickException as err:
         err.show()
         sys.exit(err.exit_code)
+
+
+def _quiet_teardown() -> None:
+    """After Ctrl-C the kernel and worker clients are torn down half-way: their event loops and
+    sockets report errors while the interpreter exits. They say nothing the user needs."""
+    logging.getLogger("asyncio").setLevel(logging.CRITICAL)
+    logging.getLogger("distributed").setLevel(logging.CRITICAL)
+    sys.unraisablehook = lambda _unraisable: None
+
+
+def os_error_message(err: OSError) -> str:
+    """One line for an operating-system error: the file, what went wrong, what to do."""
+    hints = {
+        errno.ENOSPC: "free space on that disk or choose another --output",
+        errno.EFBIG: "the file grew past the allowed size; free space or raise the limit",
+        errno.EROFS: "the folder is read-only; choose a writable --output",
+        errno.EACCES: "no permission; choose a writable --output or fix the permissions",
+        errno.EISDIR: "a folder was given where a file is expected",
+    }
+    where = err.filename if err.filename is not None else "(no file named)"
+    what = err.strerror or str(err)
+    hint = hints.get(err.errno)
+    return f"{where}: {what}" + (f"; {hint}" if hint else "")
 
 
 def main() -> None:

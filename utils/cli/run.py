@@ -10,7 +10,7 @@ from pathlib import Path
 import click
 
 from utils.errors import AGCError
-from utils.run.outputs import new_output_dir
+from utils.run.outputs import new_output_dir, prepare_output_dir
 from utils.run.papermill import MAIN_NOTEBOOK, execute_notebook, parse_value
 from utils.run.parameters import RunParameters
 
@@ -40,6 +40,7 @@ log = logging.getLogger(__name__)
     default=None,
     help="Output folder (default: outputs/<timestamp>-<dataset>).",
 )
+@click.option("--overwrite", is_flag=True, help="Clear an output folder that holds an earlier run (else refused).")
 @click.option("--notebook", type=click.Path(path_type=Path, exists=True), default=MAIN_NOTEBOOK, show_default=True)
 @click.option(
     "--validate",
@@ -48,14 +49,22 @@ log = logging.getLogger(__name__)
     default=None,
     help="Compare the run's histograms.root with this reference JSON (agc validate).",
 )
-def run(dataset: str, parameters: tuple[tuple[str, str], ...], output: Path | None, notebook: Path,
+def run(dataset: str, parameters: tuple[tuple[str, str], ...], output: Path | None, overwrite: bool, notebook: Path,
         reference: Path | None) -> None:  # fmt: skip
     """Run the analysis notebook end to end (papermill) and print the fitted ttbar_norm."""
-    run_params = RunParameters(dataset=dataset)
-    dataset = run_params.dataset  # auto resolved here, so that the output folder is named after it
-    params = {"DATASET": dataset, **{k: parse_value(v) for k, v in parameters}}
-    output = output if output is not None else new_output_dir(run_params)
-    click.echo(f"running {notebook.name} on {dataset}; outputs in {output}")
+    given = {k: parse_value(v) for k, v in parameters}
+    params = _resolve_parameters(given, dataset, output, overwrite)
+    run_params = RunParameters.from_notebook(params, strict=True)  # bad names and values, before any work
+    if run_params.output_dir is not None:
+        output = prepare_output_dir(run_params.output_dir, run_params.overwrite)
+    else:
+        output = new_output_dir(run_params)
+    params = {
+        **params,
+        "DATASET": run_params.dataset,
+        "OVERWRITE": False,
+    }  # DATASET "auto" resolved  # the folder is ready; the notebook must not clear it again
+    click.echo(f"running {notebook.name} on {run_params.dataset}; outputs in {output}")
     t0 = time.monotonic()
     execute_notebook(params, output, notebook)
     elapsed = time.monotonic() - t0
@@ -76,3 +85,24 @@ def run(dataset: str, parameters: tuple[tuple[str, str], ...], output: Path | No
             for m in report.mismatches[:20]:
                 click.echo(f"  {m}")
             raise AGCError(f"histograms differ from the reference {reference}")
+
+
+def _resolve_parameters(given: dict, dataset: str, output: Path | None, overwrite: bool) -> dict:
+    """The notebook parameters of the command line: ``--dataset``/``--output``/``--overwrite``
+    and their ``-p`` twins are one setting each; given both ways with different values, refused."""
+    params = dict(given)
+    for name, value, flag in (("DATASET", dataset, "--dataset"), ("OUTPUT_DIR", output, "--output")):
+        if name in given and value is not None and flag in _explicit_options() and str(given[name]) != str(value):
+            raise AGCError(f"{flag} {value} and -p {name} {given[name]} disagree; give one of them")
+        if name not in given and value is not None:
+            params[name] = str(value)
+    if overwrite:
+        params["OVERWRITE"] = True
+    return params
+
+
+def _explicit_options() -> set[str]:
+    """The long options given on the command line (not defaults)."""
+    ctx = click.get_current_context()
+    return {f"--{name.replace('_', '-')}" for name in ctx.params
+            if ctx.get_parameter_source(name) is click.core.ParameterSource.COMMANDLINE}  # fmt: skip

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 from pathlib import Path
 from typing import Any
 
@@ -31,7 +32,17 @@ def load_cross_sections(path: str | Path = CROSS_SECTIONS) -> dict[str, float]:
             table = json.load(f)
     except (OSError, json.JSONDecodeError) as err:
         raise ConfigError(f"{path}: cannot read the cross-section table: {err}") from None
-    return {k: float(v) for k, v in table.items() if not k.startswith("_")}
+    return {k: positive_number(v, f"{path}: at [{k!r}]") for k, v in table.items() if not k.startswith("_")}
+
+
+def positive_number(value: Any, where: str) -> float:
+    """A finite, positive number (a cross-section, a luminosity), or a :class:`ConfigError`
+    naming where the value came from."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ConfigError(f"{where}: expected a positive number, got {value!r}")
+    if not math.isfinite(value) or value <= 0:
+        raise ConfigError(f"{where}: expected a finite positive number, got {value!r}")
+    return float(value)
 
 
 def load_dataset_description(path: str | Path) -> dict[str, dict[str, dict[str, Any]]]:
@@ -106,17 +117,25 @@ def build_fileset(
         if processes is not None and process not in processes:
             continue
         for variation, entry in variations.items():
+            where = f"{path}: at [{process!r}][{variation!r}]"
             files = entry["files"] if n_files_max_per_sample < 0 else entry["files"][:n_files_max_per_sample]
+            resolved = [_resolve(f["path"], path.parent) for f in files]
+            twice = sorted({p for p in resolved if resolved.count(p) > 1})
+            if twice:
+                raise ConfigError(
+                    f"{where}['files']: listed more than once: {twice}; each file may appear once "
+                    "(its events would be counted twice in the normalisation)"
+                )
             files = _first_events(files, max_events_per_sample)
             if process == DATA_PROCESS:
                 xsec = None
             elif "xsec" in entry:
-                xsec = float(entry["xsec"])
+                xsec = positive_number(entry["xsec"], f"{where}['xsec']")
             elif process in table:
                 xsec = table[process]
             else:
                 raise ConfigError(
-                    f"{path}: at [{process!r}][{variation!r}]: no cross-section for process {process!r}; "
+                    f"{where}: no cross-section for process {process!r}; "
                     f"add it to {CROSS_SECTIONS} or give 'xsec' in the description"
                 )
             fileset[f"{process}__{variation}"] = {
@@ -128,7 +147,7 @@ def build_fileset(
                     "variation": variation,
                     "nevts": int(sum(f["nevts"] for f in files)),
                     "xsec": xsec,
-                    **({"lumi": float(entry["lumi"])} if "lumi" in entry else {}),
+                    **({"lumi": positive_number(entry["lumi"], f"{where}['lumi']")} if "lumi" in entry else {}),
                 },
             }
     if not fileset:

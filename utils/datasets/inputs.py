@@ -9,9 +9,11 @@ normalisation uses the events actually processed.
 from __future__ import annotations
 
 import logging
+import stat
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -93,7 +95,17 @@ def check_file(
     """The problem with one input file, or None if it is usable. Reads only metadata; a remote
     file (root://, http(s)://) gets at most ``timeout_s`` per request. ``required``: the branches
     the analysis reads; with ``floating`` each must be a jagged floating-point array (the ntuples'
-    analysis branches)."""
+    analysis branches). A local path that is not a regular file (a FIFO, a device, a folder) is
+    refused before it is opened."""
+    if "://" not in path:
+        try:
+            mode = Path(path).stat().st_mode
+        except FileNotFoundError:
+            return "file not found"
+        except OSError as err:
+            return f"cannot stat the file ({err.strerror})"
+        if not stat.S_ISREG(mode):
+            return "not a regular file (a FIFO, device or folder); give the path of a ROOT file"
     try:
         f = uproot.open(path, timeout=timeout_s)
     except Exception as err:  # uproot raises many types for non-ROOT or truncated files

@@ -22,6 +22,7 @@ from typing import Any
 
 from utils.config import AnalysisConfig
 from utils.delivery.config import ServiceXTarget, ensure_reachable, failure_reasons, resolve_target
+from utils.delivery.inputs import InputFingerprints, SampleInput, normalise_fileset
 from utils.delivery.query import CODEGEN, FUNC_ADL_TREE, QUERY_LANGUAGES, build_query, skim_definition
 from utils.errors import ConfigError, DeliveryError
 
@@ -106,47 +107,6 @@ class DeliveryResult:
         }
 
 
-# -- input ---------------------------------------------------------------------------------------
-@dataclass(frozen=True)
-class _SampleInput:
-    name: str
-    tree: str
-    inputs: tuple[str, ...]
-    metadata: dict[str, Any]
-
-
-def _normalise_path(path: str) -> str:
-    if path.startswith("file://"):
-        path = path[len("file://") :]
-    if "://" in path:
-        return path
-    return str(Path(path).expanduser().resolve())
-
-
-def _normalise_fileset(fileset: Mapping[str, Any]) -> list[_SampleInput]:
-    if not isinstance(fileset, Mapping) or not fileset:
-        raise ConfigError("fileset: expected a non-empty mapping {sample: {'files': {path: tree}, 'metadata': {...}}}")
-    samples = []
-    for name, entry in fileset.items():
-        where = f"fileset[{name!r}]"
-        if not isinstance(entry, Mapping) or not isinstance(entry.get("files"), Mapping) or not entry["files"]:
-            raise ConfigError(f"{where}['files']: expected a non-empty mapping of file path to tree name")
-        trees = set()
-        inputs = []
-        for path, tree in entry["files"].items():
-            tree_name = tree.get("object_path") if isinstance(tree, Mapping) else tree
-            if not isinstance(tree_name, str) or not tree_name:
-                raise ConfigError(f"{where}['files'][{path!r}]: expected the tree name, got {tree!r}")
-            trees.add(tree_name)
-            inputs.append(_normalise_path(str(path)))
-        if len(trees) != 1:
-            raise ConfigError(f"{where}['files']: all files of a sample must use one tree name, got {sorted(trees)}")
-        if len(set(inputs)) != len(inputs):
-            raise ConfigError(f"{where}['files']: the same file is listed twice")
-        samples.append(_SampleInput(str(name), trees.pop(), tuple(sorted(inputs)), dict(entry.get("metadata") or {})))
-    return samples
-
-
 # -- the client ----------------------------------------------------------------------------------
 class _ClientNoise(logging.Filter):
     """Drop asyncio's traceback of the client's own 'completed with failures' exception, which
@@ -193,7 +153,7 @@ def _client_cache_dir(target: ServiceXTarget) -> str:
     return str(cfg.cache_path)
 
 
-def _transform_request(sample: _SampleInput, query, codegen: str, output_format: str):
+def _transform_request(sample: SampleInput, query, codegen: str, output_format: str):
     from servicex.models import ResultDestination, TransformRequest
 
     return TransformRequest(
@@ -300,7 +260,7 @@ def _check_choice(name: str, value: str, allowed: tuple[str, ...]) -> None:
 def _prepare(fileset, query_language: str, output_format: str, analysis_config: AnalysisConfig | None):
     _check_choice("query_language", query_language, QUERY_LANGUAGES)
     _check_choice("output_format", output_format, OUTPUT_FORMATS)
-    samples = _normalise_fileset(fileset)
+    samples = normalise_fileset(fileset)
     skim = skim_definition(analysis_config)
     queries = {s.name: build_query(skim, query_language, s.tree) for s in samples}
     codegen = CODEGEN[query_language]
@@ -354,13 +314,21 @@ def deliver_fileset(
                     Name=s.name,
                     Dataset=dataset.FileList(list(s.inputs)),
                     Query=queries[s.name],
-                    IgnoreLocalCache=ignore,
+                    IgnoreLocalCache=ignore or s.name in changed,
                 )
                 for s in samples
             ],
         )
 
     cached = set() if ignore_cache else _cached_samples(cache_dir, target, requests)
+    # the client's cache key is the query and the file names: an input rewritten at the same path
+    # would get the old skim; the inputs' size, mtime and ROOT UUID complete the key
+    fingerprints = InputFingerprints(cache_dir)
+    changed = {s.name for s in samples if s.name in cached and not fingerprints.matches(requests[s.name], s)}
+    if changed:
+        log.warning("inputs of %s changed since they were cached (size, mtime or UUID); delivering again",
+                    sorted(changed))  # fmt: skip
+        cached -= changed
     log.info(
         "ServiceX delivery of %d samples (%d files) via %s: %s -> %s%s",
         len(samples),
@@ -378,13 +346,14 @@ def deliver_fileset(
         cached = set()
         raw = _run_client(make_spec(True), target, cache_dir, True, progress)
     wall = time.perf_counter() - start
+    fingerprints.record([(requests[s.name], s) for s in samples if s.name in raw and raw[s.name].valid()])
 
     keep = skim_definition(analysis_config).keep
     return _collect(samples, raw, cached, target, query_language, output_format, allow_incomplete, wall, keep)
 
 
 def _collect(
-    samples: list[_SampleInput],
+    samples: list[SampleInput],
     raw: dict[str, Any],
     cached: set[str],
     target: ServiceXTarget,

@@ -25,6 +25,9 @@ from utils.io import atomic_path
 log = logging.getLogger(__name__)
 
 FIXED_POINT_SCALE = float(2**24)
+# a chunk's quantised sums are exact in float64 below 2**53 and must leave room in int64 for the
+# sum over many chunks: a fill whose |w| x 2**24 (or w**2 x 2**24) sums past this is refused
+MAX_FILL_SUM = float(2**52)
 N_CLASSES = 2  # ML classification: 0 predicted background, 1 predicted signal
 
 
@@ -75,8 +78,18 @@ class HistogramAccumulator:
             self.sumw2[v] += counts.reshape(self.sumw.shape[1:])
             return
         w = np.asarray(weight, dtype=np.float64)
-        qw = np.rint(w * FIXED_POINT_SCALE)
-        qw2 = np.rint(w * w * FIXED_POINT_SCALE)
+        with np.errstate(over="ignore", invalid="ignore"):
+            qw = np.rint(w * FIXED_POINT_SCALE)
+            qw2 = np.rint(w * w * FIXED_POINT_SCALE)
+            total = float(np.abs(qw2).sum()) + float(np.abs(qw).sum())
+        if not np.isfinite(total) or total >= MAX_FILL_SUM:
+            finite = np.isfinite(w)
+            worst = "non-finite" if not finite.all() else f"up to {np.abs(w).max():.3g}"
+            raise AGCError(
+                f"{self.process}/{variation}: event weights {worst} cannot be held by the fixed-point "
+                f"accumulator (limit: sum of w**2 below {MAX_FILL_SUM / FIXED_POINT_SCALE:.3g} per chunk); "
+                "check the inputs' kinematics (objects.jet_pt_max in the analysis configuration)"
+            )
         # integer-valued float64 sums are exact below 2**53 (a chunk never gets near it)
         self.sumw[v] += np.bincount(flat, weights=qw, minlength=size).astype(np.int64).reshape(self.sumw.shape[1:])
         self.sumw2[v] += np.bincount(flat, weights=qw2, minlength=size).astype(np.int64).reshape(self.sumw.shape[1:])

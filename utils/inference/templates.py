@@ -80,7 +80,13 @@ def read_histograms(histograms_path: str | Path, names: list[str]) -> dict[str, 
     if not histograms_path.is_file():
         raise StatisticsError(f"{histograms_path}: histograms file not found; run the processing stage first")
     wanted = sorted(set(names))
-    with uproot.open(histograms_path) as f:
+    try:
+        f = uproot.open(histograms_path)
+    except Exception as err:  # uproot raises many types for a file that is not ROOT
+        raise StatisticsError(
+            f"{histograms_path}: not a readable ROOT file ({type(err).__name__}); give the histograms.root a run wrote"
+        ) from None
+    with f:
         present = set(f.keys(cycle=False))
         missing = [n for n in wanted if n not in present]
         if missing:
@@ -101,6 +107,13 @@ def read_histograms(histograms_path: str | Path, names: list[str]) -> dict[str, 
                 np.asarray(obj.values(flow=False), dtype=float),
                 np.asarray(obj.variances(flow=False), dtype=float),
             )
+            bad = np.flatnonzero(~np.isfinite(out[name].values) | ~np.isfinite(out[name].variances))
+            if bad.size:
+                raise StatisticsError(
+                    f"{histograms_path}: template {name!r} has non-finite content in bin(s) "
+                    f"{(bad + 1).tolist()} (values {out[name].values[bad].tolist()}); the fit cannot use it: "
+                    "rerun the processing stage, or check the inputs of that sample"
+                )
     return out
 
 

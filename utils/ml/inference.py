@@ -48,7 +48,13 @@ def _load_export(path: str, sha256: str, num_threads: int | None) -> Any:
             found = sha256_file(path)
             if found != sha256:
                 raise ModelError(f"{path}: sha256 {found} differs from the model card's {sha256}; {RETRAIN_HINT}")
-            module = torch.jit.load(path, map_location="cpu")
+            try:
+                module = torch.jit.load(path, map_location="cpu")
+            except Exception as err:  # truncated or foreign file: the model, not the data, is at fault
+                raise ModelError(
+                    f"{path}: the model export does not load as TorchScript ({type(err).__name__}: "
+                    f"{str(err).splitlines()[0] if str(err) else ''}); {RETRAIN_HINT}"
+                ) from None
             module.eval()
             _LOADED[key] = module
             log.debug("loaded %s", path)

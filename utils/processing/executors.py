@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import socket
+import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -159,6 +160,45 @@ def _require_reachable(address: str, what: str, fix: str) -> None:
         )
 
 
+def handshake_timeout_s() -> float:
+    """The bound on a Dask connection and handshake: dask's ``distributed.comm.timeouts.connect``
+    (configuration, e.g. ``DASK_DISTRIBUTED__COMM__TIMEOUTS__CONNECT=10s``)."""
+    import dask.config
+    import distributed  # noqa: F401 (registers the distributed.* defaults)
+    from dask.utils import parse_timedelta
+
+    return float(parse_timedelta(dask.config.get("distributed.comm.timeouts.connect"), default="seconds"))
+
+
+def _connect_bounded(address: str, what: str):
+    """A Dask client of ``address``, or a :class:`ConfigError` within :func:`handshake_timeout_s`:
+    a port that accepts connections but never answers would else block ``Client`` for ever."""
+    from dask.distributed import Client
+
+    timeout = handshake_timeout_s()
+    box: dict[str, object] = {}
+
+    def connect() -> None:
+        try:
+            box["client"] = Client(address, timeout=timeout)
+        except Exception as err:  # handed to the caller below
+            box["error"] = err
+
+    thread = threading.Thread(target=connect, name="dask-connect", daemon=True)
+    thread.start()
+    thread.join(timeout + 2.0)
+    if thread.is_alive():
+        raise ConfigError(
+            f"{what} at {address} accepts TCP connections but did not answer the Dask handshake within "
+            f"{timeout:.0f} s: is it a Dask scheduler (and not TLS-only)? Fix SCHEDULER_ADDRESS, or raise "
+            "distributed.comm.timeouts.connect"
+        )
+    if "error" in box:
+        err = box["error"]
+        raise ConfigError(f"{what} at {address}: the connection opened but the Dask handshake failed: {err}") from None
+    return box["client"]
+
+
 def _wait_for_workers(client, n: int, where: str) -> int:
     try:
         client.wait_for_workers(n, timeout=WORKER_WAIT_S)
@@ -179,12 +219,7 @@ def _scheduler_client(address: str, facility: Facility | None) -> Iterator[tuple
         else "start it (dask scheduler), fix SCHEDULER_ADDRESS, or set it to None for a local cluster"
     )
     _require_reachable(address, what, fix)
-    from dask.distributed import Client
-
-    try:
-        client = Client(address, timeout="10s")
-    except (OSError, TimeoutError, ValueError) as err:
-        raise ConfigError(f"{what} at {address}: the connection opened but the Dask handshake failed: {err}") from None
+    client = _connect_bounded(address, what)
     try:
         yield client, _wait_for_workers(client, 1, address)
     finally:

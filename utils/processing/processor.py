@@ -8,6 +8,7 @@ histograms and every weight, jet-kinematic and alternative-sample variation.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -15,6 +16,7 @@ from typing import Any, Protocol
 import awkward as ak
 import numpy as np
 from coffea import processor
+from coffea.processor import executor as coffea_executor
 
 from utils.config import AnalysisConfig
 from utils.datasets.fileset import DATA_PROCESS
@@ -25,7 +27,7 @@ from utils.processing.fastio import use_fast_zlib
 from utils.processing.nanoaod import IO_BRANCHES as NANOAOD_IO_BRANCHES
 from utils.processing.nanoaod import select_nanoaod_variations
 from utils.processing.schema import branch_to_field
-from utils.processing.selection import EventSelection, chunk_arrays, select_variations
+from utils.processing.selection import ChunkArrays, EventSelection, chunk_arrays, select_variations
 from utils.runinfo import peak_memory_mb
 
 log = logging.getLogger(__name__)
@@ -68,6 +70,48 @@ def sample_variations(config: AnalysisConfig, process: str, variation: str) -> t
     if variation != "nominal" or process == DATA_PROCESS:
         return (variation,)
     return (*config.jet_variations, *config.weight_variations(process))
+
+
+def _range(meta) -> str:
+    return f"{meta['entrystart']}-{meta['entrystop']}"
+
+
+def entries_read(events) -> dict[str, dict[str, int]]:
+    """``{sample: {file: entries}}`` of one chunk; summed over the chunks, the entries of each
+    file really read (the normalisation is checked against them)."""
+    meta = events.metadata
+    n = meta["entrystop"] - meta["entrystart"] if "entrystop" in meta else len(events)  # (warm-up: no range)
+    return {meta["dataset"]: {meta["filename"]: int(n)}}
+
+
+def kinematics_problem(arrays: ChunkArrays, jet_pt_max: float) -> str | None:
+    """What is wrong with a chunk's kinematics (non-finite values, a jet above ``jet_pt_max``),
+    or None. Such values would overflow the fixed-point sums or fill flow bins with nonsense."""
+    problems = []
+    jet_event = np.repeat(np.arange(arrays.n_events), np.diff(arrays.jet_offsets))
+    bad_events: set[int] = set()
+    columns = {"jet_pt": arrays.jet_pt, "jet_eta": arrays.jet_eta, "jet_phi": arrays.jet_phi,
+               "jet_mass": arrays.jet_mass, "jet_btag": arrays.jet_btag}  # fmt: skip
+    for name, values in columns.items():
+        bad = ~np.isfinite(values)
+        if name == "jet_pt":
+            bad |= np.abs(values) > jet_pt_max
+        if bad.any():
+            events = set(jet_event[bad].tolist())
+            bad_events |= events
+            problems.append(f"{name} non-finite or above {jet_pt_max:g} GeV in {len(events)} event(s)"
+                            if name == "jet_pt" else f"{name} non-finite in {len(events)} event(s)")  # fmt: skip
+    for name, offsets, values in (("electron_pt", arrays.el_offsets, arrays.el_pt),
+                                  ("muon_pt", arrays.mu_offsets, arrays.mu_pt)):  # fmt: skip
+        bad = ~np.isfinite(values) | (np.abs(values) > jet_pt_max)
+        if bad.any():
+            events = set(np.repeat(np.arange(arrays.n_events), np.diff(offsets))[bad].tolist())
+            bad_events |= events
+            problems.append(f"{name} non-finite or above {jet_pt_max:g} GeV in {len(events)} event(s)")
+    if not problems:
+        return None
+    return (f"{len(bad_events)} event(s) with absurd kinematics ({'; '.join(problems)}; "
+            "the ceiling is objects.jet_pt_max of the analysis configuration)")  # fmt: skip
 
 
 class TtbarAnalysis(processor.ProcessorABC):
@@ -122,7 +166,8 @@ class TtbarAnalysis(processor.ProcessorABC):
             for part in branch_to_field(branch):
                 arr = arr[part]
             ak.materialize(arr)
-        return {"nevents": {events.metadata["dataset"]: len(events)}, "peak_memory": PeakMemory.now()}
+        return {"nevents": {events.metadata["dataset"]: len(events)}, "entries": entries_read(events),
+                "peak_memory": PeakMemory.now()}  # fmt: skip
 
     # -- classification -------------------------------------------------------------------------
     def classify(self, sel: EventSelection) -> np.ndarray:
@@ -156,9 +201,15 @@ class TtbarAnalysis(processor.ProcessorABC):
             else:
                 arrays = chunk_arrays(events)
                 n_events = arrays.n_events
-                selections = select_variations(arrays, cfg, jet_variations)
         except Exception as err:  # corrupt basket, truncated read, wrong type: a clear report
-            return self._bad_chunk(events, acc, err)
+            return self._bad_chunk(
+                events, acc, f"cannot read entries {_range(meta)} ({type(err).__name__}: {err})", err
+            )
+        if self.input_format != "nanoaod":
+            insane = kinematics_problem(arrays, cfg.jet_pt_max)
+            if insane is not None:
+                return self._bad_chunk(events, acc, f"entries {_range(meta)}: {insane}")
+            selections = select_variations(arrays, cfg, jet_variations)
         selected: dict[str, int] = {}
         for jet_variation, sel in selections.items():
             obs = sel.observable(cfg)
@@ -172,24 +223,25 @@ class TtbarAnalysis(processor.ProcessorABC):
         return {
             "hists": {dataset: acc},
             "nevents": {dataset: n_events},
+            "entries": entries_read(events),
             "selected": {dataset: selected},
             "peak_memory": PeakMemory.now(),
         }
 
-    def _bad_chunk(self, events, acc: HistogramAccumulator, err: Exception) -> dict[str, Any]:
+    def _bad_chunk(self, events, acc: HistogramAccumulator, problem: str, err: Exception | None = None
+                   ) -> dict[str, Any]:  # fmt: skip
         meta = events.metadata
         start, stop = meta["entrystart"], meta["entrystop"]
-        problem = f"cannot read entries {start}-{stop} ({type(err).__name__}: {err})"
         if self.on_bad_input != "skip":
             raise InputFileError(
                 f"{meta['filename']}: {problem}.\n  sample: {meta['dataset']}\n  what to do: replace the file, "
                 "or rerun with ON_BAD_INPUT='skip' to leave these entries out (the normalisation then uses "
                 "the events actually processed)"
             ) from err
-        log.warning("skipping %s entries %d-%d: %s", meta["filename"], start, stop, err)
+        log.warning("skipping %s entries %d-%d: %s", meta["filename"], start, stop, problem)
         bad = BadInput(meta["dataset"], meta["filename"], problem, stop - start, start, stop)
         return {"hists": {meta["dataset"]: acc}, "nevents": {meta["dataset"]: 0}, "bad_chunks": [bad],
-                "peak_memory": PeakMemory.now()}  # fmt: skip
+                "entries": entries_read(events), "peak_memory": PeakMemory.now()}  # fmt: skip
 
     def _fill_weight_variations(self, acc, sel: EventSelection, obs, cls, process: str) -> None:
         cfg = self.config
@@ -205,3 +257,14 @@ class TtbarAnalysis(processor.ProcessorABC):
 
     def postprocess(self, accumulator):
         return accumulator
+
+
+def _utf8_hash(items) -> int:
+    """coffea's persistent hash of work items, over UTF-8 instead of ASCII bytes: the same value
+    for every ASCII path, and no ``UnicodeEncodeError`` for a path such as ``données/ü.root``."""
+    digest = hashlib.md5(";".join(str(x) for x in items).encode("utf-8"))
+    return int(digest.hexdigest()[:16], base=16)
+
+
+# in every process that unpickles the processor (the driver and the workers alike)
+coffea_executor._hash = _utf8_hash

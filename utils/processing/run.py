@@ -18,8 +18,8 @@ from coffea.nanoevents import NanoAODSchema
 
 from utils.config import AnalysisConfig
 from utils.datasets.fileset import normalisation
-from utils.datasets.inputs import POLICIES, InputReport, preflight
-from utils.errors import AGCError, ConfigError
+from utils.datasets.inputs import POLICIES, BadInput, InputReport, preflight
+from utils.errors import AGCError, ConfigError, InputFileError
 from utils.histograms.accumulate import AnalysisHistograms, HistogramAccumulator
 from utils.processing.executors import EXECUTORS, make_executor, warm_processor
 from utils.processing.nanoaod import READ_BRANCHES as NANOAOD_BRANCHES
@@ -133,7 +133,8 @@ def process_fileset(
         )
         t0 = time.monotonic()
         try:
-            output, metrics = runner(fileset, processor_instance=proc, treename=treename)
+            # treename None: each file's own tree name of the fileset (as the input checks used)
+            output, metrics = runner(fileset, processor_instance=proc, treename=None)
         except Exception as err:
             raise _project_error(err) from None
         walltime = time.monotonic() - t0
@@ -150,6 +151,7 @@ def process_fileset(
             "peak_memory_per_worker_mb": worker_peak.mb if worker_peak is not None else None,
         }
     )
+    check_entries_read(fileset, output.get("entries", {}), expected, report)
     bad_chunks = InputReport(report.policy, list(output.get("bad_chunks", [])))
     report.bad.extend(bad_chunks.bad)
     for sample, lost in bad_chunks.lost_by_sample().items():
@@ -163,6 +165,32 @@ def process_fileset(
     metrics["input_report"] = report.to_dict()
     return ProcessingResult(histograms, metrics, dict(output.get("nevents", {})), dict(output.get("selected", {})),
                             report, fileset)  # fmt: skip
+
+
+def check_entries_read(
+    fileset: dict[str, dict[str, Any]], read: dict[str, dict[str, int]], expected: dict[str, int], report: InputReport
+) -> None:
+    """Compare the entries the processor read of each file with the dataset description's count
+    (which the input checks confirmed): a file replaced between the checks and processing would
+    else be normalised with the old count. ``fail``: :class:`InputFileError`; ``skip``: reported,
+    and the sample's ``nevts`` becomes the entries really read."""
+    for sample, entry in fileset.items():
+        for path in entry["files"]:
+            if path not in expected:
+                continue
+            n_read = int(read.get(sample, {}).get(path, 0))
+            if n_read == expected[path]:
+                continue
+            problem = (f"the processor read {n_read} entries but the dataset description (and the input "
+                       f"checks) say {expected[path]}: was the file replaced during the run?")  # fmt: skip
+            if report.policy != "skip":
+                raise InputFileError(
+                    f"{path}: {problem}\n  sample: {sample}\n  what to do: rerun on files that do not change, "
+                    "or correct 'nevts' in the dataset description"
+                )
+            log.warning("%s (%s): %s; normalising with the entries read", path, sample, problem)
+            report.bad.append(BadInput(sample, path, problem, 0))
+            entry["metadata"]["nevts"] += n_read - expected[path]
 
 
 def _project_error(err: BaseException) -> BaseException:

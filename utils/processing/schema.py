@@ -32,6 +32,10 @@ COLLECTIONS: dict[str, str] = {
 }
 _RENAMES_M = {"e": "stored_energy", "px": "stored_px", "py": "stored_py", "pz": "stored_pz"}
 _RENAMES_E = {"e": "energy", "px": "stored_px", "py": "stored_py", "pz": "stored_pz"}
+# each jagged collection member also stays reachable as ``events[OWN_PREFIX + branch]`` with its
+# own offsets: the zipped collection takes every member's offsets from one branch, so a sibling
+# with other counts per event would be misaligned silently; its own offsets reveal it
+OWN_PREFIX = "_own_"
 _COUNTER = re.compile(r"^(number\w+|numGenPart|n[A-Za-z]+(_\w+)?)$")
 
 
@@ -69,6 +73,8 @@ class AGCSchema(BaseSchema):
             content = {first: content[first], **{k: v for k, v in content.items() if k != first}}
             out[name] = zip_forms(content, name, record if has_vector else None)
             used.update(prefix + f for f in members)
+            for f in members:
+                out[OWN_PREFIX + prefix + f] = branches[prefix + f]
         # PV: jagged vertex fields, scalars stay top level
         pv = {k[3:]: v for k, v in branches.items() if k.startswith("PV_") and _is_jagged(v)}
         if pv:

@@ -355,11 +355,40 @@ def _offsets_and_content(array: ak.Array, dtype) -> tuple[np.ndarray, np.ndarray
     return offsets, np.ascontiguousarray(content, dtype=dtype)
 
 
+class MisalignedBranchError(ValueError):
+    """Sibling jagged branches of one collection have different counts in some event."""
+
+
+def check_sibling_counts(events, offsets: np.ndarray, collection: str, fields: tuple[str, ...]) -> None:
+    """Every ``{collection}_{field}`` branch has the counts per event of ``offsets`` (only the
+    branches' offsets are read; NanoEvents of :class:`~utils.processing.schema.AGCSchema` expose
+    them, other record arrays are zipped already and skip the check)."""
+    from utils.processing.schema import OWN_PREFIX
+
+    counts = np.diff(offsets)
+    present = set(ak.fields(events))
+    for f in fields:
+        name = f"{OWN_PREFIX}{collection}_{f}"
+        if name not in present:
+            continue
+        own = ak.to_numpy(ak.num(events[name], axis=1)).astype(np.int64)
+        if not np.array_equal(own, counts):
+            bad = np.flatnonzero(own != counts)
+            i = int(bad[0])
+            raise MisalignedBranchError(
+                f"branch {collection}_{f} has {own[i]} entries in event {i} of the chunk where "
+                f"{collection}_{fields[0]} has {counts[i]} ({len(bad)} such events): sibling branches "
+                "must have equal counts per event"
+            )
+
+
 def chunk_arrays(events) -> ChunkArrays:
     """Materialise exactly the columns in ``READ_BRANCHES`` from NanoEvents (or any record array
-    with ``jet``, ``electron`` and ``muon`` collections)."""
+    with ``jet``, ``electron`` and ``muon`` collections); sibling jet branches with other counts
+    per event than ``jet_pt`` raise :class:`MisalignedBranchError`."""
     jets = events.jet
     jet_offsets, jet_pt = _offsets_and_content(jets.pt, np.float32)
+    check_sibling_counts(events, jet_offsets, "jet", JET_FIELDS)
     cols = {}
     for f in ("eta", "phi", "mass"):
         cols[f] = _offsets_and_content(jets[f], np.float32)[1]

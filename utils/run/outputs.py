@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import hashlib
 import json
+import shutil
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 from utils.config import REPO_ROOT, AnalysisConfig
 from utils.datasets.resolve import dataset_tag
+from utils.errors import AGCError
 from utils.io import sha256_file, write_json_atomic
 from utils.processing.run import ProcessingResult
 from utils.run.metrics import METRICS_FILE, run_metrics, write_metrics
@@ -39,6 +41,38 @@ def new_output_dir(params: RunParameters, base: str | Path | None = None) -> Pat
         n += 1
         path = root / f"{timestamp()}-{tag}-{n}"
     path.mkdir(parents=True)
+    return path
+
+
+def _leftovers(path: Path) -> list[Path]:
+    """What an output folder holds from before this run (the executed notebook papermill is
+    writing into it does not count)."""
+    return sorted(p for p in path.iterdir() if not (p.is_file() and p.suffix == ".ipynb"))
+
+
+def prepare_output_dir(path: str | Path, overwrite: bool = False) -> Path:
+    """An explicit output folder, ready for one run: created if missing; a folder holding an
+    earlier run's outputs is refused, or with ``overwrite`` cleared first, so that nothing stale
+    is taken for this run's result or listed in its manifest."""
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise AGCError(f"{path}: the output folder is a file; choose another --output / OUTPUT_DIR")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        old = _leftovers(path)
+        if old and not overwrite:
+            names = ", ".join(p.name for p in old[:5]) + (", ..." if len(old) > 5 else "")
+            raise AGCError(
+                f"{path}: the output folder is not empty ({names}); choose a new folder, or rerun with "
+                "--overwrite (notebook parameter OVERWRITE=True) to clear it first"
+            )
+        for p in old:
+            shutil.rmtree(p) if p.is_dir() and not p.is_symlink() else p.unlink()
+        probe = path / ".tmp-write-check"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as err:
+        raise AGCError(f"{path}: cannot use the output folder: {err.strerror or err}") from None
     return path
 
 

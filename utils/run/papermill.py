@@ -50,6 +50,7 @@ def execute_notebook(
             str(notebook), str(executed), parameters=parameters, cwd=str(notebook.parent),
             kernel_name=kernel_name, progress_bar=progress, log_output=False,
             kernel_manager_class=ipc_kernel_manager_class(),
+            shutdown_kernel="immediate",  # Ctrl-C: the kernel is stopped at once, not mid-reply
         )  # fmt: skip
     except papermill.PapermillExecutionError as err:
         raise AGCError(

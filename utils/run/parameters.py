@@ -54,6 +54,25 @@ def default_dataset(environ: Mapping[str, str] | None = None, memory_bytes: int 
 #: The reference notebook's parameter names that are another parameter here (``AF`` is the
 #: facility, as ``AF_NAME``); the notebook name wins when both are given.
 NAME_ALIASES = {"AF": "AF_NAME"}
+
+
+_TYPES: dict[str, tuple[type, ...]] = {"str": (str,), "int": (int,), "bool": (bool,), "str | None": (str, type(None))}
+
+
+def _type_problems(params: RunParameters) -> list[str]:
+    """One line per parameter whose value has the wrong type, naming the parameter."""
+    problems = []
+    for f in dataclasses.fields(params):
+        value = getattr(params, f.name)
+        allowed = _TYPES[str(f.type)]
+        # bool is an int in Python: refuse True for a number and 1 for a flag
+        ok = isinstance(value, allowed) and (bool in allowed or not isinstance(value, bool))
+        if not ok:
+            wanted = " or ".join("None" if t is type(None) else t.__name__ for t in allowed)
+            problems.append(f"{f.name.upper()}={value!r}: expected {wanted}, got {type(value).__name__}")
+    return problems
+
+
 QUERY_LANGUAGES = ("uproot-raw", "func-adl")
 
 
@@ -85,6 +104,7 @@ class RunParameters:
     run_fit: bool = True
     run_ranking: bool = False
     output_dir: str | None = None  # None: a new folder outputs/<timestamp>-<dataset>
+    overwrite: bool = False  # OUTPUT_DIR may hold an earlier run: clear it first (else refused)
 
     def __post_init__(self) -> None:
         if self.dataset == AUTO_DATASET:
@@ -94,7 +114,9 @@ class RunParameters:
             log.info("PIPELINE=%r (AGC reference notebook) is PIPELINE=%r here", self.pipeline,
                      PIPELINE_ALIASES[self.pipeline])  # fmt: skip
             self.pipeline = PIPELINE_ALIASES[self.pipeline]
-        problems = []
+        problems = _type_problems(self)
+        if problems:  # the value checks below assume the types
+            raise ConfigError("invalid run parameters:\n  " + "\n  ".join(problems))
         if self.pipeline not in PIPELINES:
             problems.append(
                 f"PIPELINE={self.pipeline!r}: allowed {list(PIPELINES)} (or the AGC reference's {list(PIPELINE_ALIASES)})"

@@ -19,7 +19,7 @@ from utils.datasets.urls import load_url_rules, rewrite_fileset
 from utils.processing.nanoaod import TREE_NAME as NANOAOD_TREE
 from utils.processing.processor import Classifier
 from utils.processing.run import ProcessingResult, process_fileset
-from utils.run.outputs import new_output_dir
+from utils.run.outputs import new_output_dir, prepare_output_dir
 from utils.run.parameters import RunParameters
 
 if TYPE_CHECKING:
@@ -29,12 +29,11 @@ log = logging.getLogger(__name__)
 
 
 def output_dir_for(params: RunParameters) -> Path:
-    """The run's output folder: ``OUTPUT_DIR`` when given (created if missing), else a new
+    """The run's output folder: ``OUTPUT_DIR`` when given (created if missing; one holding an
+    earlier run is refused unless ``OVERWRITE``, which clears it), else a new
     ``outputs/<timestamp>-<dataset>``."""
     if params.output_dir:
-        path = Path(params.output_dir)
-        path.mkdir(parents=True, exist_ok=True)
-        return path
+        return prepare_output_dir(params.output_dir, params.overwrite)
     return new_output_dir(params)
 
 
