@@ -297,3 +297,16 @@ def test_runner_executes_tiny_grid(tiny_dataset, tmp_path, monkeypatch):
         "stages.png",
     }
     assert "kHz per core" in result.output
+
+
+def test_input_size_from_the_input_check_opens_no_file(tiny_dataset, monkeypatch):
+    import uproot
+
+    from utils.datasets.fileset import build_fileset
+    from utils.datasets.inputs import preflight
+    from utils.run.metrics import input_size
+
+    fileset, report = preflight(build_fileset(tiny_dataset, 1))
+    opened = input_size(fileset)
+    monkeypatch.setattr(uproot, "open", lambda *a, **k: (_ for _ in ()).throw(AssertionError("opened")))
+    assert input_size(fileset, files=report.files) == opened

@@ -106,7 +106,7 @@ def process_fileset(
             schema=AGCSchema,
             savemetrics=True,
             chunksize=options.chunksize,
-            metadata_cache={},
+            metadata_cache=coffea_metadata_cache(fileset, report),
         )
         t0 = time.monotonic()
         try:
@@ -140,6 +140,25 @@ def process_fileset(
     metrics["input_report"] = report.to_dict()
     return ProcessingResult(histograms, metrics, dict(output.get("nevents", {})), dict(output.get("selected", {})),
                             report, fileset)  # fmt: skip
+
+
+def coffea_metadata_cache(fileset: dict[str, dict[str, Any]], report: InputReport) -> dict[Any, dict[str, Any]]:
+    """coffea's ``metadata_cache`` filled from what the input check read (one metadata read per
+    file): keyed by ``FileMeta(dataset, filename, treename)`` as the Runner builds it (the entry's
+    ``treename``, else the Runner's ``treename``), valued by the sample's metadata plus
+    ``numentries`` and ``uuid`` (what ``Runner.metadata_fetcher_root`` would read). Files the
+    check has no information for are left to coffea's preprocessing."""
+    from coffea.processor.executor import FileMeta
+
+    cache: dict[Any, dict[str, Any]] = {}
+    for dataset, entry in fileset.items():
+        treename = entry.get("treename", TREE_NAME)
+        for path in entry["files"]:
+            info = report.files.get(path)
+            if info is not None:
+                meta = {**entry.get("metadata", {}), "numentries": info.entries, "uuid": info.uuid}
+                cache[FileMeta(dataset, path, treename)] = meta
+    return cache
 
 
 def _project_error(err: BaseException) -> BaseException:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -13,6 +13,7 @@ from typing import Any
 import jsonschema
 
 from utils.config import _format_path, load_schema
+from utils.datasets.inputs import FileInfo
 from utils.errors import AGCError
 from utils.io import write_json_atomic
 from utils.processing.run import ProcessingResult
@@ -57,37 +58,55 @@ class InputSize:
 
 
 def input_size(
-    fileset: dict[str, dict[str, Any]], branches: Sequence[str] | None = None, open_remote: bool = False
+    fileset: dict[str, dict[str, Any]],
+    branches: Sequence[str] | None = None,
+    open_remote: bool = False,
+    files: Mapping[str, FileInfo] | None = None,
 ) -> InputSize | None:
     """Sum of ``TBranch.compressed_bytes`` of ``branches`` (default: the processor's
     ``READ_BRANCHES``) over the fileset's files, their entries and their size on disk.
-    ``None`` for a fileset with remote files unless ``open_remote`` (that opens every file)."""
-    import uproot
-
+    ``files``: what the input check already read (:attr:`InputReport.files`); a file found there
+    is not opened again. ``None`` for a fileset with remote files that ``files`` does not cover,
+    unless ``open_remote`` (that opens every such file)."""
     from utils.processing.selection import READ_BRANCHES
 
     branches = tuple(branches if branches is not None else READ_BRANCHES)
+    files = files or {}
     paths = [(p, tree) for entry in fileset.values() for p, tree in entry["files"].items()]
-    remote = any("://" in p for p, _ in paths)
-    if remote and not open_remote:
+    known = {p: files[p] for p, _ in paths if p in files and all(b in files[p].branch_bytes for b in branches)}
+    to_open = [(p, t) for p, t in paths if p not in known]
+    if any("://" in p for p, _ in to_open) and not open_remote:
         return None
     per_branch = dict.fromkeys(branches, 0)
     entries = 0
-    for path, tree_name in paths:
-        with uproot.open(path) as f:
-            tree = f[tree_name]
-            entries += tree.num_entries
-            for b in branches:
-                if b in tree:
-                    per_branch[b] += tree[b].compressed_bytes
-    size = None if remote else sum(Path(p).stat().st_size for p, _ in paths)
+    sizes: list[int | None] = []
+    for info in known.values():
+        entries += info.entries
+        for b in branches:
+            per_branch[b] += info.branch_bytes[b]
+        sizes.append(info.file_bytes)
+    if to_open:
+        import uproot
+
+        for path, tree_name in to_open:
+            with uproot.open(path) as f:
+                tree = f[tree_name]
+                entries += tree.num_entries
+                for b in branches:
+                    if b in tree:
+                        per_branch[b] += tree[b].compressed_bytes
+            sizes.append(None if "://" in path else Path(path).stat().st_size)
+    size = None if any(s is None for s in sizes) else sum(s for s in sizes if s is not None)
     return InputSize(len(paths), entries, size, sum(per_branch.values()), per_branch)
 
 
-def input_size_metrics(fileset: dict[str, dict[str, Any]]) -> dict[str, int | None]:
+def input_size_metrics(
+    fileset: dict[str, dict[str, Any]], files: Mapping[str, FileInfo] | None = None
+) -> dict[str, int | None]:
     """The metrics fields ``dataset_bytes`` and ``needed_branch_bytes`` of a fileset (for
-    run_metrics; null for remote files, which are not opened for this)."""
-    size = input_size(fileset)
+    run_metrics; from ``files``, what the input check read, where it covers the fileset; null
+    for remote files it does not cover, which are not opened for this)."""
+    size = input_size(fileset, files=files)
     if size is None:
         return {"dataset_bytes": None, "needed_branch_bytes": None}
     return {"dataset_bytes": size.dataset_bytes, "needed_branch_bytes": size.needed_branch_bytes}
@@ -126,7 +145,7 @@ def run_metrics(params: RunParameters, result: ProcessingResult, stage_times: di
         "executor_startup_s": m.get("executor_startup_s"),
         "input_report": m.get("input_report"),
         "n_files": sum(len(v["files"]) for v in fileset.values()),
-        **input_size_metrics(fileset),
+        **input_size_metrics(fileset, result.input_report.files if result.input_report else None),
         "parameters": asdict(params),
         "packages": package_versions(),
         "git_commit": git_commit(),
