@@ -67,6 +67,13 @@ def peak_memory_mb(children: bool = True) -> float:
     return peak / 1024.0
 
 
+def process_age_s() -> float:
+    """Seconds since this process started (in a notebook: since the kernel started)."""
+    import psutil
+
+    return max(0.0, time.time() - psutil.Process().create_time())
+
+
 def timestamp() -> str:
     return time.strftime("%Y%m%d-%H%M%S")
 

@@ -18,7 +18,7 @@ from utils.errors import AGCError
 from utils.io import write_json_atomic
 from utils.processing.run import ProcessingResult
 from utils.run.parameters import RunParameters
-from utils.runinfo import git_commit, machine, package_versions
+from utils.runinfo import git_commit, machine, package_versions, process_age_s
 
 log = logging.getLogger(__name__)
 
@@ -112,9 +112,52 @@ def input_size_metrics(
     return {"dataset_bytes": size.dataset_bytes, "needed_branch_bytes": size.needed_branch_bytes}
 
 
+#: the notebook's StageTimer stages that are figures
+FIGURE_STAGES = ("figures", "variation_figures")
+
+
+def time_to_result(
+    stage_times: Mapping[str, float],
+    processing: Mapping[str, Any],
+    fit_timings: Mapping[str, float] | None = None,
+    total: float | None = None,
+) -> dict[str, float]:
+    """The whole run's wall time split into its parts (``time_to_result_s`` of the metrics).
+
+    ``stage_times``: the notebook's stages (``imports`` is the kernel process's age after the
+    imports); ``processing``: the processing stage's metrics (``executor_startup_s``,
+    ``preflight_s``, ``preprocessing_s``, ``walltime``, ``merging_s``); ``fit_timings``: the
+    inference's own timings (its ``figures`` are counted as figures, not fit); ``total``: the
+    run so far (default: this process's age). ``other`` is what the named parts leave of it.
+    """
+    fit_figures = float((fit_timings or {}).get("figures", 0.0))
+    preprocessing = float(processing.get("preprocessing_s") or 0.0)
+    parts = {
+        "kernel_imports": float(stage_times.get("imports", 0.0)),
+        "worker_start": float(processing.get("executor_startup_s") or 0.0),
+        "preflight": float(processing.get("preflight_s") or 0.0),
+        "preprocessing": preprocessing,
+        "processing": max(0.0, float(processing.get("walltime") or 0.0) - preprocessing),
+        "merging": float(processing.get("merging_s") or 0.0),
+        "saving": float(stage_times.get("histograms", 0.0)),
+        "fit": max(0.0, float(stage_times.get("fit", 0.0)) - fit_figures),
+        "figures": sum(float(stage_times.get(s, 0.0)) for s in FIGURE_STAGES) + fit_figures,
+    }
+    total = process_age_s() if total is None else total
+    named = sum(parts.values())
+    if named > total * 1.001 + 1e-3:
+        log.warning(
+            "time to result: the parts (%.2f s) exceed the total (%.2f s); total set to their sum", named, total
+        )
+        total = named
+    return {k: round(v, 4) for k, v in {**parts, "other": total - named, "total": total}.items()}
+
+
 def run_metrics(params: RunParameters, result: ProcessingResult, stage_times: dict[str, float],
-                dataset_path: Path, fileset: dict[str, Any]) -> dict[str, Any]:  # fmt: skip
-    """The metrics JSON of a run: the reference's fields plus stages, versions and machine."""
+                dataset_path: Path, fileset: dict[str, Any],
+                fit_timings: Mapping[str, float] | None = None) -> dict[str, Any]:  # fmt: skip
+    """The metrics JSON of a run: the reference's fields plus stages, the time to result,
+    versions and machine. ``fit_timings``: the inference's own timings, when a fit ran."""
     m = result.metrics
     entries = int(m.get("entries", 0))
     processtime = float(m.get("processtime", 0.0)) or float("nan")
@@ -140,6 +183,10 @@ def run_metrics(params: RunParameters, result: ProcessingResult, stage_times: di
         "entries_per_processtime_hz": entries / processtime,
         "entries_per_walltime_hz": entries / walltime,
         "stage_walltime_s": dict(stage_times),
+        "time_to_result_s": time_to_result(stage_times, m, fit_timings),
+        "preflight_s": m.get("preflight_s"),
+        "preprocessing_s": m.get("preprocessing_s"),
+        "merging_s": m.get("merging_s"),
         "peak_memory_mb": m.get("peak_memory_mb"),
         "peak_memory_per_worker_mb": m.get("peak_memory_per_worker_mb"),
         "executor_startup_s": m.get("executor_startup_s"),
