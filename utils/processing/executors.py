@@ -73,6 +73,8 @@ class ExecutorHandle:
     workers: int
     client: object | None = None
     startup_s: float = 0.0  # starting the workers and importing WARM_MODULES in each
+    #: numba cache hits and misses of the selection kernels in the workers after warming
+    numba_cache: dict[str, int] | None = None
 
 
 def warm_worker(modules: tuple[str, ...] = WARM_MODULES, warm: Callable[[], object] | None = None,
@@ -90,6 +92,27 @@ def warm_worker(modules: tuple[str, ...] = WARM_MODULES, warm: Callable[[], obje
         warm()
     time.sleep(linger_s)
     return os.getpid()
+
+
+def numba_cache_stats() -> dict[str, int]:
+    """This process's cache hits and misses (compilations) of the selection kernels' numba
+    dispatchers: a warm worker with a working cache has hits and no misses."""
+    import numba
+
+    from utils.processing import selection
+
+    hits = misses = 0
+    for obj in vars(selection).values():
+        if isinstance(obj, numba.core.registry.CPUDispatcher):
+            hits += sum(obj.stats.cache_hits.values())
+            misses += sum(obj.stats.cache_misses.values())
+    return {"hits": hits, "misses": misses}
+
+
+def _warm_task(warm: Callable[[], object] | None, linger_s: float) -> tuple[int, dict[str, int]]:
+    """One warm-up task of a pool: ``warm`` in the worker that takes it; its pid and numba
+    cache statistics."""
+    return warm_worker((), warm, linger_s), numba_cache_stats()
 
 
 def warm_processor(
@@ -115,22 +138,41 @@ def warm_processor(
             return
 
 
+#: seconds an idle worker of the shared futures pool waits for work before it exits
+POOL_IDLE_S = 300
+
+
+def start_workers(workers: int):
+    """The shared futures pool (coffea's default class, loky) of ``workers`` processes, started
+    if it is not running: its workers import :data:`WARM_MODULES` in the background, so that a
+    caller can start them before it prepares the fileset. The pool is reused by every later run
+    with the same worker count in this process (notebook cells, ``agc run``'s stages); idle
+    workers exit after :data:`POOL_IDLE_S`. Safe to share: a worker keeps only imports and
+    compiled kernels between runs; each run sends its own processor."""
+    from loky import get_reusable_executor
+
+    return get_reusable_executor(
+        max_workers=workers, timeout=POOL_IDLE_S, initializer=warm_worker, initargs=(WARM_MODULES,),
+        env=SINGLE_THREAD_ENV,
+    )  # fmt: skip
+
+
 @contextmanager
 def _futures_pool(workers: int, warm: Callable[[], object] | None) -> Iterator[object]:
-    """A started process pool (coffea's default class, loky) whose workers have imported
-    :data:`WARM_MODULES` and called ``warm``."""
-    from loky import ProcessPoolExecutor
+    """The shared futures pool (:func:`start_workers`) once every worker has imported
+    :data:`WARM_MODULES` and, as far as the pool spreads the warm-up tasks, called ``warm``."""
+    pool = start_workers(workers)
+    tasks = [pool.submit(_warm_task, warm, 0.2) for _ in range(workers)]
+    stats = dict(f.result() for f in tasks)  # by pid
+    log.debug("futures pool: %d of %d workers warm; numba cache %s", len(stats), workers, stats)
+    yield pool, _summed(stats.values())
 
-    pool = ProcessPoolExecutor(
-        max_workers=workers, initializer=warm_worker, initargs=(WARM_MODULES, warm), env=SINGLE_THREAD_ENV
-    )
-    try:
-        tasks = [pool.submit(warm_worker, WARM_MODULES, None, 0.2) for _ in range(workers)]
-        pids = {f.result() for f in tasks}
-        log.debug("futures pool: %d of %d workers warm", len(pids), workers)
-        yield pool
-    finally:
-        pool.shutdown(wait=True)
+
+def _summed(stats) -> dict[str, int]:
+    out = {"hits": 0, "misses": 0}
+    for s in stats:
+        out = {k: out[k] + s[k] for k in out}
+    return out
 
 
 def _host_port(address: str) -> tuple[str | None, int]:
@@ -280,14 +322,16 @@ def make_executor(
         yield ExecutorHandle(processor.IterativeExecutor(), name, 1)
         return
     if name == "futures":
-        with _futures_pool(workers, warm) as pool:
+        with _futures_pool(workers, warm) as (pool, cache):
             startup = time.monotonic() - t0
             log.info("futures: %d worker process(es) started and warm in %.1f s", workers, startup)
             yield ExecutorHandle(processor.FuturesExecutor(pool=pool, workers=workers, merging=False), name,
-                                 workers, startup_s=startup)  # fmt: skip
+                                 workers, startup_s=startup, numba_cache=cache)  # fmt: skip
         return
     with dask_client(workers, scheduler_address, af_name) as (client, n_workers):
         client.run(warm_worker, WARM_MODULES, warm)
+        cache = _summed(client.run(numba_cache_stats).values())
         startup = time.monotonic() - t0
         log.info("Dask: %d worker(s) via %s, warm in %.1f s", n_workers, client, startup)
-        yield ExecutorHandle(processor.DaskExecutor(client=client, status=False), name, n_workers, client, startup)
+        yield ExecutorHandle(processor.DaskExecutor(client=client, status=False), name, n_workers, client, startup,
+                             cache)  # fmt: skip

@@ -122,6 +122,7 @@ def process_fileset(
         walltime = time.monotonic() - t0
         workers = ex.workers
         startup = ex.startup_s
+        numba_cache = ex.numba_cache
     t_merge = time.monotonic()
     metrics = dict(metrics)
     worker_peak = output.get("peak_memory")
@@ -129,6 +130,7 @@ def process_fileset(
         {
             "walltime": walltime,
             "executor_startup_s": startup,
+            "numba_cache": numba_cache,
             "preflight_s": preflight_s,
             "preprocessing_s": preprocessing_s,
             "num_workers": workers,

@@ -184,6 +184,7 @@ def run_metrics(params: RunParameters, result: ProcessingResult, stage_times: di
         "entries_per_walltime_hz": entries / walltime,
         "stage_walltime_s": dict(stage_times),
         "time_to_result_s": time_to_result(stage_times, m, fit_timings),
+        "numba_cache": m.get("numba_cache"),
         "preflight_s": m.get("preflight_s"),
         "preprocessing_s": m.get("preprocessing_s"),
         "merging_s": m.get("merging_s"),
