@@ -138,34 +138,22 @@ def warm_processor(
             return
 
 
-#: seconds an idle worker of the shared futures pool waits for work before it exits
-POOL_IDLE_S = 300
-
-
-def start_workers(workers: int):
-    """The shared futures pool (coffea's default class, loky) of ``workers`` processes, started
-    if it is not running: its workers import :data:`WARM_MODULES` in the background, so that a
-    caller can start them before it prepares the fileset. The pool is reused by every later run
-    with the same worker count in this process (notebook cells, ``agc run``'s stages); idle
-    workers exit after :data:`POOL_IDLE_S`. Safe to share: a worker keeps only imports and
-    compiled kernels between runs; each run sends its own processor."""
-    from loky import get_reusable_executor
-
-    return get_reusable_executor(
-        max_workers=workers, timeout=POOL_IDLE_S, initializer=warm_worker, initargs=(WARM_MODULES,),
-        env=SINGLE_THREAD_ENV,
-    )  # fmt: skip
-
-
 @contextmanager
-def _futures_pool(workers: int, warm: Callable[[], object] | None) -> Iterator[object]:
-    """The shared futures pool (:func:`start_workers`) once every worker has imported
-    :data:`WARM_MODULES` and, as far as the pool spreads the warm-up tasks, called ``warm``."""
-    pool = start_workers(workers)
-    tasks = [pool.submit(_warm_task, warm, 0.2) for _ in range(workers)]
-    stats = dict(f.result() for f in tasks)  # by pid
-    log.debug("futures pool: %d of %d workers warm; numba cache %s", len(stats), workers, stats)
-    yield pool, _summed(stats.values())
+def _futures_pool(workers: int, warm: Callable[[], object] | None) -> Iterator[tuple[object, dict[str, int]]]:
+    """A started process pool (coffea's default class, loky) whose workers have imported
+    :data:`WARM_MODULES` and called ``warm``; with the workers' numba cache statistics."""
+    from loky import ProcessPoolExecutor
+
+    pool = ProcessPoolExecutor(
+        max_workers=workers, initializer=warm_worker, initargs=(WARM_MODULES, warm), env=SINGLE_THREAD_ENV
+    )
+    try:
+        tasks = [pool.submit(_warm_task, None, 0.2) for _ in range(workers)]
+        stats = dict(f.result() for f in tasks)  # by pid
+        log.debug("futures pool: %d of %d workers warm; numba cache %s", len(stats), workers, stats)
+        yield pool, _summed(stats.values())
+    finally:
+        pool.shutdown(wait=True)
 
 
 def _summed(stats) -> dict[str, int]:
