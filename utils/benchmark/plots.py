@@ -124,13 +124,14 @@ def plot_stage_times(summaries: Sequence[PointSummary], path: str | Path | None 
     fig, ax = plt.subplots(figsize=(12, max(5, 0.6 * len(summaries) + 3)))
     y = list(range(len(summaries)))
     left = [0.0] * len(summaries)
+    palette = plt.get_cmap("tab10")  # ten distinct colours: the style's cycle repeats sooner
     for i, name in enumerate(names):
         widths = [dict(bar).get(name, 0.0) for bar in bars]
-        ax.barh(y, widths, left=left, label=name, color="lightgrey" if name == "other" else f"C{i % 10}")
+        ax.barh(y, widths, left=left, label=name, color="lightgrey" if name == "other" else palette(i % 10))
         left = [a + b for a, b in zip(left, widths, strict=True)]
     ax.set_yticks(y, [s.label for s in summaries], fontsize="x-small")
     ax.invert_yaxis()
     ax.set_xlabel("time to result [s] (median)")
-    ax.legend(fontsize="x-small", ncols=min(len(names), 5), loc="lower left", bbox_to_anchor=(0.0, 1.01))
+    ax.legend(fontsize="x-small", ncols=min(len(names), 4), loc="lower left", bbox_to_anchor=(0.0, 1.01))
     fig.tight_layout()
     return _save(fig, path)
