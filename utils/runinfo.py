@@ -96,6 +96,13 @@ def memory_limit_bytes(
     return min(limits) if limits else None
 
 
+def process_age_s() -> float:
+    """Seconds since this process started (in a notebook: since the kernel started)."""
+    import psutil
+
+    return max(0.0, time.time() - psutil.Process().create_time())
+
+
 def timestamp() -> str:
     return time.strftime("%Y%m%d-%H%M%S")
 

@@ -191,14 +191,14 @@ def test_input_size_sums_compressed_bytes_of_the_analysis_branches(tiny_dataset)
 # --- summary arithmetic (an oracle on hand-made metrics) ---------------------------------------------
 
 
-def _record(template, index, varied, *, workers, io_only, wall_hz, core_hz, repeat=0):
+def _record(template, index, varied, *, workers, io_only, wall_hz, core_hz, repeat=0, load=0.5):
     m = copy.deepcopy(template)
     m.update(num_workers=workers, disable_processing=io_only, entries_per_walltime_hz=wall_hz,
              entries_per_processtime_hz=core_hz, entries=1_000_000, use_dask=False)  # fmt: skip
     m["parameters"].update(executor="futures", use_ml=False)
     m["stage_walltime_s"] = {"dataset": 0.5, "processing": 1e6 / wall_hz}
     point = GridPoint(index, varied, dict(varied))
-    return RunRecord(point, repeat, Path(), m, 10.0)
+    return RunRecord(point, repeat, Path(), m, 10.0, (load, load), 2)
 
 
 def test_summary_parallel_efficiency_and_io_ratio(real_metrics):
@@ -223,6 +223,33 @@ def test_summary_parallel_efficiency_and_io_ratio(real_metrics):
     assert s[1].io_ratio_per_core is None
 
 
+def test_parallel_efficiency_comes_from_quiet_runs_only(real_metrics):
+    t = real_metrics
+    one = {"NUM_CORES": 1, "DISABLE_PROCESSING": False}
+    two = {"NUM_CORES": 2, "DISABLE_PROCESSING": False}
+    records = [
+        _record(t, 0, one, workers=1, io_only=False, wall_hz=100e3, core_hz=100e3),
+        _record(t, 0, one, workers=1, io_only=False, wall_hz=50e3, core_hz=60e3, repeat=1, load=7.5),
+        _record(t, 1, two, workers=2, io_only=False, wall_hz=180e3, core_hz=95e3),
+        _record(t, 1, two, workers=2, io_only=False, wall_hz=60e3, core_hz=40e3, repeat=1, load=2.5),
+    ]
+    s = summarize(records)
+    assert s[0].quiet_runs == 1 and s[0].rate_wall_quiet_hz == 100e3 and s[0].rate_wall_hz == 75e3
+    assert s[1].parallel_efficiency == pytest.approx(180 / 100 / 2)
+    busy = summarize([r for r in records if r.repeat == 1])
+    assert busy[1].parallel_efficiency is None  # no quiet run: no efficiency claimed
+
+
+def test_summary_carries_the_time_to_result_medians(real_metrics):
+    t = real_metrics
+    rs = [
+        _record(t, 0, {"NUM_CORES": 1}, workers=1, io_only=False, wall_hz=1e5, core_hz=1e5, repeat=i) for i in range(3)
+    ]
+    for r, total in zip(rs, (9.0, 12.0, 30.0), strict=True):
+        r.metrics["time_to_result_s"] = {**r.metrics["time_to_result_s"], "total": total}
+    assert summarize(rs)[0].time_to_result_s["total"] == 12.0
+
+
 # --- failures and resuming (a fake notebook runner that writes metrics) ------------------------------
 
 
@@ -245,15 +272,36 @@ def test_keep_going_records_failures_and_resume_reruns_only_those(real_metrics, 
 
         return run
 
+    quiet = {"loadavg": lambda: 0.0}
     with pytest.raises(AGCError, match=r"00-disable_processing=false \(repeat 0\).*boom"):
-        run_grid(grid, tmp_path, runner=runner({False}))
-    first = run_grid(grid, tmp_path, runner=runner({False}), keep_going=True)
+        run_grid(grid, tmp_path, runner=runner({False}), **quiet)
+    first = run_grid(grid, tmp_path, runner=runner({False}), keep_going=True, **quiet)
     assert [r.point.index for r in first.records] == [1] and len(first.failures) == 1
     assert "00-disable_processing=false (repeat 0)" in first.failures[0]
     calls.clear()
-    second = run_grid(grid, tmp_path, runner=runner(set()), resume=True)
+    second = run_grid(grid, tmp_path, runner=runner(set()), resume=True, **quiet)
     assert [c["DISABLE_PROCESSING"] for c in calls] == [False]  # only the failed run again
     assert [r.point.index for r in second.records] == [0, 1] and not second.failures
+
+
+def test_a_run_on_a_busy_machine_is_repeated_and_its_load_recorded(real_metrics, tiny_dataset, tmp_path):
+    from utils.benchmark.runner import run_grid
+
+    grid = load_grid(BENCHMARKS / "tiny.yml")
+    loads = iter([9.0, 9.0, 0.5, 0.5] + [0.5] * 4)  # the first point's first run is busy
+    calls = []
+
+    def run(parameters, path):
+        calls.append(parameters["DISABLE_PROCESSING"])
+        path.mkdir(parents=True, exist_ok=True)
+        (path / "metrics.json").write_text(json.dumps(real_metrics))
+        return path
+
+    result = run_grid(grid, tmp_path, repeat=1, runner=run, loadavg=lambda: next(loads))
+    assert calls == [False, False, True]
+    first = json.loads((result.records[0].path / "runner.json").read_text())
+    assert first["attempts"] == 2 and first["loadavg_1min_before"] == 0.5 and first["cores"] >= 1
+    assert all(r.quiet for r in result.records)
 
 
 # --- the runner end to end ---------------------------------------------------------------------------
@@ -266,9 +314,8 @@ def test_runner_executes_tiny_grid(tiny_dataset, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)  # relative --output: the notebook runs elsewhere (notebooks/)
     out = tmp_path / "bench"
     published = tmp_path / "results"
-    result = CliRunner().invoke(
-        cli, ["benchmark", str(BENCHMARKS / "tiny.yml"), "--output", "bench", "--summary-to", "results"]
-    )
+    args = ["benchmark", str(BENCHMARKS / "tiny.yml"), "--output", "bench", "--summary-to", "results"]
+    result = CliRunner().invoke(cli, [*args, "--noisy-retries", "0"])
     assert result.exit_code == 0, result.output + repr(result.exception)
     points = load_grid(BENCHMARKS / "tiny.yml").points()
     for p in points:
@@ -297,3 +344,24 @@ def test_runner_executes_tiny_grid(tiny_dataset, tmp_path, monkeypatch):
         "stages.png",
     }
     assert "kHz per core" in result.output
+
+
+def test_input_size_from_the_input_check_opens_no_file(tiny_dataset, monkeypatch):
+    import uproot
+
+    from utils.datasets.fileset import build_fileset
+    from utils.datasets.inputs import preflight
+    from utils.run.metrics import input_size
+
+    fileset, report = preflight(build_fileset(tiny_dataset, 1))
+    opened = input_size(fileset)
+    monkeypatch.setattr(uproot, "open", lambda *a, **k: (_ for _ in ()).throw(AssertionError("opened")))
+    assert input_size(fileset, files=report.files) == opened
+
+
+def test_run_metrics_record_the_time_to_result(real_metrics):
+    ttr = real_metrics["time_to_result_s"]
+    assert ttr["preflight"] == pytest.approx(real_metrics["preflight_s"], abs=1e-4)
+    assert ttr["worker_start"] == pytest.approx(real_metrics["executor_startup_s"], abs=1e-4)
+    assert ttr["processing"] + ttr["preprocessing"] == pytest.approx(real_metrics["walltime"], abs=1e-3)
+    assert sum(v for k, v in ttr.items() if k != "total") == pytest.approx(ttr["total"], abs=1e-3)

@@ -74,3 +74,14 @@ def test_skip_policy_subtracts_the_lost_events_and_drops_empty_samples(tmp_path)
 def test_unknown_policy_is_a_config_error(tmp_path):
     with pytest.raises(ConfigError, match="ON_BAD_INPUT='ignore'"):
         preflight(fileset(tmp_path), "ignore")
+
+
+def test_a_usable_file_is_described_once_for_preprocessing_and_sizes(tmp_path):
+    path = write_tree(tmp_path / "ok.root", n=7)
+    _, report = preflight({"s": {"files": {str(path): "events"}, "metadata": {"nevts": 7}}}, "fail")
+    info = report.files[str(path)]
+    with uproot.open(path) as f:
+        assert info.entries == 7 and info.uuid == f.file.fUUID
+        assert info.branch_bytes == {b: f["events"][b].compressed_bytes for b in READ_BRANCHES}
+    assert info.file_bytes == path.stat().st_size
+    assert "files" not in report.to_dict()  # the metrics report only what was left out

@@ -33,3 +33,19 @@ def test_unreachable_scheduler_fails_at_once():
         port = s.getsockname()[1]
     with pytest.raises(ConfigError, match=f"127.0.0.1:{port}"), make_executor("dask", 1, f"tcp://127.0.0.1:{port}"):
         pass
+
+
+def test_futures_workers_use_the_numba_cache(tiny_dataset, config):
+    import functools
+
+    from utils.datasets.fileset import build_fileset
+    from utils.processing.executors import warm_processor
+    from utils.processing.processor import TtbarAnalysis
+    from utils.processing.schema import AGCSchema
+
+    fileset = build_fileset(tiny_dataset, 1)
+    warm = functools.partial(warm_processor, TtbarAnalysis(config), fileset, AGCSchema)
+    with make_executor("futures", 2, warm=warm) as ex:
+        cache = ex.numba_cache
+    # the kernels come from numba's cache in the workers (a miss would be a compilation)
+    assert cache["hits"] > 0 and cache["misses"] == 0, cache

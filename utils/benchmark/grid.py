@@ -130,3 +130,10 @@ class RunRecord:
     metrics: dict[str, Any]
     notebook_walltime_s: float | None = None
     loadavg: tuple[float, ...] = ()  # 1-minute load average of the machine before and after the run
+    cores: int | None = None  # cores of the machine the run had
+
+    @property
+    def quiet(self) -> bool:
+        """Whether the machine was quiet around the run: the load average before and after it at
+        most the core count (unknown load or cores: not quiet)."""
+        return bool(self.loadavg) and self.cores is not None and max(self.loadavg) <= self.cores

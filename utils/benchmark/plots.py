@@ -110,27 +110,36 @@ def plot_io_comparison(summaries: Sequence[PointSummary], path: str | Path | Non
     return _save(fig, path)
 
 
+def _bar_parts(s: PointSummary, stages: Sequence[str]) -> list[tuple[str, float]]:
+    """The parts of a point's bar: its time-to-result split where the metrics have one, else the
+    notebook stages and the rest of the notebook's wall time as 'other'."""
+    if s.time_to_result_s:
+        return [(k, v or 0.0) for k, v in s.time_to_result_s.items() if k != "total"]
+    parts = [(st, s.stages_s.get(st) or 0.0) for st in stages]
+    return [*parts, ("other", max((s.notebook_walltime_s or 0.0) - sum(v for _, v in parts), 0.0))]
+
+
 @_cms_style
 def plot_stage_times(summaries: Sequence[PointSummary], path: str | Path | None = None):
-    """Median wall time per notebook stage, stacked per point (the rest of the notebook's wall
-    time, kernel start and imports, as 'other')."""
+    """The time to result per point as a stacked bar (medians): kernel and imports, worker start,
+    input checks, preprocessing, processing, merging, saving, fit, figures, other. Points whose
+    metrics have no time-to-result split show their notebook stages instead."""
     import matplotlib.pyplot as plt
 
     stages = _stage_names(summaries)
+    bars = [_bar_parts(s, stages) for s in summaries]
+    names = list(dict.fromkeys(name for bar in bars for name, _ in bar))
     fig, ax = plt.subplots(figsize=(12, max(5, 0.6 * len(summaries) + 3)))
     y = list(range(len(summaries)))
     left = [0.0] * len(summaries)
-    for i, stage in enumerate([*stages, "other"]):
-        if stage == "other":
-            widths = [max((s.notebook_walltime_s or 0.0) - sum(v or 0.0 for v in s.stages_s.values()), 0.0)
-                      for s in summaries]  # fmt: skip
-        else:
-            widths = [s.stages_s.get(stage) or 0.0 for s in summaries]
-        ax.barh(y, widths, left=left, label=stage, color="lightgrey" if stage == "other" else f"C{i % 10}")
+    palette = plt.get_cmap("tab10")  # ten distinct colours: the style's cycle repeats sooner
+    for i, name in enumerate(names):
+        widths = [dict(bar).get(name, 0.0) for bar in bars]
+        ax.barh(y, widths, left=left, label=name, color="lightgrey" if name == "other" else palette(i % 10))
         left = [a + b for a, b in zip(left, widths, strict=True)]
     ax.set_yticks(y, [s.label for s in summaries], fontsize="x-small")
     ax.invert_yaxis()
-    ax.set_xlabel("wall time [s] (median)")
-    ax.legend(fontsize="x-small", ncols=min(len(stages) + 1, 5), loc="lower left", bbox_to_anchor=(0.0, 1.01))
+    ax.set_xlabel("time to result [s] (median)")
+    ax.legend(fontsize="x-small", ncols=min(len(names), 4), loc="lower left", bbox_to_anchor=(0.0, 1.01))
     fig.tight_layout()
     return _save(fig, path)

@@ -88,15 +88,24 @@ def _completed(path: Path) -> bool:
     return (path / METRICS_FILE).is_file() and (path / RUNNER_FILE).is_file()
 
 
+#: runs of a point repeated when the machine was busy (load average above the core count)
+NOISY_RETRIES = 1
+
+
 def run_grid(grid: BenchmarkGrid, output: Path, repeat: int | None = None, runner: NotebookRunner = _papermill,
-             keep_going: bool = False, resume: bool = False) -> GridRun:  # fmt: skip
+             keep_going: bool = False, resume: bool = False, noisy_retries: int = NOISY_RETRIES,
+             loadavg: Callable[[], float] = lambda: os.getloadavg()[0]) -> GridRun:  # fmt: skip
     """Execute every point ``repeat`` times (interleaved) into ``output/points/<point>/rep<k>``.
 
-    ``keep_going``: a failed run is logged and recorded, the others go on (default: stop).
-    ``resume``: runs that already completed in ``output`` are read back instead of repeated.
+    The 1-minute load average is recorded before and after every run; a run whose load was
+    above the machine's core count is repeated (at most ``noisy_retries`` times, the last one
+    kept, its ``attempts`` recorded). ``keep_going``: a failed run is logged and recorded, the
+    others go on (default: stop). ``resume``: runs that already completed in ``output`` are read
+    back instead of repeated.
     """
     repeat = repeat or grid.repeat
     points = grid.points()
+    cores = os.cpu_count() or 1
     prepare_grid(grid)
     result = GridRun([])
     for rep in range(repeat):
@@ -107,26 +116,40 @@ def run_grid(grid: BenchmarkGrid, output: Path, repeat: int | None = None, runne
                 result.records.append(_read_record(point, rep, path))
                 continue
             log.info("benchmark %s: point %s, repeat %d/%d", grid.name, point.name, rep + 1, repeat)
-            for stale in (RUNNER_FILE, METRICS_FILE):  # of an earlier run into the same folder
-                (path / stale).unlink(missing_ok=True)
-            load_before = os.getloadavg()[0]
-            t0 = time.monotonic()
             try:
-                runner(point.parameters, path)
-                elapsed = time.monotonic() - t0
-                write_json_atomic(path / RUNNER_FILE, {"point": point.name, "varied": point.varied,
-                                                       "parameters": point.parameters, "repeat": rep,
-                                                       "notebook_walltime_s": elapsed,
-                                                       "loadavg_1min_before": load_before,
-                                                       "loadavg_1min_after": os.getloadavg()[0]})  # fmt: skip
-                result.records.append(_read_record(point, rep, path))
+                record = _run_point(point, rep, path, runner, cores, noisy_retries, loadavg)
             except AGCError as err:
                 message = f"{point.name} (repeat {rep}): {err}"
                 if not keep_going:
                     raise AGCError(f"benchmark point {message}") from None
                 log.error("benchmark point %s", message)
                 result.failures.append(message)
+                continue
+            result.records.append(record)
     return result
+
+
+def _run_point(point: GridPoint, rep: int, path: Path, runner: NotebookRunner, cores: int, noisy_retries: int,
+               loadavg: Callable[[], float]) -> RunRecord:  # fmt: skip
+    """One run of a point, repeated while the machine was busy (at most ``noisy_retries`` times)."""
+    for attempt in range(1 + max(0, noisy_retries)):
+        for stale in (RUNNER_FILE, METRICS_FILE):  # of an earlier run into the same folder
+            (path / stale).unlink(missing_ok=True)
+        load_before = loadavg()
+        t0 = time.monotonic()
+        runner(point.parameters, path)
+        elapsed = time.monotonic() - t0
+        write_json_atomic(path / RUNNER_FILE, {"point": point.name, "varied": point.varied,
+                                               "parameters": point.parameters, "repeat": rep,
+                                               "notebook_walltime_s": elapsed, "cores": cores,
+                                               "loadavg_1min_before": load_before,
+                                               "loadavg_1min_after": loadavg(), "attempts": attempt + 1})  # fmt: skip
+        record = _read_record(point, rep, path)
+        if record.quiet:
+            break
+        log.warning("benchmark point %s: load average %s above %d cores (attempt %d)", point.name,
+                    "/".join(f"{x:.1f}" for x in record.loadavg), cores, attempt + 1)  # fmt: skip
+    return record
 
 
 def _read_record(point: GridPoint, rep: int, path: Path) -> RunRecord:
@@ -138,7 +161,8 @@ def _read_record(point: GridPoint, rep: int, path: Path) -> RunRecord:
     runner_path = path / RUNNER_FILE
     info = json.loads(runner_path.read_text()) if runner_path.is_file() else {}
     loads = tuple(info[k] for k in ("loadavg_1min_before", "loadavg_1min_after") if k in info)
-    return RunRecord(point, rep, path, metrics, info.get("notebook_walltime_s"), loads)
+    cores = info.get("cores", (metrics.get("machine") or {}).get("cores"))
+    return RunRecord(point, rep, path, metrics, info.get("notebook_walltime_s"), loads, cores)
 
 
 def collect_records(grid: BenchmarkGrid, output: Path) -> GridRun:
@@ -192,12 +216,13 @@ def write_summary(grid: BenchmarkGrid, records: Sequence[RunRecord], output: Pat
 
 
 def run_benchmark(grid: BenchmarkGrid, output: Path, repeat: int | None = None, runner: NotebookRunner = _papermill,
-                  keep_going: bool = False, resume: bool = False) -> BenchmarkResult:  # fmt: skip
+                  keep_going: bool = False, resume: bool = False,
+                  noisy_retries: int = NOISY_RETRIES) -> BenchmarkResult:  # fmt: skip
     output = Path(output).resolve()  # the notebook runs in notebooks/: relative paths would land there
     output.mkdir(parents=True, exist_ok=True)
     if grid.source.is_file():
         shutil.copyfile(grid.source, output / "grid.yml")
-    run = run_grid(grid, output, repeat, runner, keep_going, resume)
+    run = run_grid(grid, output, repeat, runner, keep_going, resume, noisy_retries)
     return write_summary(grid, run.records, output, run.failures)
 
 

@@ -9,7 +9,7 @@ import math
 import statistics
 import time
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -63,6 +63,9 @@ class PointSummary:
     io_ratio_per_core: float | None = None
     io_ratio_wall: float | None = None
     io_reference: str | None = None
+    quiet_runs: int = 0  # repeats with the load average at most the core count
+    rate_wall_quiet_hz: float | None = None  # median wall rate over the quiet repeats only
+    time_to_result_s: dict[str, float | None] = field(default_factory=dict)  # medians of each part
 
     @property
     def mode(self) -> str:
@@ -94,6 +97,8 @@ def summarize_point(
     entries = int(_median(m["entries"] for m in ms) or 0)
     bytes_read = _median(m["bytesread"] for m in ms)
     key = (first["dataset_source"], first["n_files_max_per_sample"])
+    quiet = [r.metrics["entries_per_walltime_hz"] for r in records if r.quiet]
+    ttr_parts = list(dict.fromkeys(k for m in ms for k in m.get("time_to_result_s", {})))
     return PointSummary(
         point=point,
         runs=len(records),
@@ -114,12 +119,16 @@ def summarize_point(
         stages_s={s: _median(m["stage_walltime_s"].get(s) for m in ms) for s in stage_names},
         notebook_walltime_s=_median(r.notebook_walltime_s for r in records),
         input=(sizes or {}).get(key),
+        quiet_runs=len(quiet),
+        rate_wall_quiet_hz=_median(quiet),
+        time_to_result_s={k: _median(m.get("time_to_result_s", {}).get(k) for m in ms) for k in ttr_parts},
     )
 
 
 def compare_points(summaries: Sequence[PointSummary]) -> None:
-    """Fill parallel efficiency (wall-time rate against the fewest-worker point that differs only
-    in NUM_CORES) and the processing / I/O-only rate ratios (against the I/O-only point that
+    """Fill parallel efficiency (wall-time rate over the quiet repeats only, against the
+    fewest-worker point that differs only in NUM_CORES; none where either point had no quiet
+    repeat) and the processing / I/O-only rate ratios (against the I/O-only point that
     differs only in the keys of :data:`IO_INDEPENDENT_KEYS`; 4% preferred)."""
     by_scaling: dict[tuple, list[PointSummary]] = {}
     for s in summaries:
@@ -128,7 +137,7 @@ def compare_points(summaries: Sequence[PointSummary]) -> None:
         ref = min(group, key=lambda s: s.workers)
         for s in group:
             if s is not ref and s.workers > ref.workers:
-                speedup = _ratio(s.rate_wall_hz, ref.rate_wall_hz)
+                speedup = _ratio(s.rate_wall_quiet_hz, ref.rate_wall_quiet_hz)
                 s.parallel_efficiency = speedup / (s.workers / ref.workers) if speedup is not None else None
                 s.efficiency_reference = ref.point.name
     io_points: dict[tuple, list[PointSummary]] = {}
@@ -199,6 +208,8 @@ _COLUMNS: tuple[tuple[str, str, Callable[[PointSummary], Any], str], ...] = (
     ),
     ("columns", "columns", lambda s: s.columns, "{}"),
     ("notebook_s", "notebook [s]", lambda s: s.notebook_walltime_s, "{:.1f}"),
+    ("time_to_result_s", "time to result [s]", lambda s: s.time_to_result_s.get("total"), "{:.1f}"),
+    ("quiet_runs", "quiet runs", lambda s: s.quiet_runs, "{}"),
 )
 
 
@@ -285,7 +296,10 @@ def markdown_summary(grid: BenchmarkGrid, summaries: Sequence[PointSummary], rec
         "Definitions: *kHz per core* = entries / processtime (processor time summed over chunks, excludes "
         "opening files and building events); *kHz wall* = entries / wall time of the processing stage; "
         "*spread* = (max - min) / median of the wall rate over repeats; *parallel eff.* = wall-rate speed-up "
-        "over the fewest-worker point of the same series, divided by the worker ratio; *I/O-only* ratios compare "
+        "over the fewest-worker point of the same series, divided by the worker ratio, from quiet runs only "
+        "(1-minute load average before and after the run at most the core count; *quiet runs* counts them, "
+        "a busy run is repeated once); *time to result* = kernel start to the metrics (its parts in "
+        "stages.png); *I/O-only* ratios compare "
         "with the I/O-only point on the same files and executor; *bytes read / event* = bytesread "
         "(includes file headers, read per chunk) / entries; *needed compressed B / event* = sum of "
         "`compressed_bytes` of the branches the processor reads / entries; stage columns are notebook stage "

@@ -8,7 +8,14 @@ from pathlib import Path
 import click
 
 from utils.benchmark.grid import load_grid
-from utils.benchmark.runner import collect_records, copy_summary, default_output, run_benchmark, write_summary
+from utils.benchmark.runner import (
+    NOISY_RETRIES,
+    collect_records,
+    copy_summary,
+    default_output,
+    run_benchmark,
+    write_summary,
+)
 from utils.benchmark.summary import markdown_table
 from utils.errors import AGCError
 
@@ -32,8 +39,16 @@ from utils.errors import AGCError
 @click.option("--summarize-only", is_flag=True, help="Run nothing; summarize the runs already in --output.")
 @click.option("--keep-going", is_flag=True, help="Go on after a failed run; failures are listed in the summary.")
 @click.option("--resume", is_flag=True, help="Keep the runs already completed in --output; run only the others.")
+@click.option(
+    "--noisy-retries",
+    type=click.IntRange(min=0),
+    default=NOISY_RETRIES,
+    show_default=True,
+    help="Repeat a run whose 1-minute load average was above the core count at most this often.",
+)
 def benchmark(grid_file: Path, output: Path | None, repeat: int | None, summary_to: Path | None,
-              dry_run: bool, summarize_only: bool, keep_going: bool, resume: bool) -> None:  # fmt: skip
+              dry_run: bool, summarize_only: bool, keep_going: bool, resume: bool,
+              noisy_retries: int) -> None:  # fmt: skip
     """Run the main notebook over the parameter grid GRID_FILE and summarize the metrics."""
     grid = load_grid(grid_file)
     points = grid.points()
@@ -50,7 +65,7 @@ def benchmark(grid_file: Path, output: Path | None, repeat: int | None, summary_
     else:
         output = output if output is not None else default_output(grid)
         click.echo(f"benchmark {grid.name}: {len(points)} points x {repeat or grid.repeat} repeat(s) into {output}")
-        result = run_benchmark(grid, output, repeat, keep_going=keep_going, resume=resume)
+        result = run_benchmark(grid, output, repeat, keep_going=keep_going, resume=resume, noisy_retries=noisy_retries)
     click.echo(markdown_table(result.summaries))
     if summary_to is not None:
         for f in copy_summary(result, summary_to):

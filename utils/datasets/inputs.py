@@ -40,12 +40,25 @@ class BadInput:
     entry_stop: int | None = None
 
 
+@dataclass(frozen=True)
+class FileInfo:
+    """What the input check read from a usable file's metadata, once: coffea's preprocessing
+    (``numentries``, ``uuid``) and the size metrics use it instead of opening the file again."""
+
+    entries: int
+    uuid: bytes
+    branch_bytes: dict[str, int]  # compressed bytes of each analysis branch
+    file_bytes: int | None  # size on disk; None for a remote file
+
+
 @dataclass
 class InputReport:
-    """What was left out of a run and why; goes into the outputs and the metrics."""
+    """What was left out of a run and why; goes into the outputs and the metrics. ``files``: the
+    :class:`FileInfo` of every usable file, by path (not part of :meth:`to_dict`)."""
 
     policy: str
     bad: list[BadInput] = field(default_factory=list)
+    files: dict[str, FileInfo] = field(default_factory=dict)
 
     def lost_by_sample(self) -> dict[str, int]:
         out: dict[str, int] = {}
@@ -92,11 +105,24 @@ def check_file(
     required: Sequence[str] = READ_BRANCHES,
     floating: bool = True,
 ) -> str | None:
-    """The problem with one input file, or None if it is usable. Reads only metadata; a remote
-    file (root://, http(s)://) gets at most ``timeout_s`` per request. ``required``: the branches
-    the analysis reads; with ``floating`` each must be a jagged floating-point array (the ntuples'
-    analysis branches). A local path that is not a regular file (a FIFO, a device, a folder) is
-    refused before it is opened."""
+    """The problem with one input file, or None if it is usable (see :func:`inspect_file`)."""
+    problem = inspect_file(path, treename, expected_entries, timeout_s, required, floating)
+    return problem if isinstance(problem, str) else None
+
+
+def inspect_file(
+    path: str,
+    treename: str = "events",
+    expected_entries: int | None = None,
+    timeout_s: float = 30,
+    required: Sequence[str] = READ_BRANCHES,
+    floating: bool = True,
+) -> str | FileInfo:
+    """The problem with one input file, or its :class:`FileInfo` if it is usable. Reads only
+    metadata, once; a remote file (root://, http(s)://) gets at most ``timeout_s`` per request.
+    ``required``: the branches the analysis reads; with ``floating`` each must be a jagged
+    floating-point array (the ntuples' analysis branches). A local path that is not a regular file
+    (a FIFO, a device, a folder) is refused before it is opened."""
     if "://" not in path:
         try:
             mode = Path(path).stat().st_mode
@@ -143,7 +169,12 @@ def check_file(
                 f"holds {tree.num_entries} entries but the dataset description says {expected_entries} "
                 "(a truncated or replaced file?)"
             )
-    return None
+        return FileInfo(
+            int(tree.num_entries),
+            bytes(f.file.fUUID),
+            {b: int(tree[b].compressed_bytes) for b in required},
+            None if "://" in path else size,
+        )
 
 
 def preflight(
@@ -173,13 +204,15 @@ def preflight(
     with ThreadPoolExecutor(max(1, min(threads, len(items)))) as pool:
         problems = list(
             pool.map(
-                lambda it: check_file(it[1], it[2], expected_entries.get(it[1]), timeout_s, required, floating), items
+                lambda it: inspect_file(it[1], it[2], expected_entries.get(it[1]), timeout_s, required, floating),
+                items,
             )
         )
     report = InputReport(policy)
     clean = {s: {**e, "files": dict(e["files"]), "metadata": dict(e["metadata"])} for s, e in fileset.items()}
     for (sample, path, _), problem in zip(items, problems, strict=True):
-        if problem is None:
+        if isinstance(problem, FileInfo):
+            report.files[path] = problem
             continue
         if policy == "fail":
             raise InputFileError(

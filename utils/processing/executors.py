@@ -74,6 +74,8 @@ class ExecutorHandle:
     workers: int
     client: object | None = None
     startup_s: float = 0.0  # starting the workers and importing WARM_MODULES in each
+    #: numba cache hits and misses of the selection kernels in the workers after warming
+    numba_cache: dict[str, int] | None = None
 
 
 def warm_worker(modules: tuple[str, ...] = WARM_MODULES, warm: Callable[[], object] | None = None,
@@ -91,6 +93,27 @@ def warm_worker(modules: tuple[str, ...] = WARM_MODULES, warm: Callable[[], obje
         warm()
     time.sleep(linger_s)
     return os.getpid()
+
+
+def numba_cache_stats() -> dict[str, int]:
+    """This process's cache hits and misses (compilations) of the selection kernels' numba
+    dispatchers: a warm worker with a working cache has hits and no misses."""
+    import numba
+
+    from utils.processing import selection
+
+    hits = misses = 0
+    for obj in vars(selection).values():
+        if isinstance(obj, numba.core.registry.CPUDispatcher):
+            hits += sum(obj.stats.cache_hits.values())
+            misses += sum(obj.stats.cache_misses.values())
+    return {"hits": hits, "misses": misses}
+
+
+def _warm_task(warm: Callable[[], object] | None, linger_s: float) -> tuple[int, dict[str, int]]:
+    """One warm-up task of a pool: ``warm`` in the worker that takes it; its pid and numba
+    cache statistics."""
+    return warm_worker((), warm, linger_s), numba_cache_stats()
 
 
 def warm_processor(
@@ -117,21 +140,28 @@ def warm_processor(
 
 
 @contextmanager
-def _futures_pool(workers: int, warm: Callable[[], object] | None) -> Iterator[object]:
+def _futures_pool(workers: int, warm: Callable[[], object] | None) -> Iterator[tuple[object, dict[str, int]]]:
     """A started process pool (coffea's default class, loky) whose workers have imported
-    :data:`WARM_MODULES` and called ``warm``."""
+    :data:`WARM_MODULES` and called ``warm``; with the workers' numba cache statistics."""
     from loky import ProcessPoolExecutor
 
     pool = ProcessPoolExecutor(
         max_workers=workers, initializer=warm_worker, initargs=(WARM_MODULES, warm), env=SINGLE_THREAD_ENV
     )
     try:
-        tasks = [pool.submit(warm_worker, WARM_MODULES, None, 0.2) for _ in range(workers)]
-        pids = {f.result() for f in tasks}
-        log.debug("futures pool: %d of %d workers warm", len(pids), workers)
-        yield pool
+        tasks = [pool.submit(_warm_task, None, 0.2) for _ in range(workers)]
+        stats = dict(f.result() for f in tasks)  # by pid
+        log.debug("futures pool: %d of %d workers warm; numba cache %s", len(stats), workers, stats)
+        yield pool, _summed(stats.values())
     finally:
         pool.shutdown(wait=True)
+
+
+def _summed(stats) -> dict[str, int]:
+    out = {"hits": 0, "misses": 0}
+    for s in stats:
+        out = {k: out[k] + s[k] for k in out}
+    return out
 
 
 def _host_port(address: str) -> tuple[str | None, int]:
@@ -316,15 +346,17 @@ def make_executor(
         return
     if name == "futures":
         log.info("futures: starting %d worker process(es) (each imports coffea, numba and torch first)", workers)
-        with _futures_pool(workers, warm) as pool:
+        with _futures_pool(workers, warm) as (pool, cache):
             startup = time.monotonic() - t0
             log.info("futures: %d worker process(es) started and warm in %.1f s", workers, startup)
             yield ExecutorHandle(processor.FuturesExecutor(pool=pool, workers=workers, merging=False), name,
-                                 workers, startup_s=startup)  # fmt: skip
+                                 workers, startup_s=startup, numba_cache=cache)  # fmt: skip
         return
     log.info("Dask: starting or joining the cluster (%s)", scheduler_address or f"{workers} local worker(s)")
     with dask_client(workers, scheduler_address, af_name) as (client, n_workers):
         client.run(warm_worker, WARM_MODULES, warm)
+        cache = _summed(client.run(numba_cache_stats).values())
         startup = time.monotonic() - t0
         log.info("Dask: %d worker(s) via %s, warm in %.1f s", n_workers, client, startup)
-        yield ExecutorHandle(processor.DaskExecutor(client=client, status=False), name, n_workers, client, startup)
+        yield ExecutorHandle(processor.DaskExecutor(client=client, status=False), name, n_workers, client, startup,
+                             cache)  # fmt: skip

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -13,12 +13,13 @@ from typing import Any
 import jsonschema
 
 from utils.config import _format_path, load_schema
+from utils.datasets.inputs import FileInfo
 from utils.datasets.urls import load_url_rules, rules_record
 from utils.errors import AGCError
 from utils.io import write_json_atomic
 from utils.processing.run import ProcessingResult
 from utils.run.parameters import RunParameters
-from utils.runinfo import git_commit, machine, package_versions
+from utils.runinfo import git_commit, machine, package_versions, process_age_s
 
 log = logging.getLogger(__name__)
 
@@ -58,45 +59,106 @@ class InputSize:
 
 
 def input_size(
-    fileset: dict[str, dict[str, Any]], branches: Sequence[str] | None = None, open_remote: bool = False
+    fileset: dict[str, dict[str, Any]],
+    branches: Sequence[str] | None = None,
+    open_remote: bool = False,
+    files: Mapping[str, FileInfo] | None = None,
 ) -> InputSize | None:
     """Sum of ``TBranch.compressed_bytes`` of ``branches`` (default: the processor's
     ``READ_BRANCHES``) over the fileset's files, their entries and their size on disk.
-    ``None`` for a fileset with remote files unless ``open_remote`` (that opens every file)."""
-    import uproot
-
+    ``files``: what the input check already read (:attr:`InputReport.files`); a file found there
+    is not opened again. ``None`` for a fileset with remote files that ``files`` does not cover,
+    unless ``open_remote`` (that opens every such file)."""
     from utils.processing.selection import READ_BRANCHES
 
     branches = tuple(branches if branches is not None else READ_BRANCHES)
+    files = files or {}
     paths = [(p, tree) for entry in fileset.values() for p, tree in entry["files"].items()]
-    remote = any("://" in p for p, _ in paths)
-    if remote and not open_remote:
+    known = {p: files[p] for p, _ in paths if p in files and all(b in files[p].branch_bytes for b in branches)}
+    to_open = [(p, t) for p, t in paths if p not in known]
+    if any("://" in p for p, _ in to_open) and not open_remote:
         return None
     per_branch = dict.fromkeys(branches, 0)
     entries = 0
-    for path, tree_name in paths:
-        with uproot.open(path) as f:
-            tree = f[tree_name]
-            entries += tree.num_entries
-            for b in branches:
-                if b in tree:
-                    per_branch[b] += tree[b].compressed_bytes
-    size = None if remote else sum(Path(p).stat().st_size for p, _ in paths)
+    sizes: list[int | None] = []
+    for info in known.values():
+        entries += info.entries
+        for b in branches:
+            per_branch[b] += info.branch_bytes[b]
+        sizes.append(info.file_bytes)
+    if to_open:
+        import uproot
+
+        for path, tree_name in to_open:
+            with uproot.open(path) as f:
+                tree = f[tree_name]
+                entries += tree.num_entries
+                for b in branches:
+                    if b in tree:
+                        per_branch[b] += tree[b].compressed_bytes
+            sizes.append(None if "://" in path else Path(path).stat().st_size)
+    size = None if any(s is None for s in sizes) else sum(s for s in sizes if s is not None)
     return InputSize(len(paths), entries, size, sum(per_branch.values()), per_branch)
 
 
-def input_size_metrics(fileset: dict[str, dict[str, Any]]) -> dict[str, int | None]:
+def input_size_metrics(
+    fileset: dict[str, dict[str, Any]], files: Mapping[str, FileInfo] | None = None
+) -> dict[str, int | None]:
     """The metrics fields ``dataset_bytes`` and ``needed_branch_bytes`` of a fileset (for
-    run_metrics; null for remote files, which are not opened for this)."""
-    size = input_size(fileset)
+    run_metrics; from ``files``, what the input check read, where it covers the fileset; null
+    for remote files it does not cover, which are not opened for this)."""
+    size = input_size(fileset, files=files)
     if size is None:
         return {"dataset_bytes": None, "needed_branch_bytes": None}
     return {"dataset_bytes": size.dataset_bytes, "needed_branch_bytes": size.needed_branch_bytes}
 
 
+#: the notebook's StageTimer stages that are figures
+FIGURE_STAGES = ("figures", "variation_figures")
+
+
+def time_to_result(
+    stage_times: Mapping[str, float],
+    processing: Mapping[str, Any],
+    fit_timings: Mapping[str, float] | None = None,
+    total: float | None = None,
+) -> dict[str, float]:
+    """The whole run's wall time split into its parts (``time_to_result_s`` of the metrics).
+
+    ``stage_times``: the notebook's stages (``imports`` is the kernel process's age after the
+    imports); ``processing``: the processing stage's metrics (``executor_startup_s``,
+    ``preflight_s``, ``preprocessing_s``, ``walltime``, ``merging_s``); ``fit_timings``: the
+    inference's own timings (its ``figures`` are counted as figures, not fit); ``total``: the
+    run so far (default: this process's age). ``other`` is what the named parts leave of it.
+    """
+    fit_figures = float((fit_timings or {}).get("figures", 0.0))
+    preprocessing = float(processing.get("preprocessing_s") or 0.0)
+    parts = {
+        "kernel_imports": float(stage_times.get("imports", 0.0)),
+        "worker_start": float(processing.get("executor_startup_s") or 0.0),
+        "preflight": float(processing.get("preflight_s") or 0.0),
+        "preprocessing": preprocessing,
+        "processing": max(0.0, float(processing.get("walltime") or 0.0) - preprocessing),
+        "merging": float(processing.get("merging_s") or 0.0),
+        "saving": float(stage_times.get("histograms", 0.0)),
+        "fit": max(0.0, float(stage_times.get("fit", 0.0)) - fit_figures),
+        "figures": sum(float(stage_times.get(s, 0.0)) for s in FIGURE_STAGES) + fit_figures,
+    }
+    total = process_age_s() if total is None else total
+    named = sum(parts.values())
+    if named > total * 1.001 + 1e-3:
+        log.warning(
+            "time to result: the parts (%.2f s) exceed the total (%.2f s); total set to their sum", named, total
+        )
+        total = named
+    return {k: round(v, 4) for k, v in {**parts, "other": total - named, "total": total}.items()}
+
+
 def run_metrics(params: RunParameters, result: ProcessingResult, stage_times: dict[str, float],
-                dataset_path: Path, fileset: dict[str, Any]) -> dict[str, Any]:  # fmt: skip
-    """The metrics JSON of a run: the reference's fields plus stages, versions and machine."""
+                dataset_path: Path, fileset: dict[str, Any],
+                fit_timings: Mapping[str, float] | None = None) -> dict[str, Any]:  # fmt: skip
+    """The metrics JSON of a run: the reference's fields plus stages, the time to result,
+    versions and machine. ``fit_timings``: the inference's own timings, when a fit ran."""
     m = result.metrics
     entries = int(m.get("entries", 0))
     processtime = float(m.get("processtime", 0.0)) or float("nan")
@@ -124,12 +186,17 @@ def run_metrics(params: RunParameters, result: ProcessingResult, stage_times: di
         "entries_per_processtime_hz": entries / processtime,
         "entries_per_walltime_hz": entries / walltime,
         "stage_walltime_s": dict(stage_times),
+        "time_to_result_s": time_to_result(stage_times, m, fit_timings),
+        "numba_cache": m.get("numba_cache"),
+        "preflight_s": m.get("preflight_s"),
+        "preprocessing_s": m.get("preprocessing_s"),
+        "merging_s": m.get("merging_s"),
         "peak_memory_mb": m.get("peak_memory_mb"),
         "peak_memory_per_worker_mb": m.get("peak_memory_per_worker_mb"),
         "executor_startup_s": m.get("executor_startup_s"),
         "input_report": m.get("input_report"),
         "n_files": sum(len(v["files"]) for v in fileset.values()),
-        **input_size_metrics(fileset),
+        **input_size_metrics(fileset, result.input_report.files if result.input_report else None),
         "parameters": asdict(params),
         "packages": package_versions(),
         "git_commit": git_commit(),

@@ -100,7 +100,7 @@ def finish_run(
     the run manifest that marks the output folder complete. Returns the metrics."""
     output_dir = Path(output_dir)
     fileset = result.fileset if result.fileset is not None else fileset
-    metrics = run_metrics(params, result, stage_times, dataset_path, fileset)
+    metrics = run_metrics(params, result, stage_times, dataset_path, fileset, _fit_timings(output_dir))
     metrics.update(extra_metrics or {})
     write_metrics(output_dir / METRICS_FILE, metrics)
     if result.input_report is not None and result.input_report.bad:
@@ -124,6 +124,16 @@ def finish_run(
     }
     write_json_atomic(output_dir / MANIFEST_NAME, manifest)
     return metrics
+
+
+def _fit_timings(output_dir: Path) -> dict[str, float] | None:
+    """The inference's own timings from the run's fit results, if a fit ran."""
+    from utils.inference.results import RESULTS_NAME
+
+    path = output_dir / RESULTS_NAME
+    if not path.is_file():
+        return None
+    return dict(json.loads(path.read_text()).get("timings_s", {}))
 
 
 def is_complete(output_dir: str | Path) -> bool:
