@@ -35,6 +35,7 @@ def test_agc_answer_with_diagnostics_in_the_results(agc_histograms, tmp_path):
     result = run_inference(agc_histograms, tmp_path, figures=False, keep_templates=False)
     assert result.bestfit == pytest.approx(0.960, abs=0.003)
     assert 0.088 <= result.uncertainty <= 0.092
+    assert result.uncertainty == pytest.approx(0.0911, abs=0.0003)  # RooFit: 0.0913
     d = result.diagnostics
     assert d.minuit_valid and d.edm < d.edm_goal and d.covariance_status == "accurate"
     assert d.hessian_positive_definite and d.poi_hessian_uncertainty == result.uncertainty
@@ -74,10 +75,9 @@ def test_poi_uncertainty_is_stable_across_strategies_and_perturbations(agc_model
             uncertainties.append(fit.uncertainty[poi])
     spread = max(uncertainties) / min(uncertainties) - 1
     assert spread < 0.02, uncertainties
-    # MINUIT's own HESSE agrees to a few percent; the symmetrised MINOS interval of this slightly
-    # non-parabolic likelihood (-0.086/+0.098) is 2.8 % wider than the Hessian's
-    assert max(hesse) / min(uncertainties) - 1 < 0.03
-    assert minos / uncertainties[1] - 1 == pytest.approx(0.028, abs=0.01)
+    # MINUIT's own HESSE and the symmetrised MINOS interval (-0.086/+0.098) agree too
+    assert max(abs(h / uncertainties[1] - 1) for h in hesse) < 0.02
+    assert abs(minos / uncertainties[1] - 1) < 0.02
 
 
 def test_central_hessian_of_a_quadratic_form_is_exact():
