@@ -212,7 +212,7 @@ def fit_with_diagnostics(
     from cabinetry.model_utils import prefit_uncertainties
 
     strategy = 1 if strategy is None else int(strategy)
-    m, twice_nll = _minuit(model, data, strategy, init_pars, fix_pars, par_bounds)
+    m, _ = _minuit(model, data, strategy, init_pars, fix_pars, par_bounds)
     for _ in range(1 + MIGRAD_RETRIES):
         m.migrad(ncall=100_000)
         if m.valid:
