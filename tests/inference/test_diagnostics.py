@@ -109,11 +109,53 @@ def test_one_line_per_problem_and_none_when_all_is_well():
         covariance_status="forced positive-definite",
         poi_minos=(-0.08, 0.14),
         pulled={"PS variation": -2.5},
+        negative_yields=2,
     )
     lines = _with_problems(bad, "mu").problems
-    assert len(lines) == 4
+    assert len(lines) == 5
+    assert any(line.startswith("2 bin(s) with a negative expected yield") for line in lines)
     assert any(line.startswith("covariance forced positive-definite") and "not reliable" in line for line in lines)
     assert any("MINUIT minimum not valid" in line for line in lines)
     assert any("MINOS" in line and "quote MINOS" in line for line in lines)
     assert any("PS variation pulled by -2.50" in line for line in lines)
     assert all("see the 'diagnostics' of fit_results.json" in line for line in lines)
+
+
+@pytest.fixture(scope="module")
+def tiny_histograms(tiny_dataset, config, tmp_path_factory):
+    """histograms.root of the tiny dataset, with and without the ML-score categories."""
+    from utils.histograms.accumulate import save_histograms
+    from utils.run import pipeline
+    from utils.run.parameters import RunParameters
+
+    folder = tmp_path_factory.mktemp("tiny_hist")
+    params = RunParameters(dataset=str(tiny_dataset), use_ml=True, num_cores=2, output_dir=str(folder))
+    _, fileset = pipeline.fileset_for(params)
+    delivered = pipeline.deliver(params, fileset, config)
+    result = pipeline.process(params, delivered.fileset, config, pipeline.make_classifier(True))
+    save_histograms(result.histograms, folder / "histograms.root", config)
+    save_histograms(result.histograms, folder / "histograms_ml.root", config, ml_categories=True)
+    return folder
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("categories", [False], ids=["regions"])  # ML categories: see docs/inference.md
+def test_tiny_poi_uncertainty_is_stable(tiny_histograms, categories, tmp_path):
+    import cabinetry
+
+    from utils.inference.config import REPO_ROOT
+
+    name = "histograms_ml.root" if categories else "histograms.root"
+    model_config = REPO_ROOT / ("cabinetry_config_ml.yml" if categories else "cabinetry_config.yml")
+    with numpy_backend():
+        _, ws, _ = prepare_workspace(tiny_histograms / name, tmp_path, model_config, keep_templates=False)
+        model, data = cabinetry.model_utils.model_and_data(ws)
+        poi = model.config.poi_index
+        uncertainties = []
+        for strategy in (0, 1, 2):
+            fit, d = fit_with_diagnostics(model, data, strategy=strategy, minos=False)
+            assert d.minuit_valid and d.hessian_positive_definite
+            uncertainties.append(fit.uncertainty[poi])
+        perturbed = list(np.asarray(data) * (1 + 1e-12 * np.random.default_rng(5).standard_normal(len(data))))
+        uncertainties.append(fit_with_diagnostics(model, perturbed, minos=False)[0].uncertainty[poi])
+    assert max(uncertainties) / min(uncertainties) - 1 < 0.02, uncertainties

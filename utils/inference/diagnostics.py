@@ -69,6 +69,7 @@ class FitDiagnostics:
     minos_valid: bool | None
     constrained: dict[str, float] = field(default_factory=dict)  # name -> post-fit / pre-fit uncertainty
     pulled: dict[str, float] = field(default_factory=dict)  # name -> pull in pre-fit units
+    negative_yields: int = 0  # bins with a negative expected yield at the minimum
     problems: tuple[str, ...] = ()
 
     @property
@@ -274,6 +275,7 @@ def fit_with_diagnostics(
         if abs(pull) > PULL_THRESHOLD:
             pulled[names[i]] = float(pull)
 
+    expected = np.asarray(model.expected_actualdata(bestfit), dtype=float)
     diagnostics = FitDiagnostics(
         minuit_valid=bool(fmin.is_valid),
         edm=float(fmin.edm),
@@ -288,6 +290,7 @@ def fit_with_diagnostics(
         minos_valid=minos_valid,
         constrained=constrained,
         pulled=pulled,
+        negative_yields=int(np.sum(expected < 0)),
     )
     diagnostics = _with_problems(diagnostics, names[poi] if poi is not None else "POI")
     fit_results = FitResults(bestfit, uncertainty, names, corr, float(m.fval))
@@ -319,6 +322,11 @@ def _with_problems(d: FitDiagnostics, poi_name: str) -> FitDiagnostics:
                 f"MINOS ({d.poi_minos[0]:+.4f}/{d.poi_minos[1]:+.4f}) and the Hessian (+/-{d.poi_hessian_uncertainty:.4f}) "
                 f"of {poi_name} differ by {abs(ratio - 1):.0%}: the likelihood is not parabolic; quote MINOS"
             )
+    if d.negative_yields:
+        lines.append(
+            f"{d.negative_yields} bin(s) with a negative expected yield at the minimum: the likelihood is not "
+            "bounded there; prune or smooth the noisy templates (TemplateTreatment)"
+        )
     for name, pull in sorted(d.pulled.items()):
         lines.append(f"{name} pulled by {pull:+.2f} pre-fit standard deviations")
     return replace(d, problems=tuple(f"{line}; see {SEE}" for line in lines))
