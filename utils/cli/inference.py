@@ -88,6 +88,10 @@ def fit(
         click.echo(
             "largest impacts: " + ", ".join(f"{i.parameter} ({i.postfit_up:+.3f}/{i.postfit_down:+.3f})" for i in top)
         )
+    for line in result.problems:
+        click.secho(line, fg="yellow", err=True)
+    if result.template_treatment:
+        click.echo(f"template treatment: {len(result.template_treatment)} decision(s), listed in fit_results.json")
     for step, why in result.failures.items():
         click.secho(f"{step} failed: {why}", fg="yellow", err=True)
     click.echo(f"results: {result.results_path}")

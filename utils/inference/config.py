@@ -22,6 +22,7 @@ from utils.config import (
 )
 from utils.errors import ConfigError
 from utils.histograms.accumulate import N_CLASSES, category_name
+from utils.inference.treatment import TREATMENT_KEY, TreatmentRules, parse_treatment
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +45,8 @@ def _config_schema() -> dict[str, Any]:
     if raw is None:  # pragma: no cover - broken cabinetry installation
         raise ConfigError("cabinetry's configuration schema (cabinetry/schemas/config.json) is missing")
     schema = json.loads(raw)
+    # the template treatment section is validated by utils.inference.treatment
+    schema["properties"][TREATMENT_KEY] = {"type": "object"}
     schema["definitions"]["region"]["properties"][CATEGORIES_KEY] = {
         "description": "split the region into one region per category (ML-score categories)",
         "type": "array",
@@ -171,6 +174,8 @@ def parse_cabinetry_config(
 
     validate_against_schema(data, _config_schema(), source)
     config = expand_categories(data)
+    treatment_rules(data, source)  # ours, not cabinetry's: checked here, removed below
+    config.pop(TREATMENT_KEY, None)
     try:
         cabinetry.configuration.validate(config)
     except (ValueError, NotImplementedError) as err:
@@ -204,6 +209,25 @@ def load_cabinetry_config(
     if ml_categories:
         data = with_ml_categories(data)
     return parse_cabinetry_config(data, source=str(path), analysis=analysis)
+
+
+def treatment_rules(data: Any, source: str = "<cabinetry configuration>") -> TreatmentRules:
+    """The validated ``TemplateTreatment`` section of a configuration given as data (may be absent)."""
+    names = [s["Name"] for s in data.get("Systematics", [])] if isinstance(data, Mapping) else []
+    section = data.get(TREATMENT_KEY) if isinstance(data, Mapping) else None
+    return parse_treatment(section, source, names)
+
+
+def load_model_config(
+    path: str | Path | None = None, analysis: AnalysisConfig | None = None, *, ml_categories: bool = False
+) -> tuple[dict[str, Any], TreatmentRules]:
+    """:func:`load_cabinetry_config` and the template treatment rules of the same file."""
+    path = Path(path) if path is not None else DEFAULT_CABINETRY_CONFIG
+    data = read_yaml(path)
+    rules = treatment_rules(data, str(path))
+    if ml_categories:
+        data = with_ml_categories(data)
+    return parse_cabinetry_config(data, source=str(path), analysis=analysis), rules
 
 
 def with_paths(config: Mapping[str, Any], histograms_path: str | Path, histogram_folder: str | Path) -> dict[str, Any]:

@@ -31,18 +31,19 @@ import numpy as np
 
 from utils.config import AnalysisConfig, load_analysis_config
 from utils.errors import StatisticsError
-from utils.inference.config import DEFAULT_CABINETRY_CONFIG, load_cabinetry_config, with_paths
+from utils.inference.config import DEFAULT_CABINETRY_CONFIG, load_model_config, with_paths
+from utils.inference.diagnostics import FitDiagnostics, fit_with_diagnostics
 from utils.inference.fit import (
     LimitSummary,
     SignificanceSummary,
     build_workspace,
-    fit_workspace,
     numpy_backend,
     rank_parameters,
     significance_of,
     upper_limit_of,
 )
 from utils.inference.templates import build_templates
+from utils.inference.treatment import TreatmentRecord
 from utils.io import json_ready, sha256_file, write_json_atomic
 from utils.runinfo import StageTimer, package_versions
 
@@ -91,6 +92,15 @@ class InferenceResult:
     ranking: tuple[Impact, ...] | None = None
     #: optional steps (significance, limit) that failed -> why; the fit result stands
     failures: dict[str, str] = field(default_factory=dict)
+    #: MINUIT's state, covariance, MINOS, constraints, pulls and one line per problem
+    diagnostics: FitDiagnostics | None = None
+    #: every template pruned or smoothed, where and why
+    template_treatment: tuple[TreatmentRecord, ...] = ()
+
+    @property
+    def problems(self) -> tuple[str, ...]:
+        """One line per problem of the fit (none when all is well)."""
+        return self.diagnostics.problems if self.diagnostics is not None else ()
 
     @property
     def n_parameters(self) -> int:
@@ -123,6 +133,8 @@ class InferenceResult:
             "limit": json_ready(self.limit),
             "ranking": json_ready(list(self.ranking)) if self.ranking is not None else None,
             "failures": dict(self.failures),
+            "diagnostics": self.diagnostics.to_dict() if self.diagnostics is not None else None,
+            "template_treatment": [r.to_dict() for r in self.template_treatment],
             "figures": {k: str(v.name) for k, v in self.figures.items()},
             "settings": {"pyhf_backend": "numpy", "minuit_strategy": self.strategy},
             "timings_s": self.timings,
@@ -169,20 +181,24 @@ def prepare_workspace(
     ml_categories: bool = False,
     analysis: AnalysisConfig | None = None,
     timer: StageTimer | None = None,
+    treatment: list[TreatmentRecord] | None = None,
 ) -> tuple[dict[str, Any], dict[str, Any], str]:
     """Load the model configuration, build templates and write ``output_dir/workspace.json``.
 
     Returns ``(config, workspace, workspace sha256)``; ``config`` points at the run's
-    histograms file and at ``output_dir/templates``.
+    histograms file and at ``output_dir/templates``. The template treatment decisions are
+    appended to ``treatment`` when given.
     """
     timer = timer or StageTimer()
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
-    raw_config = load_cabinetry_config(cabinetry_config_path, analysis, ml_categories=ml_categories)
+    raw_config, rules = load_model_config(cabinetry_config_path, analysis, ml_categories=ml_categories)
     with _template_folder(output_dir, keep_templates) as folder:
         config = with_paths(raw_config, histograms_path, folder)
         with timer("templates"):
-            build_templates(config, histograms_path)
+            _, records = build_templates(config, histograms_path, rules)
+        if treatment is not None:
+            treatment.extend(records)
         with timer("workspace"):
             ws, ws_sha = build_workspace(config, output_dir / WORKSPACE_NAME)
     return with_paths(raw_config, histograms_path, output_dir / TEMPLATES_DIRNAME), ws, ws_sha
@@ -230,6 +246,7 @@ def run_inference(
     sig_summary = lim_summary = impacts = ranking_results = None
     figure_paths: dict[str, Path] = {}
     failures: dict[str, str] = {}
+    treatment: list[TreatmentRecord] = []
     with timer("total"), numpy_backend():
         config, ws, ws_sha = prepare_workspace(
             histograms_path,
@@ -239,9 +256,10 @@ def run_inference(
             ml_categories=ml_categories,
             analysis=analysis,
             timer=timer,
+            treatment=treatment,
         )
         with timer("fit"):
-            model, data, fit_results = fit_workspace(ws, strategy=strategy)
+            model, data, fit_results, diagnostics = _fit(ws, strategy)
         # the fit stands without the optional extras: a failed one is recorded, not raised
         if significance:
             with timer("significance"), _recorded(failures, "significance"):
@@ -288,6 +306,8 @@ def run_inference(
         limit=lim_summary,
         ranking=impacts,
         failures=failures,
+        diagnostics=diagnostics,
+        template_treatment=tuple(treatment),
     )
     content = result.to_dict()
     content["inputs"] = {
@@ -302,7 +322,20 @@ def run_inference(
     log.info(
         "%s = %.4f +/- %.4f (%d parameters)", result.poi_name, result.bestfit, result.uncertainty, result.n_parameters
     )
+    for line in result.problems:
+        log.warning("%s", line)
     return result
+
+
+def _fit(ws: dict[str, Any], strategy: int | None):
+    """Model, data, cabinetry FitResults (with goodness of fit) and diagnostics of a workspace."""
+    import cabinetry
+    from cabinetry.fit import _goodness_of_fit
+
+    model, data = cabinetry.model_utils.model_and_data(dict(ws))
+    fit_results, diagnostics = fit_with_diagnostics(model, data, strategy=strategy)
+    gof = _goodness_of_fit(model, data, fit_results.best_twice_nll)
+    return model, data, fit_results._replace(goodness_of_fit=gof), diagnostics
 
 
 def _impacts(ranking_results: Any) -> tuple[Impact, ...]:

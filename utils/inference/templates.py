@@ -14,6 +14,7 @@ import numpy as np
 
 from utils.errors import StatisticsError
 from utils.inference.config import Template
+from utils.inference.treatment import TreatmentRecord, TreatmentRules, treat_templates
 
 log = logging.getLogger(__name__)
 
@@ -135,11 +136,17 @@ def rebin(histogram: HistogramData, new_edges: np.ndarray | list[float], name: s
     return HistogramData(new_edges, values, variances)
 
 
-def build_templates(config: Mapping[str, Any], histograms_path: str | Path | None = None) -> list[TemplateRef]:
+def build_templates(
+    config: Mapping[str, Any],
+    histograms_path: str | Path | None = None,
+    rules: TreatmentRules | None = None,
+) -> tuple[list[TemplateRef], list[TreatmentRecord]]:
     """Write every template (rebinned to its region's Binning) into ``HistogramFolder``.
 
     ``histograms_path`` defaults to the file part of ``InputPath``. All needed histograms are
-    checked before anything is written.
+    checked before anything is written. ``rules`` (the configuration's ``TemplateTreatment``)
+    smooth and prune the variation templates (see :mod:`utils.inference.treatment`); returns
+    the templates and every treatment decision.
     """
     import cabinetry
 
@@ -149,16 +156,47 @@ def build_templates(config: Mapping[str, Any], histograms_path: str | Path | Non
     histograms = read_histograms(histograms_path, [r.histogram for r in refs])
     folder = Path(config["General"]["HistogramFolder"])
     folder.mkdir(parents=True, exist_ok=True)
+    binned: dict[str, HistogramData] = {}
     for ref in refs:
         hist = histograms[ref.histogram]
         if ref.region.get("Binning") is not None:
             hist = rebin(hist, ref.region["Binning"], name=f"{histograms_path}:{ref.histogram}")
+        binned[ref.name] = hist
+    records = _treat(refs, binned, rules) if rules is not None and rules.enabled else []
+    for ref in refs:
+        hist = binned[ref.name]
         template = cabinetry.histo.Histogram.from_arrays(hist.edges, hist.values, np.sqrt(hist.variances))
         template.validate(ref.name)  # logs empty bins and ill-defined uncertainties
         template.save(folder / ref.name)
     log.info("built %d templates from %s into %s", len(refs), histograms_path, folder)
+    if records:
+        log.info("template treatment: %d decision(s)", len(records))
     cabinetry.templates.postprocess(dict(config))
-    return refs
+    return refs, records
 
 
-# -- fitting ------------------------------------------------------------------------------------
+def _treat(refs: list[TemplateRef], binned: dict[str, HistogramData], rules: TreatmentRules) -> list[TreatmentRecord]:
+    """Smooth and prune the NormPlusShape variation templates in ``binned`` (in place)."""
+    import cabinetry
+
+    records: list[TreatmentRecord] = []
+    groups: dict[tuple[str, str, str], dict[str, TemplateRef]] = {}
+    for ref in refs:
+        if ref.template is not None and ref.systematic.get("Type") == "NormPlusShape":
+            key = (ref.systematic["Name"], ref.region["Name"], ref.sample["Name"])
+            groups.setdefault(key, {})[ref.template] = ref
+    for (syst_name, region_name, sample_name), templates in groups.items():
+        any_ref = next(iter(templates.values()))
+        nominal = binned[cabinetry.histo.name(any_ref.region, any_ref.sample, {})]
+        symmetrized = bool(any_ref.systematic.get("Down", {}).get("Symmetrize", False))
+        new, decisions = treat_templates(
+            (nominal.values, nominal.variances),
+            {k: (binned[r.name].values, binned[r.name].variances) for k, r in templates.items()},
+            rules.settings_for(syst_name),
+            symmetrized,
+            (syst_name, region_name, sample_name),
+        )
+        for k, r in templates.items():
+            binned[r.name] = binned[r.name]._replace(values=new[k])
+        records.extend(decisions)
+    return records

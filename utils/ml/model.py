@@ -63,7 +63,7 @@ class ScoreModel(nn.Module):
         self.net = mlp(n_inputs, hidden)
 
     def logits(self, x: torch.Tensor) -> torch.Tensor:
-        return self.net((x - self.mean) / self.std).squeeze(-1)  # type: ignore[operator]  # buffers
+        return self.net((x - self.mean) / self.std).squeeze(-1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return torch.sigmoid(self.logits(x))
