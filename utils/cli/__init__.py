@@ -115,7 +115,7 @@ def os_error_message(err: OSError) -> str:
     }
     where = err.filename if err.filename is not None else "(no file named)"
     what = err.strerror or str(err)
-    hint = hints.get(err.errno)
+    hint = hints.get(err.errno) if err.errno is not None else None
     return f"{where}: {what}" + (f"; {hint}" if hint else "")
 
 

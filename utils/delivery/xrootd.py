@@ -117,7 +117,11 @@ class XRootDServer:
         ports = [self.port] + ([self.http_port] if self.http_port > 0 else [])
         while not all(_accepts(self.host, p) for p in ports):
             if self.process.poll() is not None or time.monotonic() > deadline:
-                err = self.process.stderr.read().decode(errors="replace") if self.process.poll() is not None else ""
+                err = (
+                    self.process.stderr.read().decode(errors="replace")
+                    if self.process.poll() is not None and self.process.stderr
+                    else ""
+                )
                 self.stop()
                 raise AGCError(f"xrootd did not start serving {self.root} on port {self.port}: {err.strip()[-500:]}")
             time.sleep(0.1)

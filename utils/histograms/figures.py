@@ -118,10 +118,10 @@ def plot_stack(
     centres = stack[0].axes[0].centers
     total = np.sum([s.values() for s in stack], axis=0)
     total_var = np.sum([s.variances() for s in stack], axis=0)
-    observed, observed_label = _observed(histograms, config, region, classification, observed)
+    observed_hist, observed_label = _observed(histograms, config, region, classification, observed)
     top = float(total.max())
-    if observed is not None:
-        values, errors = observed.values(), np.sqrt(observed.variances())
+    if observed_hist is not None:
+        values, errors = observed_hist.values(), np.sqrt(observed_hist.variances())
         ax.errorbar(centres, values, yerr=errors, fmt="o", color="black", markersize=5, label=observed_label,
                     zorder=5)  # fmt: skip
         top = max(top, float((values + errors).max()))

@@ -128,9 +128,9 @@ def likelihood_hessian(
     """
     x = np.asarray(x, dtype=float)
     h = _steps_inside(x, steps, bounds)
-    data = np.asarray(data, dtype=float)
+    observed = np.asarray(data, dtype=float)
     n_main = model.config.nmaindata
-    counts, aux = data[:n_main], data[n_main:]
+    counts, aux = observed[:n_main], observed[n_main:]
 
     def lam(p: np.ndarray) -> np.ndarray:
         return np.asarray(model.expected_actualdata(p), dtype=float)
@@ -315,7 +315,7 @@ def _with_problems(d: FitDiagnostics, poi_name: str) -> FitDiagnostics:
         )
     if d.minos_valid is False:
         lines.append(f"MINOS for {poi_name} failed or is not valid: no profile-likelihood interval")
-    elif d.poi_minos is not None and d.poi_hessian_uncertainty:
+    elif d.poi_minos is not None and d.poi_minos_symmetric is not None and d.poi_hessian_uncertainty:
         ratio = d.poi_minos_symmetric / d.poi_hessian_uncertainty
         if abs(ratio - 1) > 0.1:
             lines.append(

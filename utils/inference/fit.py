@@ -77,7 +77,7 @@ def fit_model(
             return cabinetry.fit.fit(
                 model,
                 data,
-                strategy=strategy,
+                strategy=strategy,  # type: ignore[arg-type]  # 0, 1, 2 or None
                 goodness_of_fit=goodness_of_fit,
                 init_pars=init_pars,
                 fix_pars=fix_pars,
@@ -202,7 +202,7 @@ def significance_of(model: Any, data: list[float], *, strategy: int | None = Non
 
     try:
         with numpy_backend():
-            sig = cabinetry.fit.significance(model, data, strategy=strategy)
+            sig = cabinetry.fit.significance(model, data, strategy=strategy)  # type: ignore[arg-type]
     except Exception as err:  # pyhf's FailedMinimization, scipy's bracketing errors, ...
         raise StatisticsError(f"the significance calculation failed: {first_line(err)}") from err
     return SignificanceSummary(*(float(x) for x in sig))

@@ -349,7 +349,7 @@ def plot_signal_vs_background(
     for is_signal, label, color in ((True, evaluation.signal_process, "C0"), (False, "background", "C3")):
         m = evaluation.labels.astype(bool) == is_signal
         if m.any():
-            ax.hist(evaluation.scores[m], bins=bins, weights=evaluation.weights[m], density=True, histtype="step",
+            ax.hist(evaluation.scores[m], bins=list(bins), weights=evaluation.weights[m], density=True, histtype="step",
                     lw=2, color=color, label=f"{_pretty(label)} ({m.sum():,d} events)")  # fmt: skip
     ax.axvline(evaluation.threshold, color="black", ls="--", lw=1, label=f"threshold {evaluation.threshold:g}")
     ax.set_xlabel("network score")

@@ -24,6 +24,7 @@ import secrets
 import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 DEFAULT_MAX_BODY_BYTES = 16 * 1024 * 1024
 ACCESS_TOKEN_TTL_S = 3600
@@ -123,7 +124,7 @@ def check_origin(origin: str | None, allowed: frozenset[str]) -> None:
         raise RefusedError(403, f"cross-origin request from {origin[:100]!r} refused")
 
 
-def check_body_size(headers: Mapping[str, str], limit: int) -> int:
+def check_body_size(headers: Any, limit: int) -> int:
     """The length of the body to read; refuse oversized and unsized bodies."""
     if headers.get("Transfer-Encoding"):
         raise RefusedError(411, "chunked bodies are not accepted; send Content-Length")
@@ -136,7 +137,7 @@ def check_body_size(headers: Mapping[str, str], limit: int) -> int:
     return length
 
 
-def check_content_type(method: str, headers: Mapping[str, str], length: int) -> None:
+def check_content_type(method: str, headers: Any, length: int) -> None:
     """A POST body must be JSON (a browser cannot send that cross-site without a preflight)."""
     if length and method == "POST":
         content_type = (headers.get("Content-Type") or "").split(";")[0].strip().lower()

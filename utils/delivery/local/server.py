@@ -24,7 +24,7 @@ from concurrent.futures.process import BrokenProcessPool
 from datetime import UTC, datetime
 from http.server import ThreadingHTTPServer
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 from utils.delivery.local import guard
 from utils.delivery.local.codegen import CODE_GENERATORS, CodegenError, generate_source
@@ -79,7 +79,7 @@ class LocalEndpoint:
         self._httpd: ThreadingHTTPServer | None = None
         self._thread: threading.Thread | None = None
         self._store: RequestStore | None = None
-        self._lock_file = None
+        self._lock_file: IO[str] | None = None
         self._executor: ProcessPoolExecutor | None = None
         self._executor_lock = threading.Lock()
         self._futures: dict[tuple[str, int], Future] = {}
@@ -310,7 +310,7 @@ class LocalEndpoint:
         error = future.exception()
         if isinstance(error, BrokenProcessPool):
             with self._executor_lock:
-                if self._executor is pool:
+                if pool is not None and self._executor is pool:
                     self._executor = None
                     pool.shutdown(wait=False, cancel_futures=True)
             if attempts < MAX_ATTEMPTS:
@@ -331,7 +331,7 @@ class LocalEndpoint:
                 log.exception("request %s: cannot record the outcome of %s", record.id, path)
             return
         if finished:
-            done = self.store.get(record.id)
+            done = self.store.get(record.id) or record
             log.info(
                 "request %s (%s) %s: %d/%d files, %d failed",
                 record.id,
