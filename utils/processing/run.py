@@ -17,7 +17,7 @@ from coffea import processor
 from coffea.nanoevents import NanoAODSchema
 
 from utils.config import AnalysisConfig
-from utils.datasets.fileset import normalisation
+from utils.datasets.fileset import TREE_NAME, normalisation
 from utils.datasets.inputs import POLICIES, BadInput, InputReport, preflight
 from utils.errors import AGCError, ConfigError, InputFileError
 from utils.histograms.accumulate import AnalysisHistograms, HistogramAccumulator
@@ -30,8 +30,6 @@ from utils.processing.selection import READ_BRANCHES
 from utils.runinfo import peak_memory_mb
 
 log = logging.getLogger(__name__)
-
-TREE_NAME = "events"
 
 
 @dataclass(frozen=True)
