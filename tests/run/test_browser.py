@@ -302,8 +302,8 @@ def _cell_images(page, saved: dict, code_snippet: str):
 
 def _screenshots(page, saved: dict, folder: Path) -> None:
     """JupyterLab with the notebook at its stacked histograms, and two figures on their own."""
-    stacks = _cell_images(page, saved, "plotting.plot_stack(")
-    variations = _cell_images(page, saved, "plotting.plot_variations(")
+    stacks = _cell_images(page, saved, "figures.plot_stack(")
+    variations = _cell_images(page, saved, "figures.plot_variations(")
     assert stacks.count() == 2 and variations.count() == 2, (stacks.count(), variations.count())
     page.keyboard.press("Control+b")  # hide the file browser: the notebook gets the width
     page.wait_for_timeout(500)
