@@ -35,12 +35,13 @@ def poet_file() -> Path:
 
 @pytest.fixture(scope="session")
 def xrootd_server(tiny_dataset):
-    """A real xrootd (Debian's xrootd-server) serving the tiny dataset's folder over root:// and
-    HTTP on free loopback ports; skips, saying why, when xrootd is not installed."""
+    """A real xrootd (Debian's xrootd-server) serving the tiny dataset's folder over root://, and
+    over HTTP and HTTPS (XrdHttp, TLS with a certificate made for it; its CA is ``ca_file``) on
+    free loopback ports; skips, saying why, when xrootd is not installed."""
     from utils.delivery.xrootd import XRootDServer, XRootDUnavailableError
 
     try:
-        server = XRootDServer(tiny_dataset.parent).start()
+        server = XRootDServer(tiny_dataset.parent, tls=True).start()
     except XRootDUnavailableError as err:
         pytest.skip(str(err))
     yield server

@@ -35,9 +35,17 @@ def local_result(tiny_dataset, config):
     return process_fileset(fileset, ProcessingOptions(**OPTIONS), config)
 
 
-@pytest.mark.parametrize("scheme", ["root", "http"])
-def test_remote_histograms_identical_to_local(scheme, xrootd_server, tiny_dataset, config, local_result):
-    base = xrootd_server.root_url if scheme == "root" else xrootd_server.http_url
+def base_url(server, scheme: str) -> str:
+    return {"root": server.root_url, "http": server.http_url, "https": server.https_url}[scheme]
+
+
+@pytest.mark.parametrize("scheme", ["root", "http", "https"])
+def test_remote_histograms_identical_to_local(
+    scheme, xrootd_server, tiny_dataset, config, local_result, monkeypatch
+):
+    """https://: the server's certificate is verified against its CA, given as AGC_CA_FILE."""
+    monkeypatch.setenv("AGC_CA_FILE", str(xrootd_server.ca_file))
+    base = base_url(xrootd_server, scheme)
     fileset = remote_fileset(tiny_dataset, base, n_files_max_per_sample=1, processes=PROCESSES)
     assert all(p.startswith(base) for e in fileset.values() for p in e["files"])
     result = process_fileset(fileset, ProcessingOptions(**OPTIONS), config)

@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 import uproot
 
-from utils.datasets.urls import configure_xrootd_client, is_remote
+from utils.datasets.urls import configure_https_trust, configure_xrootd_client, is_remote
 from utils.errors import ConfigError, InputFileError
 from utils.processing.selection import READ_BRANCHES
 
@@ -79,12 +79,19 @@ def remote_problem(err: BaseException) -> str | None:
     """The named outcome of a failed remote read (root:// or http(s)), or None if it is not one."""
     text = f"{type(err).__name__}: {err}"
     low = text.lower()
+    if "certificate verify failed" in low or "certificateerror" in low:
+        return (
+            f"the server's TLS certificate is not trusted ({text.strip()}); set AGC_CA_FILE to a PEM file "
+            "of the CA that signed it"
+        )
     if isinstance(err, FileNotFoundError) or "no such file" in low or "[3011]" in low or " 404" in low:
         return "file not found on the server"
     if "permission denied" in low or "[3010]" in low or " 403" in low or "unauthorized" in low:
         return "permission denied by the server"
     if "operation expired" in low or "timeout" in low or "timed out" in low:
         return f"no answer from the server within the read timeout ({text.strip()})"
+    if "reset by peer" in low or "connectionreseterror" in low:
+        return f"connection to the server lost ({text.strip()})"
     if (
         "connection refused" in low
         or "connection error" in low
@@ -92,7 +99,7 @@ def remote_problem(err: BaseException) -> str | None:
         or "connect call failed" in low
     ):
         return f"server not reachable ({text.strip()})"
-    if "reset" in low or "socket error" in low or "disconnected" in low or "serverdisconnected" in low:
+    if "reset" in low or "socket error" in low or "disconnected" in low or "operation on closed file" in low:
         return f"connection to the server lost ({text.strip()})"
     return None
 
@@ -201,6 +208,7 @@ def preflight(
     items = [(s, p, t) for s, e in fileset.items() for p, t in e["files"].items()]
     if any(is_remote(p) for _, p, _ in items):
         configure_xrootd_client(timeout_s)
+        configure_https_trust()
     with ThreadPoolExecutor(max(1, min(threads, len(items)))) as pool:
         problems = list(
             pool.map(

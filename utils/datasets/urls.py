@@ -8,7 +8,9 @@ fileset, so the dataset description itself is never edited.
 
 from __future__ import annotations
 
+import logging
 import os
+import ssl
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -16,9 +18,15 @@ from typing import Any
 from utils.config import REPO_ROOT, read_yaml
 from utils.errors import ConfigError
 
+log = logging.getLogger(__name__)
+
 URL_RULES = REPO_ROOT / "datasets" / "url_rules.yml"
 AS_LISTED = "as-listed"
 REMOTE_SCHEMES = ("root://", "http://", "https://")
+#: a PEM file of CA certificates trusted for https:// inputs besides the system's (a facility's
+#: own CA, the loopback server's of the tests); read by :func:`configure_https_trust`
+CA_FILE_ENV = "AGC_CA_FILE"
+_trusted: dict[str, ssl.SSLContext] = {}
 
 
 @dataclass(frozen=True)
@@ -47,6 +55,38 @@ def configure_xrootd_client(timeout_s: float) -> None:
         "XRD_CONNECTIONRETRY": "1",
     }.items():
         os.environ.setdefault(key, value)
+
+
+def configure_https_trust(ca_file: str | Path | None = None) -> Path | None:
+    """Trust the CA certificate(s) of ``ca_file`` (default: ``$AGC_CA_FILE``) for https:// inputs,
+    in addition to the system's trust store; certificates are still verified, host names too.
+
+    uproot reads https:// through fsspec's HTTP file system (aiohttp): its requests get an SSL
+    context that holds the extra CA (fsspec's configuration for the http/https protocols). The
+    file is put into ``AGC_CA_FILE`` for the worker processes started later, which call this
+    again (``utils.processing.executors.warm_worker``, the local ServiceX endpoint's workers).
+    Returns the file trusted, or None when none is configured."""
+    value = ca_file if ca_file is not None else os.environ.get(CA_FILE_ENV)
+    if not value:
+        return None
+    path = Path(value).expanduser().resolve()
+    if str(path) in _trusted:
+        return path
+    if not path.is_file():
+        raise ConfigError(f"{CA_FILE_ENV}={value}: no such file; give a PEM file of the CA certificate(s) to trust")
+    context = ssl.create_default_context()
+    try:
+        context.load_verify_locations(cafile=str(path))
+    except ssl.SSLError as err:
+        raise ConfigError(f"{CA_FILE_ENV}={value}: not a PEM file of CA certificates ({err})") from None
+    import fsspec.config
+
+    fsspec.config.conf.setdefault("https", {})["ssl"] = context
+    _trusted.clear()
+    _trusted[str(path)] = context
+    os.environ[CA_FILE_ENV] = str(path)
+    log.info("https:// inputs: trusting the CA certificate(s) of %s besides the system's", path)
+    return path
 
 
 def load_url_rules(spec: str = AS_LISTED, path: str | Path = URL_RULES) -> list[UrlRule]:

@@ -1,5 +1,8 @@
 """A real XRootD file server (Debian's ``xrootd-server``) serving a data folder over root:// and
-HTTP (its XrdHttp plugin), as an analysis facility serves its files.
+HTTP (its XrdHttp plugin), as an analysis facility serves its files; with ``tls=True`` also
+https:// (XrdHttp over TLS, ``xrd.tls``) with a throw-away CA and server certificate written to
+the server's temporary folder (:mod:`utils.delivery.certs`). XrdHttp tells a TLS handshake from
+plain HTTP on its one port, so ``http_url`` and ``https_url`` share the port.
 
 Used by the tests and benchmarks of remote reading and by ``agc serve-data DIR`` (share the
 embedded dataset with a notebook in another container). The server listens on free ports;
@@ -21,6 +24,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from utils.delivery.certs import ServerCertificate, make_server_certificate
 from utils.errors import AGCError, ConfigError
 
 log = logging.getLogger(__name__)
@@ -69,8 +73,10 @@ class XRootDServer:
     allow_host: str = "localhost"
     host: str = LOOPBACK  # the address clients use (another one inside a network namespace)
     launcher: tuple[str, ...] = ()  # a command prefix, e.g. ("ip", "netns", "exec", NAME)
+    tls: bool = False  # also https:// on the HTTP port, with a certificate made at start
     process: subprocess.Popen | None = field(default=None, init=False, repr=False)
     workdir: Path | None = field(default=None, init=False)
+    certificate: ServerCertificate | None = field(default=None, init=False)
 
     def __post_init__(self) -> None:
         self.root = Path(self.root).resolve()
@@ -86,6 +92,20 @@ class XRootDServer:
     def http_url(self) -> str:
         return f"http://{self.host}:{self.http_port}//"
 
+    @property
+    def https_url(self) -> str:
+        """The https:// URL of the exported folder (``tls=True``); clients trust :attr:`ca_file`."""
+        if not self.tls:
+            raise ConfigError("this xrootd serves no https://: start it with tls=True")
+        return f"https://{self.host}:{self.http_port}//"
+
+    @property
+    def ca_file(self) -> Path:
+        """The CA certificate (PEM) that signed the server's certificate (``tls=True``, started)."""
+        if self.certificate is None:
+            raise ConfigError("this xrootd has no certificate: start it with tls=True")
+        return self.certificate.ca_file
+
     def config_text(self) -> str:
         lines = [
             f"xrd.port {self.port}",
@@ -95,6 +115,10 @@ class XRootDServer:
             f"all.adminpath {self.workdir}",
             f"all.pidpath {self.workdir}",
         ]
+        if self.certificate is not None:
+            # the server's certificate for https:// (and roots://); client certificates are not
+            # asked for, so no CA folder of the grid is needed on the server
+            lines += [f"xrd.tls {self.certificate.cert_file} {self.certificate.key_file}", "xrd.tlsca noverify"]
         if self.http_port > 0:
             lines.append(f"xrd.protocol XrdHttp:{self.http_port} libXrdHttp.so")
         return "\n".join(lines) + "\n"
@@ -104,10 +128,15 @@ class XRootDServer:
         self.port = self.port or free_port()
         if self.http_port == 0:
             self.http_port = free_port()
+        if self.tls and self.http_port < 0:
+            raise ConfigError("https:// is served by XrdHttp: tls=True needs an HTTP port (http_port >= 0)")
         self.workdir = Path(tempfile.mkdtemp(prefix="agc-xrootd-"))
         cmd = [*self.launcher, binary, "-c", str(self.workdir / "xrootd.cfg"), "-l", str(self.workdir / "xrootd.log")]
+        if self.tls:
+            self.certificate = make_server_certificate(self.workdir / "tls", (self.host,))
         if os.geteuid() == 0:
-            shutil.chown(self.workdir, user=RUN_AS)
+            for path in [self.workdir, *self.workdir.rglob("*")]:  # the certificate's key is read as RUN_AS
+                shutil.chown(path, user=RUN_AS)
             cmd += ["-R", RUN_AS]
         (self.workdir / "xrootd.cfg").write_text(self.config_text())
         self.process = subprocess.Popen(
@@ -125,7 +154,8 @@ class XRootDServer:
                 self.stop()
                 raise AGCError(f"xrootd did not start serving {self.root} on port {self.port}: {err.strip()[-500:]}")
             time.sleep(0.1)
-        log.info("xrootd serving %s at %s and %s", self.root, self.root_url, self.http_url)
+        log.info("xrootd serving %s at %s and %s%s", self.root, self.root_url, self.http_url,
+                 f" and {self.https_url} (CA {self.ca_file})" if self.tls else "")  # fmt: skip
         return self
 
     def kill(self) -> None:
@@ -147,6 +177,7 @@ class XRootDServer:
         if self.workdir is not None:
             shutil.rmtree(self.workdir, ignore_errors=True)
             self.workdir = None
+            self.certificate = None
 
     def __enter__(self) -> XRootDServer:
         return self.start()

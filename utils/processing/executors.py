@@ -87,6 +87,9 @@ def warm_worker(modules: tuple[str, ...] = WARM_MODULES, warm: Callable[[], obje
     import os
     import time
 
+    from utils.datasets.urls import configure_https_trust
+
+    configure_https_trust()  # AGC_CA_FILE of the parent, for https:// inputs
     for name in modules:
         importlib.import_module(name)
     if warm is not None:

@@ -20,7 +20,8 @@ from coffea.processor import executor as coffea_executor
 
 from utils.config import AnalysisConfig
 from utils.datasets.fileset import DATA_PROCESS
-from utils.datasets.inputs import BadInput
+from utils.datasets.inputs import BadInput, remote_problem
+from utils.datasets.urls import is_remote
 from utils.errors import ConfigError, InputFileError
 from utils.histograms.accumulate import HistogramAccumulator
 from utils.processing.fastio import use_fast_zlib
@@ -202,8 +203,9 @@ class TtbarAnalysis(processor.ProcessorABC):
                 arrays = chunk_arrays(events)
                 n_events = arrays.n_events
         except Exception as err:  # corrupt basket, truncated read, wrong type: a clear report
+            remote = remote_problem(err) if is_remote(str(meta["filename"])) else None
             return self._bad_chunk(
-                events, acc, f"cannot read entries {_range(meta)} ({type(err).__name__}: {err})", err
+                events, acc, f"cannot read entries {_range(meta)}: {remote or f'{type(err).__name__}: {err}'}", err
             )
         if self.input_format != "nanoaod":
             insane = kinematics_problem(arrays, cfg.jet_pt_max)

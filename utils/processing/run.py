@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import re
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -18,7 +19,7 @@ from coffea.nanoevents import NanoAODSchema
 
 from utils.config import AnalysisConfig
 from utils.datasets.fileset import TREE_NAME, normalisation
-from utils.datasets.inputs import POLICIES, BadInput, InputReport, preflight
+from utils.datasets.inputs import POLICIES, BadInput, InputReport, preflight, remote_problem
 from utils.errors import AGCError, ConfigError, InputFileError
 from utils.histograms.accumulate import AnalysisHistograms, HistogramAccumulator
 from utils.processing.executors import EXECUTORS, make_executor, warm_processor
@@ -205,12 +206,29 @@ def check_entries_read(
             entry["metadata"]["nevts"] += n_read - expected[path]
 
 
+_WORK_ITEM_FILE = re.compile(r"filename='((?:root|https?)://[^']+)'")
+
+
 def _project_error(err: BaseException) -> BaseException:
-    """The project error inside coffea's wrapping (``Failed processing file: ...``), if any;
-    else an :class:`AGCError` that keeps coffea's message (which names the file and chunk)."""
+    """The project error inside coffea's wrapping (``Failed processing file: ...``), if any; else,
+    for a remote file, an :class:`InputFileError` naming its URL and what went wrong with the
+    server (coffea retries a failed chunk, so the last attempt's error may be a later symptom,
+    e.g. a closed file after a connection reset); else an :class:`AGCError` that keeps coffea's
+    message (which names the file and chunk)."""
+    chain: list[BaseException] = []
     seen: BaseException | None = err
-    while seen is not None:
+    while seen is not None and len(chain) < 20:
         if isinstance(seen, AGCError):
             return seen
+        chain.append(seen)
         seen = seen.__cause__ or seen.__context__
+    url = next((m.group(1) for e in chain if (m := _WORK_ITEM_FILE.search(str(e)))), None)
+    if url is not None:
+        problem = next((p for e in reversed(chain) if (p := remote_problem(e)) is not None), None)
+        cause = chain[-1]
+        return InputFileError(
+            f"{url}: {problem or f'reading from the server failed ({type(cause).__name__}: {cause})'}.\n"
+            "  what to do: check the server and the network to it (the read timeout is READ_TIMEOUT_S), or rerun "
+            "with ON_BAD_INPUT='skip' to leave the file's unreadable entries out"
+        )
     return AGCError(f"processing failed: {err}")

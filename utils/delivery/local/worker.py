@@ -39,7 +39,11 @@ class FileOutcome:
 
 def init_worker(parent_pid: int) -> None:
     """Pool initializer: end this worker when the endpoint process is gone (killed with -9, the
-    pool cannot tell its workers), instead of lingering as an orphan."""
+    pool cannot tell its workers), instead of lingering as an orphan. Trusts the CA file of
+    ``AGC_CA_FILE`` for https:// inputs, as the endpoint's process does."""
+    from utils.datasets.urls import configure_https_trust
+
+    configure_https_trust()
 
     def watch() -> None:
         while os.getppid() == parent_pid:
