@@ -40,9 +40,7 @@ def base_url(server, scheme: str) -> str:
 
 
 @pytest.mark.parametrize("scheme", ["root", "http", "https"])
-def test_remote_histograms_identical_to_local(
-    scheme, xrootd_server, tiny_dataset, config, local_result, monkeypatch
-):
+def test_remote_histograms_identical_to_local(scheme, xrootd_server, tiny_dataset, config, local_result, monkeypatch):
     """https://: the server's certificate is verified against its CA, given as AGC_CA_FILE."""
     monkeypatch.setenv("AGC_CA_FILE", str(xrootd_server.ca_file))
     base = base_url(xrootd_server, scheme)
@@ -79,9 +77,10 @@ def one_remote_file(server, tiny_dataset, name="ttbar__nominal/0.root", base=Non
     return {"ttbar__nominal": {**entry, "files": {url: "events"}, "file_nevts": {url: nevts}}}, url
 
 
-@pytest.mark.parametrize("scheme", ["root", "http"])
-def test_missing_remote_file_fails_naming_the_url(scheme, xrootd_server, tiny_dataset):
-    base = xrootd_server.root_url if scheme == "root" else xrootd_server.http_url
+@pytest.mark.parametrize("scheme", ["root", "http", "https"])
+def test_missing_remote_file_fails_naming_the_url(scheme, xrootd_server, tiny_dataset, monkeypatch):
+    monkeypatch.setenv("AGC_CA_FILE", str(xrootd_server.ca_file))
+    base = base_url(xrootd_server, scheme)
     fileset, url = one_remote_file(xrootd_server, tiny_dataset, "ttbar__nominal/404.root", base)
     with pytest.raises(InputFileError, match="file not found on the server") as err:
         preflight(fileset, "fail", fileset["ttbar__nominal"]["file_nevts"], timeout_s=5)

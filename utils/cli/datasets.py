@@ -56,19 +56,24 @@ def datasets(dataset: str, n_files_max_per_sample: int, max_events_per_sample: i
     show_default=True,
     help="Hosts allowed to connect (xrd.allow); another container on this machine: its host name.",
 )
-def serve_data(folder: Path, port: int, http_port: int, allow_host: str) -> None:
-    """Serve FOLDER read-only with xrootd over root:// and HTTP until interrupted.
+@click.option(
+    "--tls", is_flag=True, help="Also https:// on the HTTP port, with a certificate made for it (its CA printed)."
+)
+def serve_data(folder: Path, port: int, http_port: int, allow_host: str, tls: bool) -> None:
+    """Serve FOLDER read-only with xrootd over root:// and HTTP(S) until interrupted.
 
     For the embedded dataset: `agc serve-data data/embedded/tiny`, then in the notebook
     INPUT_URLS = "<absolute folder>/=>root://127.0.0.1:PORT//" (the command prints it).
     """
     from utils.delivery.xrootd import XRootDServer
 
-    server = XRootDServer(folder, port=port, http_port=http_port, allow_host=allow_host).start()
+    server = XRootDServer(folder, port=port, http_port=http_port, allow_host=allow_host, tls=tls).start()
     done = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: done.set())
     signal.signal(signal.SIGINT, lambda *_: done.set())
     click.echo(f"serving {server.root} at {server.root_url}" + (f" and {server.http_url}" if http_port >= 0 else ""))
+    if tls:
+        click.echo(f"and {server.https_url}: clients trust its CA with AGC_CA_FILE={server.ca_file}")
     click.echo(f'notebook: INPUT_URLS = "{server.root}/=>{server.root_url}"; Ctrl-C stops the server.')
     try:
         while not done.wait(1.0):

@@ -16,6 +16,8 @@ from pathlib import Path
 from utils.io import write_text_atomic
 
 DEFAULT_NAMES = ("localhost", "127.0.0.1")
+KEY_USAGES = ("digital_signature", "content_commitment", "key_encipherment", "data_encipherment", "key_agreement",
+              "key_cert_sign", "crl_sign", "encipher_only", "decipher_only")  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -45,9 +47,10 @@ def make_server_certificate(folder: Path, names: tuple[str, ...] = (), days: int
     from cryptography.hazmat.primitives.asymmetric import ec
     from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+    ca_usage = x509.KeyUsage(**{u: u in ("digital_signature", "key_cert_sign", "crl_sign") for u in KEY_USAGES})
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    now = datetime.datetime.now(datetime.timezone.utc)
+    now = datetime.datetime.now(datetime.UTC)
     start, end = now - datetime.timedelta(minutes=5), now + datetime.timedelta(days=days)
     ca_key = ec.generate_private_key(ec.SECP256R1())
     ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "AGC loopback test CA")])
@@ -60,12 +63,7 @@ def make_server_certificate(folder: Path, names: tuple[str, ...] = (), days: int
         .not_valid_before(start)
         .not_valid_after(end)
         .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
-        .add_extension(
-            x509.KeyUsage(digital_signature=True, key_cert_sign=True, crl_sign=True, content_commitment=False,
-                          key_encipherment=False, data_encipherment=False, key_agreement=False,
-                          encipher_only=False, decipher_only=False),  # fmt: skip
-            critical=True,
-        )
+        .add_extension(ca_usage, critical=True)
         .add_extension(x509.SubjectKeyIdentifier.from_public_key(ca_key.public_key()), critical=False)
         .sign(ca_key, hashes.SHA256())
     )
