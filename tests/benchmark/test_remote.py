@@ -12,7 +12,8 @@ from utils.errors import ConfigError
 
 def test_committed_grid_is_valid():
     grid = load_remote_grid(REPO_ROOT / "benchmarks" / "remote" / "remote.yml")
-    assert {p.scheme for p in grid.points} == {"local", "root", "http"}
+    assert {p.scheme for p in grid.points} == {"local", "root", "http", "https"}
+    assert {p.rtt_ms for p in grid.points} == {0, 10}
 
 
 def test_grid_needs_a_local_point(tmp_path):
@@ -30,3 +31,18 @@ def test_read_through_the_delay_proxy_counts_bytes_and_requests(xrootd_server, t
         remote = read_files([f"root://{proxy.host}:{proxy.port}//{rel}"], timeout_s=10, handler=handler)
     assert remote[1] == local[1] == 3000
     assert remote[2] > 0 and remote[3] > 0
+
+
+def test_https_through_the_delay_proxy_verifies_the_certificate(xrootd_server, tiny_dataset, monkeypatch):
+    """https:// through the proxy on 127.0.0.1: the server's certificate names that address and is
+    verified against its CA (AGC_CA_FILE); bytes, requests and events as read locally."""
+    from utils.datasets.urls import configure_https_trust
+
+    rel = "ttbar__nominal/0.root"
+    local = read_files([str(tiny_dataset.parent.resolve() / rel)])
+    monkeypatch.setenv("AGC_CA_FILE", str(xrootd_server.ca_file))
+    configure_https_trust()
+    with DelayProxy(xrootd_server.host, xrootd_server.http_port, 0.002) as proxy:
+        remote = read_files([f"https://{proxy.host}:{proxy.port}//{rel}"], timeout_s=10)
+    assert remote[1] == local[1] == 3000
+    assert remote[2] == local[2] and remote[3] == local[3]

@@ -86,8 +86,9 @@ def benchmark(grid_file: Path, output: Path | None, repeat: int | None, summary_
     help="Folder of summary.md and results.json.",
 )
 def benchmark_remote(grid_file: Path, output: Path) -> None:
-    """Read the same files locally, over root:// and HTTP from xrootd on loopback, and with added
-    latency (network namespace + tc netem, as root); write the table of rates relative to local."""
+    """Read the same files locally, over root://, HTTP and HTTPS from xrootd on loopback, and with
+    added latency (network namespace + tc netem, as root; else a delaying proxy); write the table
+    of rates relative to local."""
     import os
 
     from utils.benchmark.remote import load_remote_grid, run_remote_benchmark, write_remote_results
