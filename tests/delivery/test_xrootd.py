@@ -53,6 +53,16 @@ def test_remote_histograms_identical_to_local(scheme, xrootd_server, tiny_datase
     np.testing.assert_array_equal(h.variances(flow=True), ref.variances(flow=True))
 
 
+def test_https_with_worker_processes(xrootd_server, tiny_dataset, config, local_result, monkeypatch):
+    """The futures executor's worker processes trust the CA of AGC_CA_FILE too."""
+    monkeypatch.setenv("AGC_CA_FILE", str(xrootd_server.ca_file))
+    fileset = remote_fileset(tiny_dataset, xrootd_server.https_url, n_files_max_per_sample=1, processes=PROCESSES)
+    result = process_fileset(fileset, ProcessingOptions(**{**OPTIONS, "executor": "futures", "workers": 2}), config)
+    np.testing.assert_array_equal(
+        result.histograms.hist.values(flow=True), local_result.histograms.hist.values(flow=True)
+    )
+
+
 def test_dataset_json_with_urls(xrootd_server, tiny_dataset, tmp_path):
     """A dataset description whose paths are root:// URLs goes through the fileset and preflight."""
     description = json.loads(tiny_dataset.read_text())
@@ -161,15 +171,20 @@ def test_server_killed_mid_run(own_server, tiny_dataset, config):
     assert skipped.fileset["ttbar__nominal"]["metadata"]["nevts"] == 3000
 
 
+@pytest.mark.parametrize("scheme", ["root", "https"])
 def test_servicex_pipeline_reads_remote_inputs(
-    xrootd_server, tiny_dataset, config, local_result, tmp_path, monkeypatch
+    scheme, xrootd_server, tiny_dataset, config, local_result, tmp_path, monkeypatch
 ):
-    """The local ServiceX endpoint's workers read root:// inputs; the skim gives the same histograms."""
+    """The local ServiceX endpoint's workers (spawned processes) read root:// and https:// inputs,
+    trusting the server's CA from AGC_CA_FILE; the skim gives the same histograms."""
     from utils.delivery import deliver_fileset
 
     monkeypatch.setenv("AGC_SERVICEX_DIR", str(tmp_path / "servicex"))
     monkeypatch.setenv("AGC_SERVICEX_PORT", str(free_port()))
-    fileset = remote_fileset(tiny_dataset, xrootd_server.root_url, n_files_max_per_sample=1, processes=PROCESSES)
+    monkeypatch.setenv("AGC_CA_FILE", str(xrootd_server.ca_file))
+    fileset = remote_fileset(
+        tiny_dataset, base_url(xrootd_server, scheme), n_files_max_per_sample=1, processes=PROCESSES
+    )
     delivery = deliver_fileset(fileset, query_language="uproot-raw")
     assert delivery.stats.n_files == sum(len(e["files"]) for e in fileset.values())
     skimmed = process_fileset(delivery.fileset, ProcessingOptions(**OPTIONS), config)
