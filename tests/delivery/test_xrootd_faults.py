@@ -91,8 +91,8 @@ class ResetProxy:
 
 
 @pytest.fixture(scope="module")
-def plain_server(tiny_dataset):
-    server = XRootDServer(tiny_dataset.parent)
+def reset_server(tiny_dataset):
+    server = XRootDServer(tiny_dataset.parent, tls=True)
     try:
         server.start()
     except AGCError as err:
@@ -110,10 +110,11 @@ def through(proxy: ResetProxy, scheme: str, tiny_dataset) -> tuple[dict, str]:
     return {"ttbar__nominal": entry}, next(iter(entry["files"]))
 
 
-@pytest.mark.parametrize("scheme", ["root", "http"])
-def test_connection_reset_mid_read_fails_naming_the_url(scheme, plain_server, tiny_dataset, config):
-    port = plain_server.port if scheme == "root" else plain_server.http_port
-    with ResetProxy(plain_server.host, port, BUDGET) as proxy:
+@pytest.mark.parametrize("scheme", ["root", "http", "https"])
+def test_connection_reset_mid_read_fails_naming_the_url(scheme, reset_server, tiny_dataset, config, monkeypatch):
+    monkeypatch.setenv("AGC_CA_FILE", str(reset_server.ca_file))  # https://: its certificate names 127.0.0.1
+    port = reset_server.port if scheme == "root" else reset_server.http_port
+    with ResetProxy(reset_server.host, port, BUDGET) as proxy:
         fileset, url = through(proxy, scheme, tiny_dataset)
         with pytest.raises(InputFileError) as err:
             process_fileset(fileset, ProcessingOptions(**OPTIONS), config)
@@ -122,13 +123,14 @@ def test_connection_reset_mid_read_fails_naming_the_url(scheme, plain_server, ti
     assert message.startswith(url) and NAMED.search(message)
 
 
-@pytest.mark.parametrize("scheme", ["root", "http"])
-def test_connection_reset_mid_read_under_skip_is_reported(scheme, plain_server, tiny_dataset, config):
+@pytest.mark.parametrize("scheme", ["root", "http", "https"])
+def test_connection_reset_mid_read_under_skip_is_reported(scheme, reset_server, tiny_dataset, config, monkeypatch):
     """Under skip, the reset file's entries are reported and left out; a local file of the same
     sample is processed, and the normalisation counts only its events."""
-    port = plain_server.port if scheme == "root" else plain_server.http_port
+    monkeypatch.setenv("AGC_CA_FILE", str(reset_server.ca_file))
+    port = reset_server.port if scheme == "root" else reset_server.http_port
     local = str((tiny_dataset.parent / "ttbar__nominal" / "1.root").resolve())
-    with ResetProxy(plain_server.host, port, BUDGET) as proxy:
+    with ResetProxy(reset_server.host, port, BUDGET) as proxy:
         fileset, url = through(proxy, scheme, tiny_dataset)
         entry = fileset["ttbar__nominal"]
         mixed = {"ttbar__nominal": {**entry, "files": {**entry["files"], local: "events"},
