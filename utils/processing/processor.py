@@ -204,9 +204,8 @@ class TtbarAnalysis(processor.ProcessorABC):
                 n_events = arrays.n_events
         except Exception as err:  # corrupt basket, truncated read, wrong type: a clear report
             remote = remote_problem(err) if is_remote(str(meta["filename"])) else None
-            return self._bad_chunk(
-                events, acc, f"cannot read entries {_range(meta)}: {remote or f'{type(err).__name__}: {err}'}", err
-            )
+            detail = f": {remote}" if remote else f" ({type(err).__name__}: {err})"
+            return self._bad_chunk(events, acc, f"cannot read entries {_range(meta)}{detail}", err)
         if self.input_format != "nanoaod":
             insane = kinematics_problem(arrays, cfg.jet_pt_max)
             if insane is not None:
