@@ -15,6 +15,7 @@ from typing import Any
 
 from coffea import processor
 from coffea.nanoevents import NanoAODSchema
+from coffea.processor.executor import FileMeta
 
 from utils.config import AnalysisConfig
 from utils.datasets.fileset import TREE_NAME, normalisation
@@ -128,9 +129,11 @@ def process_fileset(
             schema=schema,
             savemetrics=True,
             chunksize=options.chunksize,
-            # coffea reads each file's entries and UUID itself, when it plans the chunks: a file
-            # replaced after the input checks is then chunked (and normalised) as it is now
-            metadata_cache={},
+            # the input checks' read of each file (entries, UUID): coffea plans the chunks from it
+            # and opens no file for its preprocessing. Every chunk carries the UUID, and the
+            # processor compares it with the file it opens: a file replaced after the checks is
+            # caught there (TtbarAnalysis.check_file_uuid)
+            metadata_cache=coffea_metadata_cache(fileset, report),
             xrootdtimeout=options.read_timeout_s,
         )
         t0 = time.monotonic()
@@ -177,6 +180,22 @@ def process_fileset(
     metrics["merging_s"] = time.monotonic() - t_merge
     return ProcessingResult(histograms, metrics, dict(output.get("nevents", {})), dict(output.get("selected", {})),
                             report, fileset)  # fmt: skip
+
+
+def coffea_metadata_cache(fileset: dict[str, dict[str, Any]], report: InputReport) -> dict[FileMeta, dict]:
+    """coffea's preprocessing metadata (``numentries``, ``uuid``) of every file the input checks
+    read, keyed as coffea's Runner keys it (sample, path, tree name of the fileset), with the
+    sample's own metadata as coffea's metadata fetcher would add it. A file without a
+    :class:`~utils.datasets.inputs.FileInfo` is left to coffea's own preprocessing."""
+    cache: dict[FileMeta, dict] = {}
+    for sample, entry in fileset.items():
+        user_meta = entry.get("metadata")
+        for path, tree in entry["files"].items():
+            info = report.files.get(path)
+            if info is None or tree is None:
+                continue
+            cache[FileMeta(sample, path, tree)] = {**(user_meta or {}), "numentries": info.entries, "uuid": info.uuid}
+    return cache
 
 
 def check_entries_read(
