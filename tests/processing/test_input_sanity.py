@@ -132,10 +132,13 @@ def replaced(tmp_path, good_file, monkeypatch):
 
 
 def test_file_replaced_after_the_checks_fails(replaced, config):
-    target, n_old, n_new = replaced
+    target, n_old, _ = replaced
     # coffea plans the chunks from the checks' read (n_old entries); the UUID of the file each
     # chunk opens is compared with the one the checks read
-    with pytest.raises(InputFileError, match=rf"{target.name}: entries 0-{n_old}: the file's UUID is .* the input checks read .*replaced"):
+    with pytest.raises(
+        InputFileError,
+        match=rf"{target.name}: entries 0-{n_old}: the file's UUID is .* the input checks read .*replaced",
+    ):
         process_fileset(fileset_of(target, n_old), OPTIONS, config)
 
 
