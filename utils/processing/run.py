@@ -48,6 +48,9 @@ class ProcessingOptions:
     on_bad_input: str = "fail"  # fail | skip
     input_format: str = "ntuple"  # ntuple | nanoaod
     read_timeout_s: int = 60  # per request to a remote input (root://, http(s)://)
+    #: futures: keep the worker processes after a clean run for the next run in this process
+    #: (notebook cells run again); off by default: idle workers hold their memory (~0.5 GB each)
+    keep_workers: bool = False
 
     def __post_init__(self) -> None:
         problems = []
@@ -123,7 +126,8 @@ def process_fileset(
     # every worker runs the processor on a few events before the clock starts: numba kernels,
     # torch and the ML models are loaded then, not inside the first chunk's processtime
     warm = functools.partial(warm_processor, proc, fileset, schema, treename=treename) if fileset else None
-    with make_executor(options.executor, options.workers, options.scheduler_address, options.af_name, warm=warm) as ex:
+    with make_executor(options.executor, options.workers, options.scheduler_address, options.af_name, warm=warm,
+                       keep_workers=options.keep_workers) as ex:  # fmt: skip
         runner = processor.Runner(
             executor=ex.executor,
             schema=schema,
