@@ -117,3 +117,17 @@ def test_stage_bar_ends_at_100_percent_and_results_merge_in_order(name, capsys):
     assert out == {"order": [0, 1, 2, 3]}  # submission order, whatever finished first
     bars = capsys.readouterr().err
     assert "Processing: 100%" in bars and "4/4" in bars, bars
+
+
+def _loaded(names: tuple[str, ...]) -> dict[str, bool]:
+    import sys
+
+    return {n: n in sys.modules for n in names}
+
+
+def test_futures_workers_come_preloaded_from_the_fork_server_without_torch():
+    # the fork server imported coffea and the processor and initialised numba once; a worker
+    # forked from it has them loaded; torch is loaded only by a run with ML on (its warm-up)
+    with make_executor("futures", 1) as ex:
+        loaded = ex.executor.pool.submit(_loaded, ("utils.processing.preload", "coffea.processor", "torch")).result()
+    assert loaded == {"utils.processing.preload": True, "coffea.processor": True, "torch": False}
