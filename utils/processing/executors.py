@@ -181,16 +181,21 @@ def worker_context():
 
 def _new_pool(workers: int):
     """A futures pool (coffea's default class, loky, its own instance: not the process-wide
-    reusable executor that joblib shares) whose workers start now from the fork server
-    (:func:`worker_context`) and import :data:`WARM_MODULES`; loky starts processes on the first
-    submission, hence the pings."""
+    reusable executor that joblib shares) whose workers start now, in the background, from the
+    fork server (:func:`worker_context`) and import :data:`WARM_MODULES`. loky starts the processes
+    on the first submission, and starting one waits for the fork server's preload: the pings are
+    submitted from a thread of their own, so that this returns at once."""
     from loky import ProcessPoolExecutor
 
     pool = ProcessPoolExecutor(
         max_workers=workers, context=worker_context(), initializer=warm_worker, initargs=(WARM_MODULES,)
     )
-    for _ in range(workers):
-        pool.submit(os.getpid)
+
+    def start() -> None:  # blocks until the fork server has preloaded: off the caller's thread
+        for _ in range(workers):
+            pool.submit(os.getpid)
+
+    threading.Thread(target=start, name="futures-start", daemon=True).start()
     return pool
 
 

@@ -4,9 +4,10 @@ coffea's futures executor draws a "Processing" bar and a "Merging (local)" bar w
 merging bar restarts its count with every batch of results (rich's ``track`` sets the task's
 completed count to the batch's, while the total grows by each batch), so it ends at 1/12 on a
 12-chunk run and looks like a failure; rich's fixed console width also clips the bars in
-JupyterLab. These executors draw one tqdm bar per stage instead (``tqdm.auto``: a widget that
-fits the cell in Jupyter, text on a terminal), named by coffea's stage (``Preprocessing``,
-``Processing``), which counts the chunks as they are merged and ends at 100 %.
+JupyterLab. These executors draw one text bar per stage instead (tqdm, 80 columns, on stderr: it
+fits a JupyterLab cell and a terminal, and an executed notebook keeps its last state, where a
+widget bar would show its initial 0 % once the kernel is gone), named by coffea's stage
+(``Preprocessing``, ``Processing``); it counts the chunks as they are merged and ends at 100 %.
 
 The futures executor merges the results in submission order, as they arrive: the merged
 output does not depend on which worker finished first.
@@ -15,6 +16,7 @@ output does not depend on which worker finished first.
 from __future__ import annotations
 
 import concurrent.futures
+import sys
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
@@ -23,12 +25,16 @@ from coffea.processor import FuturesExecutor, IterativeExecutor
 from coffea.processor.accumulator import accumulate
 from coffea.processor.executor import _compression_wrapper, _decompress
 
+#: the bar's width in characters, stats included
+BAR_COLUMNS = 80
+
 
 def stage_bar(desc: str, total: int, unit: str, enabled: bool = True):
-    """A progress bar of ``total`` steps for one stage (tqdm.auto; a no-op when not ``enabled``)."""
-    from tqdm.auto import tqdm
+    """A progress bar of ``total`` steps for one stage (a no-op when not ``enabled``)."""
+    from tqdm import tqdm
 
-    return tqdm(total=total, desc=desc, unit=f" {unit}" if unit else "it", disable=not enabled, dynamic_ncols=True)
+    return tqdm(total=total, desc=desc, unit=f" {unit}" if unit else "it", disable=not enabled, ncols=BAR_COLUMNS,
+                file=sys.stderr, mininterval=0.5)  # fmt: skip
 
 
 @dataclass
