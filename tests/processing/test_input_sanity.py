@@ -16,7 +16,7 @@ import uproot
 import utils.processing.run as processing_run
 from utils.datasets.fileset import build_fileset
 from utils.datasets.inputs import check_file
-from utils.errors import ConfigError, InputFileError
+from utils.errors import AGCError, ConfigError, InputFileError
 from utils.histograms.accumulate import HistogramAccumulator
 from utils.processing.run import ProcessingOptions, process_fileset
 from utils.processing.selection import READ_BRANCHES
@@ -132,19 +132,50 @@ def replaced(tmp_path, good_file, monkeypatch):
 
 
 def test_file_replaced_after_the_checks_fails(replaced, config):
-    target, n_old, n_new = replaced
-    with pytest.raises(InputFileError, match=rf"{target.name}.*read {n_new} entries.*say {n_old}"):
+    target, n_old, _ = replaced
+    # coffea plans the chunks from the checks' read (n_old entries); the UUID of the file each
+    # chunk opens is compared with the one the checks read
+    with pytest.raises(
+        InputFileError,
+        match=rf"{target.name}: entries 0-{n_old}: the file's UUID is .* the input checks read .*replaced",
+    ):
         process_fileset(fileset_of(target, n_old), OPTIONS, config)
 
 
-def test_file_replaced_after_the_checks_skip_normalises_with_entries_read(replaced, config, good_file):
+def test_file_replaced_after_the_checks_is_caught_on_every_executor(replaced, config):
+    target, n_old, _ = replaced
+    options = ProcessingOptions(executor="futures", workers=1, chunksize=100_000)
+    # (across the process boundary coffea's wrapping keeps the message, not the error type)
+    with pytest.raises(AGCError, match=rf"{target.name}: entries 0-{n_old}: the file's UUID.*replaced"):
+        process_fileset(fileset_of(target, n_old), options, config)
+
+
+def test_file_replaced_after_the_checks_skip_leaves_it_out(replaced, config, good_file):
     target, n_old, n_new = replaced
+    fileset = fileset_of(target, n_old)
+    entry = fileset["ttbar__nominal"]
+    entry["files"][str(good_file)] = "events"
+    entry["file_nevts"][str(good_file)] = n_new
+    entry["metadata"]["nevts"] = n_old + n_new
     options = ProcessingOptions(executor="iterative", workers=1, chunksize=100_000, on_bad_input="skip")
-    result = process_fileset(fileset_of(target, n_old), options, config)
-    assert result.fileset["ttbar__nominal"]["metadata"]["nevts"] == n_new
-    assert any("replaced" in b.problem for b in result.input_report.bad)
+    result = process_fileset(fileset, options, config)
+    assert result.fileset["ttbar__nominal"]["metadata"]["nevts"] == n_new  # the good file's events only
+    bad = result.input_report.bad
+    assert [(b.path, b.events_lost) for b in bad] == [(str(target), n_old)] and "replaced" in bad[0].problem
     reference = process_fileset(fileset_of(good_file, n_new), OPTIONS, config)
     assert nominal_yield(result) == pytest.approx(nominal_yield(reference), rel=1e-12)
+
+
+def test_coffea_plans_chunks_from_the_checks_and_opens_no_file_for_it(good_file, config, monkeypatch):
+    from coffea.processor import Runner
+
+    def no_metadata_read(*args, **kwargs):
+        raise AssertionError("coffea opened a file for its preprocessing")
+
+    monkeypatch.setattr(Runner, "metadata_fetcher_root", staticmethod(no_metadata_read))
+    n = uproot.open(good_file)["events"].num_entries
+    result = process_fileset(fileset_of(good_file, n), OPTIONS, config)
+    assert result.nevents == {"ttbar__nominal": n}
 
 
 # --- case 6: sibling jagged branches with other counts -------------------------------------------

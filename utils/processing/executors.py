@@ -8,7 +8,9 @@ what to do, instead of hanging on a scheduler that is not there.
 
 from __future__ import annotations
 
+import atexit
 import logging
+import os
 import socket
 import threading
 import time
@@ -20,6 +22,7 @@ from urllib.parse import urlparse
 from coffea import processor
 
 from utils.errors import ConfigError
+from utils.processing.progress import StageFuturesExecutor, StageIterativeExecutor
 
 log = logging.getLogger(__name__)
 
@@ -142,22 +145,126 @@ def warm_processor(
             return
 
 
-@contextmanager
-def _futures_pool(workers: int, warm: Callable[[], object] | None) -> Iterator[tuple[object, dict[str, int]]]:
-    """A started process pool (coffea's default class, loky) whose workers have imported
-    :data:`WARM_MODULES` and called ``warm``; with the workers' numba cache statistics."""
+#: futures pools started ahead of a run (:func:`start_workers`) or kept from a clean run, by worker
+#: count; a run takes its pool out of here, so that no two runs ever share one at the same time
+_STARTED: dict[int, object] = {}
+#: how long a started or kept pool may take to answer a ping before it is replaced (its workers
+#: may still be importing: that is the wait a new pool would have too)
+PING_S = 120.0
+
+
+#: imported once by the fork server the futures workers are forked from
+PRELOAD_MODULES = ("utils.processing.preload",)
+
+
+def worker_context():
+    """The start method of the futures workers: a fork server that has imported
+    :data:`PRELOAD_MODULES` (coffea, the processor, numba initialised) forks each worker, so that a
+    worker starts in milliseconds instead of importing for seconds, and the imports are paid once,
+    not once per worker. The server is started here, with :data:`SINGLE_THREAD_ENV` in its
+    environment (which its workers inherit). One server per process: ``multiprocessing`` keeps it
+    for the process's lifetime."""
+    import multiprocessing
+    from multiprocessing import forkserver
+
+    ctx = multiprocessing.get_context("forkserver")
+    ctx.set_forkserver_preload(list(PRELOAD_MODULES))
+    saved = {k: os.environ.get(k) for k in SINGLE_THREAD_ENV}
+    os.environ.update(SINGLE_THREAD_ENV)
+    try:
+        forkserver.ensure_running()
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+    return ctx
+
+
+def _new_pool(workers: int):
+    """A futures pool (coffea's default class, loky, its own instance: not the process-wide
+    reusable executor that joblib shares) whose workers start now, in the background, from the
+    fork server (:func:`worker_context`) and import :data:`WARM_MODULES`. loky starts the processes
+    on the first submission, and starting one waits for the fork server's preload: the pings are
+    submitted from a thread of their own, so that this returns at once."""
     from loky import ProcessPoolExecutor
 
     pool = ProcessPoolExecutor(
-        max_workers=workers, initializer=warm_worker, initargs=(WARM_MODULES, warm), env=SINGLE_THREAD_ENV
+        max_workers=workers, context=worker_context(), initializer=warm_worker, initargs=(WARM_MODULES,)
     )
+
+    def start() -> None:  # blocks until the fork server has preloaded: off the caller's thread
+        for _ in range(workers):
+            pool.submit(os.getpid)
+
+    threading.Thread(target=start, name="futures-start", daemon=True).start()
+    return pool
+
+
+def start_workers(workers: int) -> None:
+    """Start ``workers`` futures worker processes now, in the background, so that they import while
+    the caller prepares the fileset; the next futures run with that worker count takes them."""
+    if workers not in _STARTED:
+        _STARTED[workers] = _new_pool(workers)
+
+
+def close_workers() -> None:
+    """Shut down every started or kept pool of this process (a kernel's workers)."""
+    while _STARTED:
+        _, pool = _STARTED.popitem()
+        pool.shutdown(wait=True, kill_workers=True)  # type: ignore[attr-defined]
+
+
+atexit.register(close_workers)
+
+
+def _responsive(pool) -> bool:
+    """Whether ``pool`` runs a task within :data:`PING_S` (not broken, not hung)."""
     try:
-        tasks = [pool.submit(_warm_task, None, 0.2) for _ in range(workers)]
-        stats = dict(f.result() for f in tasks)  # by pid
+        pool.submit(os.getpid).result(timeout=PING_S)
+    except Exception as err:  # broken pool, crashed worker, timeout
+        log.warning("futures: a started worker pool did not answer (%s); starting a new one", type(err).__name__)
+        return False
+    return True
+
+
+def _take_pool(workers: int):
+    pool = _STARTED.pop(workers, None)
+    if pool is not None and _responsive(pool):
+        return pool
+    if pool is not None:
+        pool.shutdown(wait=False, kill_workers=True)  # type: ignore[attr-defined]
+    return _new_pool(workers)
+
+
+@contextmanager
+def _futures_pool(
+    workers: int, warm: Callable[[], object] | None, keep: bool = False
+) -> Iterator[tuple[object, dict[str, int]]]:
+    """A futures pool whose workers have imported :data:`WARM_MODULES` and called ``warm``; with
+    the workers' numba cache statistics. The pool :func:`start_workers` started is taken if there is
+    one. ``keep``: after a run that ended without an error the pool is kept for the next run of this
+    process (notebook cells run again); after an error it is always shut down."""
+    pool = _take_pool(workers)
+    clean = False
+    try:
+        stats: dict[int, dict[str, int]] = {}
+        # one warm-up task per worker: each lingers so that the pool hands the next one to
+        # another worker; a worker that got none (still starting) gets one in the next round
+        for _ in range(3):
+            tasks = [pool.submit(_warm_task, warm, 0.2) for _ in range(workers - len(stats))]
+            stats.update(f.result() for f in tasks)
+            if len(stats) >= workers:
+                break
         log.debug("futures pool: %d of %d workers warm; numba cache %s", len(stats), workers, stats)
         yield pool, _summed(stats.values())
+        clean = True
     finally:
-        pool.shutdown(wait=True)
+        if keep and clean and workers not in _STARTED:
+            _STARTED[workers] = pool
+        else:
+            pool.shutdown(wait=True)
 
 
 def _summed(stats) -> dict[str, int]:
@@ -333,6 +440,7 @@ def make_executor(
     scheduler_address: str | None = None,
     af_name: str = "local",
     warm: Callable[[], object] | None = None,
+    keep_workers: bool = False,
 ) -> Iterator[ExecutorHandle]:
     """Yield an :class:`ExecutorHandle`; a cluster or client started here is closed on exit.
 
@@ -340,19 +448,23 @@ def make_executor(
     workers are started and have imported :data:`WARM_MODULES` when this yields, so that a run's
     wall time measures processing, not start-up (``startup_s`` records the start-up). ``warm``
     (picklable, no arguments) is called once in each worker too: pass what loads the ML models.
+    Futures take the workers :func:`start_workers` started; ``keep_workers`` keeps them after a
+    clean run for the next one in this process.
     """
     if name not in EXECUTORS:
         raise ConfigError(f"unknown executor {name!r}; allowed: {list(EXECUTORS)}")
     t0 = time.monotonic()
     if name == "iterative":
-        yield ExecutorHandle(processor.IterativeExecutor(), name, 1)
+        yield ExecutorHandle(StageIterativeExecutor(), name, 1)
         return
     if name == "futures":
-        log.info("futures: starting %d worker process(es) (each imports coffea, numba and torch first)", workers)
-        with _futures_pool(workers, warm) as (pool, cache):
+        started = "started" if workers in _STARTED else "starting"
+        log.info("futures: %d worker process(es) %s; warming them up (imports, kernels, a few events)", workers,
+                 started)  # fmt: skip
+        with _futures_pool(workers, warm, keep_workers) as (pool, cache):
             startup = time.monotonic() - t0
-            log.info("futures: %d worker process(es) started and warm in %.1f s", workers, startup)
-            yield ExecutorHandle(processor.FuturesExecutor(pool=pool, workers=workers, merging=False), name,
+            log.info("%d worker%s ready in %.1f s", workers, "s" if workers > 1 else "", startup)
+            yield ExecutorHandle(StageFuturesExecutor(pool=pool, workers=workers, merging=False), name,
                                  workers, startup_s=startup, numba_cache=cache)  # fmt: skip
         return
     log.info("Dask: starting or joining the cluster (%s)", scheduler_address or f"{workers} local worker(s)")
@@ -360,6 +472,6 @@ def make_executor(
         client.run(warm_worker, WARM_MODULES, warm)
         cache = _summed(client.run(numba_cache_stats).values())
         startup = time.monotonic() - t0
-        log.info("Dask: %d worker(s) via %s, warm in %.1f s", n_workers, client, startup)
+        log.info("%d Dask worker%s ready in %.1f s (%s)", n_workers, "s" if n_workers > 1 else "", startup, client)
         yield ExecutorHandle(processor.DaskExecutor(client=client, status=False), name, n_workers, client, startup,
                              cache)  # fmt: skip

@@ -85,6 +85,28 @@ def entries_read(events) -> dict[str, dict[str, int]]:
     return {meta["dataset"]: {meta["filename"]: int(n)}}
 
 
+def opened_file_uuid(events) -> str | None:
+    """The UUID of the ROOT file a chunk's events were read from (the file coffea opened for
+    this chunk), or None when the events do not come from an opened file."""
+    factory = events.attrs.get("@events_factory") if hasattr(events, "attrs") else None
+    handle = getattr(factory, "file_handle", None)
+    uuid = getattr(getattr(handle, "file", handle), "uuid", None)
+    return None if uuid is None else str(uuid)
+
+
+def file_uuid_problem(events) -> str | None:
+    """What is wrong when the file a chunk opened is not the file the input checks read: coffea
+    plans the chunks from the checks' metadata (entries, UUID) and carries the UUID in each chunk
+    (``fileuuid``) without comparing it with the file it opens; a file replaced after the checks
+    would be read with the old entry ranges and normalised with the old count."""
+    expected = events.metadata.get("fileuuid")
+    opened = opened_file_uuid(events)
+    if not expected or opened is None or opened == expected:
+        return None
+    return (f"the file's UUID is {opened} but the input checks read {expected}: "
+            "the file was replaced during the run")  # fmt: skip
+
+
 def kinematics_problem(arrays: ChunkArrays, jet_pt_max: float) -> str | None:
     """What is wrong with a chunk's kinematics (non-finite values, a jet above ``jet_pt_max``),
     or None. Such values would overflow the fixed-point sums or fill flow bins with nonsense."""
@@ -157,6 +179,9 @@ class TtbarAnalysis(processor.ProcessorABC):
 
     # -- I/O only -----------------------------------------------------------------------------
     def _read_only(self, events) -> dict[str, Any]:
+        replaced = file_uuid_problem(events)
+        if replaced is not None:
+            return self._bad_chunk(events, None, f"entries {_range(events.metadata)}: {replaced}")
         if self.input_format == "nanoaod":
             for branch in NANOAOD_IO_BRANCHES:
                 collection, _, field = branch.partition("_")
@@ -194,6 +219,9 @@ class TtbarAnalysis(processor.ProcessorABC):
         dataset, process, variation = meta["dataset"], meta["process"], meta["variation"]
         variations = sample_variations(cfg, process, variation) if self.systematics else (variation,)
         acc = HistogramAccumulator.empty(cfg, process, variations)
+        replaced = file_uuid_problem(events)
+        if replaced is not None:
+            return self._bad_chunk(events, acc, f"entries {_range(meta)}: {replaced}")
         jet_variations = cfg.jet_variations if variations[0] == "nominal" and len(variations) > 1 else ("nominal",)
         try:
             if self.input_format == "nanoaod":
@@ -229,7 +257,7 @@ class TtbarAnalysis(processor.ProcessorABC):
             "peak_memory": PeakMemory.now(),
         }
 
-    def _bad_chunk(self, events, acc: HistogramAccumulator, problem: str, err: Exception | None = None
+    def _bad_chunk(self, events, acc: HistogramAccumulator | None, problem: str, err: Exception | None = None
                    ) -> dict[str, Any]:  # fmt: skip
         meta = events.metadata
         start, stop = meta["entrystart"], meta["entrystop"]
@@ -241,8 +269,9 @@ class TtbarAnalysis(processor.ProcessorABC):
             ) from err
         log.warning("skipping %s entries %d-%d: %s", meta["filename"], start, stop, problem)
         bad = BadInput(meta["dataset"], meta["filename"], problem, stop - start, start, stop)
-        return {"hists": {meta["dataset"]: acc}, "nevents": {meta["dataset"]: 0}, "bad_chunks": [bad],
-                "entries": entries_read(events), "peak_memory": PeakMemory.now()}  # fmt: skip
+        out = {"nevents": {meta["dataset"]: 0}, "bad_chunks": [bad], "entries": entries_read(events),
+               "peak_memory": PeakMemory.now()}  # fmt: skip
+        return out if acc is None else {"hists": {meta["dataset"]: acc}, **out}
 
     def _fill_weight_variations(self, acc, sel: EventSelection, obs, cls, process: str) -> None:
         cfg = self.config

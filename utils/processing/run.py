@@ -16,6 +16,7 @@ from typing import Any
 
 from coffea import processor
 from coffea.nanoevents import NanoAODSchema
+from coffea.processor.executor import FileMeta
 
 from utils.config import AnalysisConfig
 from utils.datasets.fileset import TREE_NAME, normalisation
@@ -48,6 +49,9 @@ class ProcessingOptions:
     on_bad_input: str = "fail"  # fail | skip
     input_format: str = "ntuple"  # ntuple | nanoaod
     read_timeout_s: int = 60  # per request to a remote input (root://, http(s)://)
+    #: futures: keep the worker processes after a clean run for the next run in this process
+    #: (notebook cells run again); off by default: idle workers hold their memory (~0.5 GB each)
+    keep_workers: bool = False
 
     def __post_init__(self) -> None:
         problems = []
@@ -123,15 +127,18 @@ def process_fileset(
     # every worker runs the processor on a few events before the clock starts: numba kernels,
     # torch and the ML models are loaded then, not inside the first chunk's processtime
     warm = functools.partial(warm_processor, proc, fileset, schema, treename=treename) if fileset else None
-    with make_executor(options.executor, options.workers, options.scheduler_address, options.af_name, warm=warm) as ex:
+    with make_executor(options.executor, options.workers, options.scheduler_address, options.af_name, warm=warm,
+                       keep_workers=options.keep_workers) as ex:  # fmt: skip
         runner = processor.Runner(
             executor=ex.executor,
             schema=schema,
             savemetrics=True,
             chunksize=options.chunksize,
-            # coffea reads each file's entries and UUID itself, when it plans the chunks: a file
-            # replaced after the input checks is then chunked (and normalised) as it is now
-            metadata_cache={},
+            # the input checks' read of each file (entries, UUID): coffea plans the chunks from it
+            # and opens no file for its preprocessing. Every chunk carries the UUID, and the
+            # processor compares it with the file it opens: a file replaced after the checks is
+            # caught there (TtbarAnalysis.check_file_uuid)
+            metadata_cache=coffea_metadata_cache(fileset, report),
             xrootdtimeout=options.read_timeout_s,
         )
         t0 = time.monotonic()
@@ -178,6 +185,22 @@ def process_fileset(
     metrics["merging_s"] = time.monotonic() - t_merge
     return ProcessingResult(histograms, metrics, dict(output.get("nevents", {})), dict(output.get("selected", {})),
                             report, fileset)  # fmt: skip
+
+
+def coffea_metadata_cache(fileset: dict[str, dict[str, Any]], report: InputReport) -> dict[FileMeta, dict]:
+    """coffea's preprocessing metadata (``numentries``, ``uuid``) of every file the input checks
+    read, keyed as coffea's Runner keys it (sample, path, tree name of the fileset), with the
+    sample's own metadata as coffea's metadata fetcher would add it. A file without a
+    :class:`~utils.datasets.inputs.FileInfo` is left to coffea's own preprocessing."""
+    cache: dict[FileMeta, dict] = {}
+    for sample, entry in fileset.items():
+        user_meta = entry.get("metadata")
+        for path, tree in entry["files"].items():
+            info = report.files.get(path)
+            if info is None or tree is None:
+                continue
+            cache[FileMeta(sample, path, tree)] = {**(user_meta or {}), "numentries": info.entries, "uuid": info.uuid}
+    return cache
 
 
 def check_entries_read(

@@ -37,6 +37,17 @@ def output_dir_for(params: RunParameters) -> Path:
     return new_output_dir(params)
 
 
+def start_workers(params: RunParameters) -> None:
+    """Start the processing workers in the background (futures executor), so that they import
+    while the dataset and fileset are prepared; the processing stage then takes them (and shuts
+    them down when it ends)."""
+    options = params.processing_options()
+    if options.executor == "futures":
+        from utils.processing.executors import start_workers as start_pool
+
+        start_pool(options.workers)
+
+
 def fileset_for(params: RunParameters) -> tuple[Path, dict[str, Any]]:
     """The dataset description of ``DATASET`` (the embedded one generated on first use) and its
     fileset, limited to ``N_FILES_MAX_PER_SAMPLE`` and ``MAX_EVENTS_PER_SAMPLE``, with the
