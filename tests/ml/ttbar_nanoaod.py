@@ -41,14 +41,23 @@ def _two_body(rng, parent, m1, m2):
 
 def _pt_eta_phi_m(v):
     pt = np.hypot(v[:, 0], v[:, 1])
-    return pt, np.arcsinh(v[:, 2] / pt), np.arctan2(v[:, 1], v[:, 0]), np.sqrt(np.maximum(v[:, 3] ** 2 - (v[:, :3] ** 2).sum(1), 0))
+    return (
+        pt,
+        np.arcsinh(v[:, 2] / pt),
+        np.arctan2(v[:, 1], v[:, 0]),
+        np.sqrt(np.maximum(v[:, 3] ** 2 - (v[:, :3] ** 2).sum(1), 0)),
+    )
 
 
 def write_ttbar_nanoaod(path: Path, n_events: int, seed: int = 1) -> Path:
     rng = np.random.default_rng(seed)
     tops = []
     for _ in range(2):
-        pt, eta, phi = rng.exponential(90, n_events) + 10, rng.normal(0, 1.0, n_events), rng.uniform(-np.pi, np.pi, n_events)
+        pt, eta, phi = (
+            rng.exponential(90, n_events) + 10,
+            rng.normal(0, 1.0, n_events),
+            rng.uniform(-np.pi, np.pi, n_events),
+        )
         px, py, pz = pt * np.cos(phi), pt * np.sin(phi), pt * np.sinh(eta)
         tops.append(np.column_stack([px, py, pz, np.sqrt(px**2 + py**2 + pz**2 + M_TOP**2)]))
     hadronic_first = rng.random(n_events) < 0.5  # the top (not the antitop) decays hadronically
@@ -88,12 +97,26 @@ def write_ttbar_nanoaod(path: Path, n_events: int, seed: int = 1) -> Path:
                              "qgl": rng.random(), "jetId": 6})  # fmt: skip
         jets.sort(key=lambda j: -j["pt"])
         events_jets.append(jets)
-        mu = [k for k, p in enumerate(parts) if abs(p[0]) == 13][0]
-        muons.append([{"pt": pt[mu] * rng.normal(1, 0.02), "eta": eta[mu], "phi": phi[mu], "mass": 0.1057,
-                       "tightId": True, "sip3d": 1.0, "pfRelIso04_all": 0.05, "charge": -int(np.sign(parts[mu][0]))}])
+        mu = next(k for k, p in enumerate(parts) if abs(p[0]) == 13)
+        muons.append(
+            [
+                {
+                    "pt": pt[mu] * rng.normal(1, 0.02),
+                    "eta": eta[mu],
+                    "phi": phi[mu],
+                    "mass": 0.1057,
+                    "tightId": True,
+                    "sip3d": 1.0,
+                    "pfRelIso04_all": 0.05,
+                    "charge": -int(np.sign(parts[mu][0])),
+                }
+            ]
+        )
 
     def coll(rows, dtypes):
-        return ak.zip({f: ak.values_astype(ak.Array([[r[f] for r in ev] for ev in rows]), t) for f, t in dtypes.items()})
+        return ak.zip(
+            {f: ak.values_astype(ak.Array([[r[f] for r in ev] for ev in rows]), t) for f, t in dtypes.items()}
+        )
 
     def gen(rows, dtypes):
         return ak.zip({f: ak.values_astype(ak.Array([list(ev[f]) for ev in rows]), t) for f, t in dtypes.items()})
@@ -113,5 +136,5 @@ def write_ttbar_nanoaod(path: Path, n_events: int, seed: int = 1) -> Path:
                                     "genPartIdxMother": i32, "status": i32, "statusFlags": i32}),
     }  # fmt: skip
     with uproot.recreate(path) as f:
-        f.mktree("Events", {k: v for k, v in data.items()})
+        f.mktree("Events", data)
     return path

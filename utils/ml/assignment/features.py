@@ -52,7 +52,12 @@ class Feature:
 
 
 def _features() -> tuple[Feature, ...]:
-    dr = [("leptonbtoplep", "lepton, b_lep"), ("w1w2", "W1, W2"), ("w1btophad", "W1, b_had"), ("w2btophad", "W2, b_had")]
+    dr = [
+        ("leptonbtoplep", "lepton, b_lep"),
+        ("w1w2", "W1, W2"),
+        ("w1btophad", "W1, b_had"),
+        ("w2btophad", "W2, b_had"),
+    ]
     roles = {"w1": "W1", "w2": "W2", "btophad": "b_had", "btoplep": "b_lep"}
     out = [Feature(f"deltar_{n}", 0.0, 6.0, f"$\\Delta R$({t})") for n, t in dr]
     out += [

@@ -24,11 +24,11 @@ import numpy as np
 import torch
 
 from utils.errors import ModelError
+from utils.io import sha256_file
 from utils.ml.assignment.features import FEATURE_NAMES
 from utils.ml.card import DEFAULT_MODELS_DIR
 from utils.ml.inference import _load_export
 from utils.ml.model import ScoreModel
-from utils.io import sha256_file
 
 log = logging.getLogger(__name__)
 
@@ -79,7 +79,9 @@ def load_assignment_card(path: str | Path) -> AssignmentCard:
         export = content["files"]["export"]
         name, sha = str(export["name"]), str(export["sha256"])
     except (json.JSONDecodeError, KeyError, TypeError, ValueError) as err:
-        raise ModelError(f"{path}: not a jet-assignment model card ({type(err).__name__}: {err}); {RETRAIN_HINT}") from None
+        raise ModelError(
+            f"{path}: not a jet-assignment model card ({type(err).__name__}: {err}); {RETRAIN_HINT}"
+        ) from None
     if version != CARD_VERSION:
         raise ModelError(f"{path}: card version {version!r}, this code reads {CARD_VERSION}; {RETRAIN_HINT}")
     if features != FEATURE_NAMES:
@@ -112,7 +114,9 @@ class JetAssigner:
         for parity in PARITIES:
             card = load_assignment_card(folder / file_names(parity)["card"])
             if card.trained_on_parity != parity:
-                raise ModelError(f"{card.path}: card says trained on parity {card.trained_on_parity}, expected {parity}")
+                raise ModelError(
+                    f"{card.path}: card says trained on parity {card.trained_on_parity}, expected {parity}"
+                )
             found = sha256_file(card.export_path) if card.export_path.is_file() else None
             if found != card.export_sha256:
                 raise ModelError(

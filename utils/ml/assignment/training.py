@@ -33,9 +33,17 @@ from utils.config import AnalysisConfig, load_analysis_config
 from utils.errors import ModelError
 from utils.io import atomic_path, sha256_file, write_json_atomic
 from utils.ml.assignment.features import (
-    FEATURE_NAMES, MAX_JETS, MIN_JETS, AssignmentInputs, assign, assignment_inputs, baseline_permutation,
-    permutation_features, permutation_index, permutations,
-)  # fmt: skip
+    FEATURE_NAMES,
+    MAX_JETS,
+    MIN_JETS,
+    AssignmentInputs,
+    assign,
+    assignment_inputs,
+    baseline_permutation,
+    permutation_features,
+    permutation_index,
+    permutations,
+)
 from utils.ml.assignment.model import CARD_VERSION, PARITIES, PermutationModel, file_names, load_assignment_card
 from utils.ml.assignment.truth import jet_labels, truth_permutation
 from utils.ml.card import DEFAULT_MODELS_DIR, sha256_bytes
@@ -122,7 +130,9 @@ def build_table(files: list[str], config: AnalysisConfig, source: dict[str, Any]
         inp, lab, n = read_file(str(path), config)
         parts.append(inp)
         labels.append(lab)
-        described.append({"path": display_path(path), "entries": n, "selected_4j2b": len(inp), "sha256": sha256_file(path)})
+        described.append(
+            {"path": display_path(path), "entries": n, "selected_4j2b": len(inp), "sha256": sha256_file(path)}
+        )
         log.info("%s: %d of %d events in 4j2b", path, len(inp), n)
     lab = np.concatenate(labels) if labels else np.zeros((0, MAX_JETS), np.int64)
     return AssignmentTable(AssignmentInputs.concatenate(parts), lab, described, dict(source or {}))
@@ -333,3 +343,33 @@ def train_jet_assignment(
     seconds = time.perf_counter() - t0
     log.info("jet assignment trained in %.1f s: %s", seconds, metrics)
     return AssignmentTrainingRun(table, trained, metrics, cards, seconds)
+
+
+def training_files(dataset: str, n_files: int = 1, sample: str = "ttbar__nominal") -> list[str]:
+    """The first ``n_files`` files of ``sample`` in a NanoAOD dataset (a name of
+    :func:`utils.datasets.resolve.resolve_dataset` or a description JSON)."""
+    from utils.datasets.fileset import build_fileset
+    from utils.datasets.resolve import resolve_dataset
+    from utils.processing.nanoaod import TREE_NAME
+
+    fileset = build_fileset(resolve_dataset(dataset), n_files, treename=TREE_NAME)
+    if sample not in fileset:
+        raise ModelError(f"dataset {dataset!r} has no sample {sample!r} to train the jet assignment on; "
+                         f"samples: {sorted(fileset)}")  # fmt: skip
+    return [str(p) for p in fileset[sample]["files"]]
+
+
+def train_from_files(
+    files: list[str],
+    models_dir: str | Path = DEFAULT_MODELS_DIR,
+    config: AnalysisConfig | None = None,
+    settings: AssignmentSettings | None = None,
+    source: dict[str, Any] | None = None,
+) -> AssignmentTrainingRun:
+    """``agc train --task jet-assignment``: table from ``files``, training, evaluation, cards."""
+    config = config or load_analysis_config()
+    t0 = time.perf_counter()
+    table = build_table(files, config, source)
+    run = train_jet_assignment(table, models_dir, config, settings)
+    run.seconds = time.perf_counter() - t0
+    return run
