@@ -324,3 +324,21 @@ def test_the_ml_fit_configuration_is_valid_and_shares_the_model(config):
     bad = {**raw, "Regions": [{**raw["Regions"][0], "Binning": [110, 145, 550]}]}
     with pytest.raises(ConfigError, match=r"jet-assignment feature mass_w1w2btophad\); not edges: \[145\]"):
         parse_cabinetry_config(bad, source="ml.yml")
+
+
+def test_the_notebook_switch(trained, tmp_path):
+    from utils.ml.assignment.model import JetAssigner
+    from utils.run.parameters import RunParameters
+    from utils.run.pipeline import make_jet_assigner
+
+    nano = {"dataset": "cms-open-data-2015-nanoaod", "use_ml": False}
+    assert make_jet_assigner(RunParameters(**nano), tmp_path) is None  # auto, no models: off
+    assert isinstance(make_jet_assigner(RunParameters(**nano), trained[0]), JetAssigner)
+    assert make_jet_assigner(RunParameters(**nano, use_jet_assignment="off"), trained[0]) is None
+    with pytest.raises(ModelError, match="jet-assignment model card not found"):
+        make_jet_assigner(RunParameters(**nano, use_jet_assignment="on"), tmp_path)
+    assert make_jet_assigner(RunParameters(dataset="embedded:tiny"), trained[0]) is None  # ntuples: never
+    with pytest.raises(ConfigError, match="USE_JET_ASSIGNMENT='on' needs NanoAOD"):
+        RunParameters(dataset="embedded:tiny", use_jet_assignment="on")
+    with pytest.raises(ConfigError, match="USE_JET_ASSIGNMENT='yes'"):
+        RunParameters(**nano, use_jet_assignment="yes")
