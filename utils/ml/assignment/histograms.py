@@ -106,8 +106,8 @@ class FeatureHistograms:
         f = FEATURES[feature]
         h = hist.Hist.new.Reg(N_BINS, f.low, f.high, name="observable", label=f.label).Weight()
         view = h.view(flow=True)
-        view.value[...] = values[feature] + offset  # type: ignore[index]
-        view.variance[...] = variances[feature]  # type: ignore[index]
+        view.value[...] = values[feature] + offset
+        view.variance[...] = variances[feature]
         return h
 
     def templates(

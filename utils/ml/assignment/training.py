@@ -48,6 +48,7 @@ from utils.ml.assignment.model import CARD_VERSION, PARITIES, PermutationModel, 
 from utils.ml.assignment.truth import jet_labels, truth_permutation
 from utils.ml.card import DEFAULT_MODELS_DIR, sha256_bytes
 from utils.ml.features import display_path
+from utils.ml.model import Normalisation
 from utils.ml.training import deterministic_torch, input_normalisation, library_versions, serialise
 from utils.processing.selection import splitmix64
 
@@ -167,6 +168,7 @@ def _loss(model: PermutationModel, x: torch.Tensor, valid: torch.Tensor, target:
 class TrainedAssignment:
     parity: int
     model: PermutationModel
+    normalisation: Normalisation
     history: dict[str, list[float]]
     best_epoch: int
     events: dict[str, int]
@@ -218,7 +220,7 @@ def train_parity(table: AssignmentTable, parity: int, settings: AssignmentSettin
     seconds = time.perf_counter() - t0
     log.info("parity %s: %d training events, best epoch %d, %.1f s", PARITIES[parity], len(train_rows), best_epoch,
              seconds)  # fmt: skip
-    return TrainedAssignment(parity, model, history, best_epoch,
+    return TrainedAssignment(parity, model, norm, history, best_epoch,
                              {"train": len(train_rows), "validation": len(val_rows)}, seconds)  # fmt: skip
 
 
@@ -277,7 +279,6 @@ class AssignmentTrainingRun:
 
 def _card(trained: TrainedAssignment, files: dict[str, Any], table: AssignmentTable, settings: AssignmentSettings,
           metrics: dict[str, Any]) -> dict[str, Any]:  # fmt: skip
-    model = trained.model
     other = PARITIES[1 - trained.parity]
     return {
         "card_version": CARD_VERSION,
@@ -288,7 +289,11 @@ def _card(trained: TrainedAssignment, files: dict[str, Any], table: AssignmentTa
         "features": list(FEATURE_NAMES),
         "feature_source": "utils.ml.assignment.features (dR with dphi wrapped to [-pi, pi); jet mass scaled with the "
         "jet-pT variation)",
-        "normalisation": {"mean": model.mean.tolist(), "std": model.std.tolist(), "applied": "inside the export"},
+        "normalisation": {
+            "mean": trained.normalisation.mean,
+            "std": trained.normalisation.std,
+            "applied": "inside the export",
+        },
         "architecture": {"hidden": list(settings.hidden), "output": "logit (score of the permutation)"},
         "files": files,
         "training": {
