@@ -342,3 +342,20 @@ def test_the_notebook_switch(trained, tmp_path):
         RunParameters(dataset="embedded:tiny", use_jet_assignment="on")
     with pytest.raises(ConfigError, match="USE_JET_ASSIGNMENT='yes'"):
         RunParameters(**nano, use_jet_assignment="yes")
+
+
+@pytest.mark.slow
+def test_agc_train_task_jet_assignment(toy_file, tmp_path):
+    from click.testing import CliRunner
+
+    from utils.cli.train import train
+    from utils.ml.assignment.model import load_assignment_card
+
+    result = CliRunner().invoke(
+        train, ["--task", "jet-assignment", "--file", str(toy_file), "--models-dir", str(tmp_path), "--max-epochs", "2"]
+    )
+    assert result.exit_code == 0, result.output
+    assert "model trained on even events, held-out accuracy: 4_jets:" in result.output
+    card = load_assignment_card(tmp_path / "jet_assignment_odd.card.json")
+    assert card.trained_on_parity == 1 and card.content["training"]["epochs_run"] == 2
+    assert card.content["training"]["dataset"] == {"files": [str(toy_file)]}

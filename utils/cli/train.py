@@ -33,8 +33,13 @@ log = logging.getLogger(__name__)
     show_default=True,
     help="classifier: the per-region ttbar classifiers; jet-assignment: the NanoAOD jet-parton assignment.",
 )
-@click.option("--dataset", default=None, help="jet-assignment: NanoAOD dataset (name or JSON) with ttbar__nominal.")
-@click.option("--n-files", type=int, default=1, show_default=True, help="jet-assignment: ttbar files to read.")
+@click.option(
+    "--dataset",
+    default=None,
+    help="jet-assignment: NanoAOD dataset (name or JSON) with ttbar__nominal (default: the generated "
+    "preset jet_assignment of utils/ml/training_data.yml).",
+)
+@click.option("--n-files", type=int, default=-1, show_default=True, help="jet-assignment: ttbar files (-1: all).")
 @click.option(
     "--file",
     "files",
@@ -51,7 +56,7 @@ def train(
     from dataclasses import replace
 
     if task == "jet-assignment":
-        _train_assignment(models_dir, dataset, n_files, files, seed, max_epochs)
+        _train_assignment(models_dir, dataset, n_files, files, seed, max_epochs, workers)
         return
     from utils.ml.card import DEFAULT_MODELS_DIR
     from utils.ml.training import TRAINING_DATA_PRESET, TrainingSettings, train_all
@@ -77,22 +82,34 @@ def train(
     click.echo(f"trained in {run.seconds:.0f} s")
 
 
-def _train_assignment(models_dir, dataset, n_files, files, seed, max_epochs) -> None:
+def _train_assignment(models_dir, dataset, n_files, files, seed, max_epochs, workers) -> None:
     from dataclasses import replace
 
-    from utils.ml.assignment.training import AssignmentSettings, train_from_files, training_files
+    from utils.ml.assignment.training import (
+        TRAINING_PRESET,
+        AssignmentSettings,
+        dataset_source,
+        train_from_files,
+        training_dataset,
+        training_files,
+    )
     from utils.ml.card import DEFAULT_MODELS_DIR
 
-    if not files and dataset is None:
-        raise click.UsageError("--task jet-assignment needs --dataset (a NanoAOD dataset) or --file")
-    paths = list(files) or training_files(dataset, n_files)
+    root = None
+    if files:
+        paths, source = list(files), {"files": list(files)}
+    else:
+        if dataset is None:  # the generated training dataset (preset jet_assignment of utils/ml/training_data.yml)
+            dataset = str(training_dataset(TRAINING_PRESET, workers))
+        paths = training_files(dataset, n_files)
+        source, root = dataset_source(dataset)
+        source["n_files"] = n_files
     settings = AssignmentSettings()
     if seed is not None:
         settings = replace(settings, seed=seed)
     if max_epochs is not None:
         settings = replace(settings, max_epochs=max_epochs)
-    source = {"dataset": dataset, "n_files": n_files} if not files else {"files": list(files)}
-    run = train_from_files(paths, models_dir or DEFAULT_MODELS_DIR, settings=settings, source=source)
+    run = train_from_files(paths, models_dir or DEFAULT_MODELS_DIR, settings=settings, source=source, root=root)
     for parity, per in run.metrics.items():
         line = ", ".join(
             f"{k}: {v['model']} (baseline {v['baseline']}, random {v['random']}, {v['events']} events)"

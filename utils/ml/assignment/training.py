@@ -125,14 +125,24 @@ def read_file(path: str, config: AnalysisConfig, chunksize: int = 200_000) -> tu
     return AssignmentInputs.concatenate(inputs), lab, n_entries
 
 
-def build_table(files: list[str], config: AnalysisConfig, source: dict[str, Any] | None = None) -> AssignmentTable:
+def _shown(path: str | Path, root: Path | None) -> str:
+    if root is not None and Path(path).resolve().is_relative_to(root.resolve()):
+        return str(Path(path).resolve().relative_to(root.resolve()))
+    return display_path(path)
+
+
+def build_table(
+    files: list[str], config: AnalysisConfig, source: dict[str, Any] | None = None, root: Path | None = None
+) -> AssignmentTable:
+    """The table of ``files``; their paths are recorded relative to ``root`` (the dataset's
+    folder) when inside it, else to the repository."""
     parts, labels, described = [], [], []
     for path in files:
         inp, lab, n = read_file(str(path), config)
         parts.append(inp)
         labels.append(lab)
         described.append(
-            {"path": display_path(path), "entries": n, "selected_4j2b": len(inp), "sha256": sha256_file(path)}
+            {"path": _shown(path, root), "entries": n, "selected_4j2b": len(inp), "sha256": sha256_file(path)}
         )
         log.info("%s: %d of %d events in 4j2b", path, len(inp), n)
     lab = np.concatenate(labels) if labels else np.zeros((0, MAX_JETS), np.int64)
@@ -350,7 +360,24 @@ def train_jet_assignment(
     return AssignmentTrainingRun(table, trained, metrics, cards, seconds)
 
 
-def training_files(dataset: str, n_files: int = 1, sample: str = "ttbar__nominal") -> list[str]:
+#: the preset of utils/ml/training_data.yml that ``agc train --task jet-assignment`` generates
+TRAINING_PRESET = "jet_assignment"
+
+
+def training_dataset(preset: str = TRAINING_PRESET, workers: int = 1) -> Path:
+    """The description of the jet-assignment training dataset: the preset of
+    ``utils/ml/training_data.yml`` generated in NanoAOD under ``data/training/`` (cached), apart
+    from the analysis datasets (its own seed)."""
+    from utils.datasets.embedded import build_dataset
+    from utils.ml.training import TRAINING_DATA_ROOT, TRAINING_PRESETS
+
+    nanoaod: dict[str, Any] = {"input_format": "nanoaod"}  # the embedded generator's NanoAOD writer
+    result = build_dataset(preset, TRAINING_DATA_ROOT, None, workers, with_data=False, presets_path=TRAINING_PRESETS,
+                           **nanoaod)  # fmt: skip
+    return Path(result.fileset_path)
+
+
+def training_files(dataset: str, n_files: int = -1, sample: str = "ttbar__nominal") -> list[str]:
     """The first ``n_files`` files of ``sample`` in a NanoAOD dataset (a name of
     :func:`utils.datasets.resolve.resolve_dataset` or a description JSON)."""
     from utils.datasets.fileset import build_fileset
@@ -364,17 +391,32 @@ def training_files(dataset: str, n_files: int = 1, sample: str = "ttbar__nominal
     return [str(p) for p in fileset[sample]["files"]]
 
 
+def dataset_source(dataset: str) -> tuple[dict[str, Any], Path]:
+    """What a card records of a training dataset (its description, generator and seed) and the
+    description's folder (file paths are recorded relative to it)."""
+    import json
+
+    from utils.datasets.resolve import resolve_dataset
+
+    path = resolve_dataset(dataset)
+    description = json.loads(path.read_text())
+    generators = {json.dumps(e.get("generator"), sort_keys=True) for v in description.values() for e in v.values()}
+    source = {"description": display_path(path), "generator": [json.loads(g) for g in sorted(generators)]}
+    return source, path.parent
+
+
 def train_from_files(
     files: list[str],
     models_dir: str | Path = DEFAULT_MODELS_DIR,
     config: AnalysisConfig | None = None,
     settings: AssignmentSettings | None = None,
     source: dict[str, Any] | None = None,
+    root: Path | None = None,
 ) -> AssignmentTrainingRun:
     """``agc train --task jet-assignment``: table from ``files``, training, evaluation, cards."""
     config = config or load_analysis_config()
     t0 = time.perf_counter()
-    table = build_table(files, config, source)
+    table = build_table(files, config, source, root)
     run = train_jet_assignment(table, models_dir, config, settings)
     run.seconds = time.perf_counter() - t0
     return run
