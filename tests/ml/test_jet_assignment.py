@@ -359,3 +359,34 @@ def test_agc_train_task_jet_assignment(toy_file, tmp_path):
     card = load_assignment_card(tmp_path / "jet_assignment_odd.card.json")
     assert card.trained_on_parity == 1 and card.content["training"]["epochs_run"] == 2
     assert card.content["training"]["dataset"] == {"files": [str(toy_file)]}
+
+
+REAL_FILE = REPO_ROOT.parent / "shared" / "realdata" / "nanoaod2015" / "nanoAOD_2015_CMS_Open_Data_ttbar.root"
+
+
+@pytest.mark.skipif(not REAL_FILE.is_file(), reason=f"{REAL_FILE} is absent (../shared/realdata)")
+def test_a_real_nanoaod_file_with_the_assignment_on(trained, config):
+    from utils.ml.assignment.model import JetAssigner
+    from utils.processing.run import ProcessingOptions, process_fileset
+
+    fileset = {"ttbar__nominal": {"files": {str(REAL_FILE): "Events"},
+                                  "metadata": {"process": "ttbar", "variation": "nominal", "nevts": 200,
+                                               "xsec": 396.87}}}  # fmt: skip
+    options = ProcessingOptions(executor="iterative", input_format="nanoaod")
+    result = process_fileset(fileset, options, config, jet_assigner=JetAssigner.from_directory(trained[0]))
+    assert result.metrics["entries"] == 200
+    # none of its 200 events is in 4j2b (tests/processing/test_nanoaod.py): empty feature histograms
+    assert result.feature_histograms is not None
+    assert all(v.sum() == 0 for v in result.feature_histograms.values.values())
+    # its GenPart record (pruned) holds W bosons but no top quark in these 200 events, and no jet of
+    # the first six lies within 0.4 of a last-copy quark from a W: 100 everywhere, 0 beyond the jets
+    from utils.ml.assignment.truth import jet_labels
+
+    events = NanoEventsFactory.from_root({str(REAL_FILE): "Events"}, schemaclass=NanoAODSchema, mode="virtual").events()
+    gen, jets = events.GenPart, events.Jet[:, :6]
+    assert ak.sum(abs(gen.pdgId) == 6) == 0 and ak.sum(abs(gen.pdgId) == 24) > 0
+    pad = lambda a: ak.to_numpy(ak.fill_none(ak.pad_none(a, 6, clip=True), 0.0))  # noqa: E731
+    n_jets = ak.to_numpy(ak.num(jets.pt))
+    labels = jet_labels(gen, pad(jets.eta), pad(jets.phi), n_jets)
+    present = np.arange(6)[None, :] < n_jets[:, None]
+    assert (labels[present] == 100).all() and (labels[~present] == 0).all() and present.sum() == 515

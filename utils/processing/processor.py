@@ -23,7 +23,7 @@ from utils.datasets.fileset import DATA_PROCESS
 from utils.datasets.inputs import BadInput
 from utils.errors import ConfigError, InputFileError
 from utils.histograms.accumulate import HistogramAccumulator
-from utils.ml.assignment.features import Scorer, assign, assignment_inputs
+from utils.ml.assignment.features import Scorer, assign, assignment_inputs, chunk_leptons
 from utils.ml.assignment.histograms import FeatureAccumulator
 from utils.processing.fastio import use_fast_zlib
 from utils.processing.nanoaod import IO_BRANCHES as NANOAOD_IO_BRANCHES
@@ -221,6 +221,7 @@ class TtbarAnalysis(processor.ProcessorABC):
                 return self._bad_chunk(events, acc, f"entries {_range(meta)}: {insane}")
             selections = select_variations(arrays, cfg, jet_variations)
         selected: dict[str, int] = {}
+        leptons = chunk_leptons(events, cfg) if ml_acc is not None else None
         for jet_variation, sel in selections.items():
             obs = sel.observable(cfg)
             cls = self.classify(sel)
@@ -231,7 +232,7 @@ class TtbarAnalysis(processor.ProcessorABC):
             if jet_variation == "nominal" and len(variations) > 1:
                 self._fill_weight_variations(acc, sel, obs, cls, process)
             if ml_acc is not None:
-                self._fill_assignment(ml_acc, events, sel, jet_variation, name, process, len(variations) > 1)
+                self._fill_assignment(ml_acc, events, leptons, sel, jet_variation, name, process, len(variations) > 1)
         hists_ml = {"hists_ml": {dataset: ml_acc}} if ml_acc is not None else {}
         return {
             "hists": {dataset: acc},
@@ -274,12 +275,12 @@ class TtbarAnalysis(processor.ProcessorABC):
         for name, weight in self._weight_variations(sel.weight_jet_pt, process):
             acc.fill(name, sel.region, obs, cls, weight)
 
-    def _fill_assignment(self, ml_acc: FeatureAccumulator, events, sel, jet_variation: str, name: str, process: str,
-                         weight_variations: bool) -> None:  # fmt: skip
+    def _fill_assignment(self, ml_acc: FeatureAccumulator, events, leptons, sel, jet_variation: str, name: str,
+                         process: str, weight_variations: bool) -> None:  # fmt: skip
         """The chosen assignment's features of the selection's 4j2b events, for the variation
         ``name`` and (nominal jets of a nominal sample) every weight variation."""
         assert self.jet_assigner is not None
-        inputs, in_region = assignment_inputs(events, self.config, sel, jet_variation)
+        inputs, in_region = assignment_inputs(events, self.config, sel, jet_variation, leptons)
         features = assign(inputs, self.jet_assigner).features
         ml_acc.fill(name, features)
         if jet_variation == "nominal" and weight_variations:

@@ -239,24 +239,31 @@ def _padded(values: Any, width: int) -> np.ndarray:
     return ak.to_numpy(ak.fill_none(ak.pad_none(values, width, clip=True), np.nan)).astype(np.float64)
 
 
+def chunk_leptons(events: Any, config: AnalysisConfig) -> np.ndarray:
+    """The first selected lepton (electrons, then muons) of every event of a chunk, ``[n, 4]``
+    (pT, eta, phi, mass; NaN where none): the same under every jet variation, so computed once."""
+    electrons, muons = selected_leptons(events, nanoaod_cuts(config))
+    el, mu = events.Electron[electrons], events.Muon[muons]
+    first = [ak.firsts(ak.concatenate([el[f], mu[f]], axis=1)) for f in ("pt", "eta", "phi", "mass")]
+    return np.stack([ak.to_numpy(ak.fill_none(c, np.nan)).astype(np.float64) for c in first], axis=-1)
+
+
 def assignment_inputs(
-    events: Any, config: AnalysisConfig, sel: NanoSelection, variation: str = "nominal"
-) -> tuple[AssignmentInputs, np.ndarray]:
+    events: Any, config: AnalysisConfig, sel: NanoSelection, variation: str = "nominal",
+    leptons: np.ndarray | None = None,
+) -> tuple[AssignmentInputs, np.ndarray]:  # fmt: skip
     """The inputs of the selection's 4j2b events (chunk ``events``, NanoAOD, under the jet
-    ``variation`` of ``sel``) and the mask of those events in ``sel``."""
+    ``variation`` of ``sel``) and the mask of those events in ``sel``; ``leptons``: the chunk's
+    :func:`chunk_leptons`, if already computed."""
     in_region = sel.region == config.region_names.index(REGION)
-    ev = events[sel.index[in_region]]
-    if len(ev) == 0:
+    rows = sel.index[in_region]
+    if len(rows) == 0:
         return AssignmentInputs.concatenate([]), in_region
+    ev = events[rows]
     jets = selected_jets(ev, config, variation)[:, :MAX_JETS]
     qgl = ev.Jet.qgl[jets.index]
     columns = [jets.pt, jets.eta, jets.phi, jets.mass, jets.btag, qgl]
     stacked = np.stack([_padded(c, MAX_JETS) for c in columns], axis=-1)
-    electrons, muons = selected_leptons(ev, nanoaod_cuts(config))
-    el, mu = ev.Electron[electrons], ev.Muon[muons]
-    lepton = np.stack(
-        [ak.to_numpy(ak.firsts(ak.concatenate([el[f], mu[f]], axis=1))).astype(np.float64)
-         for f in ("pt", "eta", "phi", "mass")], axis=-1,
-    )  # fmt: skip
+    lepton = chunk_leptons(ev, config) if leptons is None else leptons[rows]
     n_jets = np.minimum(ak.to_numpy(ak.num(jets.pt)), MAX_JETS).astype(np.int64)
     return AssignmentInputs(stacked, n_jets, lepton, ak.to_numpy(ev.event).astype(np.uint64)), in_region
