@@ -101,6 +101,13 @@ def _analysis_histogram_edges(analysis: AnalysisConfig) -> np.ndarray:
     return np.linspace(analysis.hist_low, analysis.hist_high, analysis.hist_bins + 1)
 
 
+def _assignment_feature_edges() -> dict[str, np.ndarray]:
+    """Bin edges of the jet-assignment feature histograms (``histograms_ml.root``) by name."""
+    from utils.ml.assignment.features import FEATURES, N_BINS
+
+    return {f.name: np.linspace(f.low, f.high, N_BINS + 1) for f in FEATURES}
+
+
 def _known_variations(analysis: AnalysisConfig) -> set[str]:
     """Every variation name the processor writes histograms for (nominal excluded)."""
     names = set(analysis.jet_variations[1:]) | set(analysis.alternative_variations)
@@ -124,21 +131,27 @@ def _semantic_checks(config: dict[str, Any], analysis: AnalysisConfig, source: s
         problems.append(f"at ['General']['POI']: {general['POI']!r} is not a NormFactor; NormFactors: {norm_factors}")
 
     analysis_edges = _analysis_histogram_edges(analysis)
+    features = _assignment_feature_edges()
     for i, region in enumerate(config["Regions"]):
         region_path = str(region.get("RegionPath", ""))
-        if not any(region_path == r or region_path.startswith(f"{r}_") for r in analysis.region_names):
+        edges, where = analysis_edges, (f"{analysis.hist_bins} bins, {analysis.hist_low}-{analysis.hist_high} in "
+                                        f"{analysis.source}")  # fmt: skip
+        if region_path in features:  # a histogram of histograms_ml.root (jet-parton assignment)
+            edges = features[region_path]
+            where = f"{len(edges) - 1} bins, {edges[0]:g}-{edges[-1]:g} of jet-assignment feature {region_path}"
+        elif not any(region_path == r or region_path.startswith(f"{r}_") for r in analysis.region_names):
             problems.append(
                 f"at ['Regions'][{i}]['RegionPath']: {region.get('RegionPath')!r} does not start with a region of "
-                f"{analysis.source} (allowed: {list(analysis.region_names)})"
+                f"{analysis.source} (allowed: {list(analysis.region_names)}) and is no jet-assignment feature "
+                f"({sorted(features)})"
             )
         binning = region.get("Binning")
         if binning is not None:
-            outside = [b for b in binning if not np.isclose(analysis_edges, b, rtol=0, atol=1e-9).any()]
+            outside = [b for b in binning if not np.isclose(edges, b, rtol=0, atol=1e-9).any()]
             if outside or list(binning) != sorted(binning):
                 problems.append(
                     f"at ['Regions'][{i}]['Binning']: edges must increase and be edges of the saved histograms "
-                    f"({analysis.hist_bins} bins, {analysis.hist_low}-{analysis.hist_high} in {analysis.source}); "
-                    f"not edges: {outside}"
+                    f"({where}); not edges: {outside}"
                 )
     for i, sample in enumerate(config["Samples"]):
         if not isinstance(sample.get("SamplePath"), str):

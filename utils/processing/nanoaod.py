@@ -155,13 +155,21 @@ def _trijet_mass(jets: ak.Array, threshold: float) -> ak.Array:
     return np.sqrt(np.maximum(ak.to_numpy(ak.firsts(mass2)), 0.0))
 
 
+def selected_jets(events: ak.Array, config: AnalysisConfig, variation: str = "nominal") -> ak.Array:
+    """The selected jets of every event under ``variation`` (stored order), with ``index``, the
+    jet's position in the event's ``Jet`` collection (to fetch further jet branches)."""
+    cuts = nanoaod_cuts(config)
+    jets = varied_jets(events.Jet, events, config, variation)
+    jets = ak.with_field(jets, ak.local_index(jets.pt, axis=1), "index")
+    jet_id = (jets.jetId & cuts.jet_id_mask) != 0 if cuts.jet_id_mask else ak.ones_like(jets.pt, dtype=bool)
+    return jets[(jets.pt > cuts.jet_pt_min) & (abs(jets.eta) < cuts.jet_abs_eta_max) & jet_id]
+
+
 def select_nanoaod(events: ak.Array, config: AnalysisConfig, variation: str = "nominal") -> NanoSelection:
     """The event selection of the AGC main line on one chunk of NanoAOD events."""
     cuts = nanoaod_cuts(config)
     electrons, muons = selected_leptons(events, cuts)
-    jets = varied_jets(events.Jet, events, config, variation)
-    jet_id = (jets.jetId & cuts.jet_id_mask) != 0 if cuts.jet_id_mask else ak.ones_like(jets.pt, dtype=bool)
-    jets = jets[(jets.pt > cuts.jet_pt_min) & (abs(jets.eta) < cuts.jet_abs_eta_max) & jet_id]
+    jets = selected_jets(events, config, variation)
     n_btag = ak.sum(jets.btag > config.btag_threshold, axis=1)
     n_leptons = ak.sum(electrons, axis=1) + ak.sum(muons, axis=1)
     passed = (n_leptons == config.n_leptons) & (ak.num(jets) >= config.min_jets) & (n_btag >= config.min_btags)

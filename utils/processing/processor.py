@@ -24,6 +24,8 @@ from utils.datasets.inputs import BadInput, remote_problem
 from utils.datasets.urls import is_remote
 from utils.errors import ConfigError, InputFileError
 from utils.histograms.accumulate import HistogramAccumulator
+from utils.ml.assignment.features import Scorer, assign, assignment_inputs, chunk_leptons
+from utils.ml.assignment.histograms import FeatureAccumulator
 from utils.processing.fastio import use_fast_zlib
 from utils.processing.nanoaod import IO_BRANCHES as NANOAOD_IO_BRANCHES
 from utils.processing.nanoaod import select_nanoaod_variations
@@ -149,6 +151,9 @@ class TtbarAnalysis(processor.ProcessorABC):
     systematics : fill the weight and jet-kinematic variations of nominal samples
     input_format : "ntuple" (the 2015 POET ntuples, the fast kernel) or "nanoaod" (CMS NanoAOD,
         :mod:`utils.processing.nanoaod`; no ML classification)
+    jet_assigner : NanoAOD only: the jet-parton assignment's scorer
+        (:class:`utils.ml.assignment.model.JetAssigner`); the 20 features of the chosen
+        assignment of each 4j2b event fill ``hists_ml`` (the analysis histograms do not change)
     on_bad_input : "fail" raises :class:`InputFileError` for a chunk that cannot be read;
         "skip" leaves it out and reports it (``bad_chunks``) with the events lost
     """
@@ -162,9 +167,13 @@ class TtbarAnalysis(processor.ProcessorABC):
         systematics: bool = True,
         on_bad_input: str = "fail",
         input_format: str = "ntuple",
+        jet_assigner: Scorer | None = None,
     ):
         if input_format not in INPUT_FORMATS:
             raise ConfigError(f"INPUT_FORMAT={input_format!r}: allowed {list(INPUT_FORMATS)}")
+        if jet_assigner is not None and input_format != "nanoaod":
+            raise ConfigError("the jet-parton assignment needs NanoAOD input (INPUT_FORMAT='nanoaod')")
+        self.jet_assigner = jet_assigner
         if input_format == "nanoaod" and classifier is not None:
             raise ConfigError("USE_ML: the event classifier is trained on the ntuple features; run NanoAOD with ML off")
         self.input_format = input_format
@@ -222,6 +231,7 @@ class TtbarAnalysis(processor.ProcessorABC):
         replaced = file_uuid_problem(events)
         if replaced is not None:
             return self._bad_chunk(events, acc, f"entries {_range(meta)}: {replaced}")
+        ml_acc = FeatureAccumulator.empty(process, variations) if self.jet_assigner is not None else None
         jet_variations = cfg.jet_variations if variations[0] == "nominal" and len(variations) > 1 else ("nominal",)
         try:
             if self.input_format == "nanoaod":
@@ -240,6 +250,7 @@ class TtbarAnalysis(processor.ProcessorABC):
                 return self._bad_chunk(events, acc, f"entries {_range(meta)}: {insane}")
             selections = select_variations(arrays, cfg, jet_variations)
         selected: dict[str, int] = {}
+        leptons = chunk_leptons(events, cfg) if ml_acc is not None else None
         for jet_variation, sel in selections.items():
             obs = sel.observable(cfg)
             cls = self.classify(sel)
@@ -249,8 +260,12 @@ class TtbarAnalysis(processor.ProcessorABC):
                 selected[f"{name}/{region}"] = int(np.count_nonzero(sel.region == r))
             if jet_variation == "nominal" and len(variations) > 1:
                 self._fill_weight_variations(acc, sel, obs, cls, process)
+            if ml_acc is not None:
+                self._fill_assignment(ml_acc, events, leptons, sel, jet_variation, name, process, len(variations) > 1)
+        hists_ml = {"hists_ml": {dataset: ml_acc}} if ml_acc is not None else {}
         return {
             "hists": {dataset: acc},
+            **hists_ml,
             "nevents": {dataset: n_events},
             "entries": entries_read(events),
             "selected": {dataset: selected},
@@ -273,17 +288,34 @@ class TtbarAnalysis(processor.ProcessorABC):
                "peak_memory": PeakMemory.now()}  # fmt: skip
         return out if acc is None else {"hists": {meta["dataset"]: acc}, **out}
 
-    def _fill_weight_variations(self, acc, sel: EventSelection, obs, cls, process: str) -> None:
+    def _weight_variations(self, weight_jet_pt: np.ndarray, process: str):
+        """(name, event weights) of every weight variation of ``process``."""
         cfg = self.config
         for i in range(cfg.btag_n_jets):
-            shift = cfg.btag_magnitude * sel.weight_jet_pt[:, i] / cfg.btag_pt_reference
-            acc.fill(f"{cfg.btag_name}_{i}_up", sel.region, obs, cls, 1.0 + shift)
-            acc.fill(f"{cfg.btag_name}_{i}_down", sel.region, obs, cls, 1.0 - shift)
+            shift = cfg.btag_magnitude * weight_jet_pt[:, i] / cfg.btag_pt_reference
+            yield f"{cfg.btag_name}_{i}_up", 1.0 + shift
+            yield f"{cfg.btag_name}_{i}_down", 1.0 - shift
         for fw in cfg.flat_weights:
             if process in fw.processes:
-                ones = np.ones(len(obs))
-                acc.fill(f"{fw.name}_up", sel.region, obs, cls, ones * (1.0 + fw.magnitude))
-                acc.fill(f"{fw.name}_down", sel.region, obs, cls, ones * (1.0 - fw.magnitude))
+                ones = np.ones(len(weight_jet_pt))
+                yield f"{fw.name}_up", ones * (1.0 + fw.magnitude)
+                yield f"{fw.name}_down", ones * (1.0 - fw.magnitude)
+
+    def _fill_weight_variations(self, acc, sel: EventSelection, obs, cls, process: str) -> None:
+        for name, weight in self._weight_variations(sel.weight_jet_pt, process):
+            acc.fill(name, sel.region, obs, cls, weight)
+
+    def _fill_assignment(self, ml_acc: FeatureAccumulator, events, leptons, sel, jet_variation: str, name: str,
+                         process: str, weight_variations: bool) -> None:  # fmt: skip
+        """The chosen assignment's features of the selection's 4j2b events, for the variation
+        ``name`` and (nominal jets of a nominal sample) every weight variation."""
+        assert self.jet_assigner is not None
+        inputs, in_region = assignment_inputs(events, self.config, sel, jet_variation, leptons)
+        features = assign(inputs, self.jet_assigner).features
+        ml_acc.fill(name, features)
+        if jet_variation == "nominal" and weight_variations:
+            for variation, weight in self._weight_variations(sel.weight_jet_pt[in_region], process):
+                ml_acc.fill(variation, features, weight)
 
     def postprocess(self, accumulator):
         return accumulator

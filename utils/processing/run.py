@@ -23,6 +23,9 @@ from utils.datasets.fileset import TREE_NAME, normalisation
 from utils.datasets.inputs import POLICIES, BadInput, InputReport, preflight, remote_problem
 from utils.errors import AGCError, ConfigError, InputFileError
 from utils.histograms.accumulate import AnalysisHistograms, HistogramAccumulator
+from utils.ml.assignment.features import READ_BRANCHES as ASSIGNMENT_BRANCHES
+from utils.ml.assignment.features import Scorer
+from utils.ml.assignment.histograms import FeatureHistograms
 from utils.processing.executors import EXECUTORS, make_executor, warm_processor
 from utils.processing.nanoaod import READ_BRANCHES as NANOAOD_BRANCHES
 from utils.processing.nanoaod import TREE_NAME as NANOAOD_TREE
@@ -84,6 +87,8 @@ class ProcessingResult:
     input_report: InputReport | None = None
     #: the fileset actually processed: bad inputs left out, nevts of the events processed
     fileset: dict[str, Any] | None = None
+    #: the jet-assignment feature histograms (NanoAOD with a jet assigner), for histograms_ml.root
+    feature_histograms: FeatureHistograms | None = None
 
 
 def process_fileset(
@@ -92,6 +97,7 @@ def process_fileset(
     config: AnalysisConfig,
     classifier: Classifier | None = None,
     luminosity: float | None = None,
+    jet_assigner: Scorer | None = None,
 ) -> ProcessingResult:
     """Run the processor over a fileset with the executor the options choose.
 
@@ -99,12 +105,16 @@ def process_fileset(
     bad files and unreadable chunks are left out, reported in ``input_report``, and the
     normalisation uses the events actually processed. ``luminosity`` overrides the configured
     luminosity for the MC normalisation (e.g. a data sample's, see ``fileset.data_luminosity``).
+    ``jet_assigner`` (NanoAOD): the jet-parton assignment, whose feature histograms come back in
+    ``feature_histograms``.
     """
     expected = {p: n for e in fileset.values() for p, n in e.get("file_nevts", {}).items()}
     nanoaod = options.input_format == "nanoaod"
     schema = NanoAODSchema if nanoaod else AGCSchema
     treename = NANOAOD_TREE if nanoaod else TREE_NAME
     required = NANOAOD_BRANCHES if nanoaod else READ_BRANCHES
+    if jet_assigner is not None:
+        required = (*required, *ASSIGNMENT_BRANCHES)
     t_preflight = time.monotonic()
     fileset, report = preflight(
         fileset,
@@ -123,6 +133,7 @@ def process_fileset(
         systematics=options.systematics,
         on_bad_input=options.on_bad_input,
         input_format=options.input_format,
+        jet_assigner=jet_assigner,
     )
     # every worker runs the processor on a few events before the clock starts: numba kernels,
     # torch and the ML models are loaded then, not inside the first chunk's processtime
@@ -181,10 +192,15 @@ def process_fileset(
         histograms = AnalysisHistograms.from_accumulators(
             accumulators, normalisation(fileset, config, luminosity), config
         )
+    feature_histograms = None
+    if jet_assigner is not None and not options.disable_processing:
+        feature_histograms = FeatureHistograms.from_accumulators(
+            output.get("hists_ml", {}), normalisation(fileset, config, luminosity)
+        )
     metrics["input_report"] = report.to_dict()
     metrics["merging_s"] = time.monotonic() - t_merge
     return ProcessingResult(histograms, metrics, dict(output.get("nevents", {})), dict(output.get("selected", {})),
-                            report, fileset)  # fmt: skip
+                            report, fileset, feature_histograms)  # fmt: skip
 
 
 def coffea_metadata_cache(fileset: dict[str, dict[str, Any]], report: InputReport) -> dict[FileMeta, dict]:

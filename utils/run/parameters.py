@@ -74,6 +74,7 @@ def _type_problems(params: RunParameters) -> list[str]:
 
 
 QUERY_LANGUAGES = ("uproot-raw", "func-adl")
+JET_ASSIGNMENT_SWITCH = ("auto", "on", "off")
 
 
 @dataclass
@@ -99,6 +100,7 @@ class RunParameters:
     disable_processing: bool = False
     io_file_percent: int = 4
     use_ml: bool = True
+    use_jet_assignment: str = "auto"  # auto (NanoAOD with models/jet_assignment_* present) | on | off
     on_bad_input: str = "fail"  # fail | skip
     cores_per_worker: int = 1
     run_fit: bool = True
@@ -137,6 +139,10 @@ class RunParameters:
             problems.append(f"INPUT_FORMAT={self.input_format!r}: allowed {['auto', *INPUT_FORMATS]}")
         elif self.resolved_input_format == "nanoaod" and self.use_ml:
             problems.append("USE_ML=True with INPUT_FORMAT='nanoaod': the classifier is trained on ntuple features")
+        if self.use_jet_assignment not in JET_ASSIGNMENT_SWITCH:
+            problems.append(f"USE_JET_ASSIGNMENT={self.use_jet_assignment!r}: allowed {list(JET_ASSIGNMENT_SWITCH)}")
+        elif self.use_jet_assignment == "on" and self.resolved_input_format != "nanoaod":
+            problems.append("USE_JET_ASSIGNMENT='on' needs NanoAOD input (INPUT_FORMAT='nanoaod')")
         if self.num_cores < 1:
             problems.append(f"NUM_CORES={self.num_cores!r}: must be at least 1")
         if self.chunksize < 1:

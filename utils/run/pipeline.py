@@ -107,12 +107,28 @@ def make_classifier(use_ml: bool, models_dir: str | Path | None = None) -> Class
     return MLClassifier.from_directory(models_dir)
 
 
+def make_jet_assigner(params: RunParameters, models_dir: str | Path | None = None) -> Any:
+    """The NanoAOD jet-parton assignment (:class:`utils.ml.assignment.model.JetAssigner`) or
+    ``None``: ``USE_JET_ASSIGNMENT="on"`` loads the models (a missing one is an error), ``"auto"``
+    when the input is NanoAOD and ``models/jet_assignment_*`` exist, ``"off"`` never."""
+    if params.use_jet_assignment == "off" or params.resolved_input_format != "nanoaod":
+        return None
+    from utils.ml.assignment.model import JetAssigner, models_available
+
+    if params.use_jet_assignment == "auto" and not models_available(models_dir):
+        log.info("USE_JET_ASSIGNMENT='auto': no jet-assignment models in models/, the assignment is off")
+        return None
+    return JetAssigner.from_directory(models_dir)
+
+
 def process(
     params: RunParameters,
     fileset: dict[str, Any],
     config: AnalysisConfig,
     classifier: Classifier | None = None,
     luminosity: float | None = None,
+    jet_assigner: Any = None,
 ) -> ProcessingResult:
-    """The processing stage with the options of ``params``."""
-    return process_fileset(fileset, params.processing_options(), config, classifier, luminosity)
+    """The processing stage with the options of ``params`` (``jet_assigner``: see
+    :func:`make_jet_assigner`)."""
+    return process_fileset(fileset, params.processing_options(), config, classifier, luminosity, jet_assigner)
