@@ -42,6 +42,7 @@ from utils.inference.fit import (
     significance_of,
     upper_limit_of,
 )
+from utils.inference.scan import LikelihoodScan, profile_scan
 from utils.inference.templates import build_templates
 from utils.inference.treatment import TreatmentRecord
 from utils.io import json_ready, sha256_file, write_json_atomic
@@ -96,6 +97,8 @@ class InferenceResult:
     diagnostics: FitDiagnostics | None = None
     #: every template pruned or smoothed, where and why
     template_treatment: tuple[TreatmentRecord, ...] = ()
+    #: the profile-likelihood scan of the POI (made with the figures)
+    scan: LikelihoodScan | None = None
 
     @property
     def problems(self) -> tuple[str, ...]:
@@ -135,6 +138,7 @@ class InferenceResult:
             "failures": dict(self.failures),
             "diagnostics": self.diagnostics.to_dict() if self.diagnostics is not None else None,
             "template_treatment": [r.to_dict() for r in self.template_treatment],
+            "likelihood_scan": self.scan.to_dict() if self.scan is not None else None,
             "figures": {k: str(v.name) for k, v in self.figures.items()},
             "settings": {"pyhf_backend": "numpy", "minuit_strategy": self.strategy},
             "timings_s": self.timings,
@@ -243,7 +247,7 @@ def run_inference(
     histograms_path = Path(histograms_path)
     output_dir = Path(output_dir)
     timer = StageTimer()
-    sig_summary = lim_summary = impacts = ranking_results = None
+    sig_summary = lim_summary = impacts = ranking_results = scan = None
     figure_paths: dict[str, Path] = {}
     failures: dict[str, str] = {}
     treatment: list[TreatmentRecord] = []
@@ -272,6 +276,9 @@ def run_inference(
                 ranking_results = rank_parameters(model, data, fit_results, strategy=strategy)
             impacts = _impacts(ranking_results)
         if figures:
+            with timer("scan"), _recorded(failures, "scan"):
+                scan = profile_scan(model, data, fit_results)
+            analysis = analysis or load_analysis_config()
             with timer("figures"):
                 figure_paths = inference_figures.inference_figures(
                     output_dir / FIGURES_DIRNAME,
@@ -281,6 +288,8 @@ def run_inference(
                     config,
                     ranking_results,
                     suffix=f".{figure_format}",
+                    scan=scan,
+                    lumi_fb=round(analysis.luminosity / 1000.0, 2),
                 )
 
     poi_index = model.config.poi_index
@@ -308,6 +317,7 @@ def run_inference(
         failures=failures,
         diagnostics=diagnostics,
         template_treatment=tuple(treatment),
+        scan=scan,
     )
     content = result.to_dict()
     content["inputs"] = {
