@@ -251,6 +251,7 @@ def test_scan_crossings_agree_with_minos(small_fit, tmp_path):
 def test_inference_figures_writes_every_figure(small_fit, tmp_path):
     model, data, fit, _ = small_fit
     scan = profile_scan(model, data, fit, n_steps=3)
+    open_before = set(plt.get_fignums())
     out = figures.inference_figures(tmp_path, model, data, fit, CONFIG, suffix=".png", scan=scan)
     assert set(out) == {
         "pulls", "correlation_matrix", "likelihood_scan", "data_mc_prefit_4j1b-CR", "data_mc_prefit_4j2b-SR",
@@ -258,4 +259,4 @@ def test_inference_figures_writes_every_figure(small_fit, tmp_path):
     }  # fmt: skip
     for path in out.values():
         assert path.read_bytes().startswith(b"\x89PNG") and path.stat().st_size > 5000
-    assert not plt.get_fignums()  # all closed
+    assert set(plt.get_fignums()) == open_before  # all closed

@@ -20,10 +20,11 @@ from pathlib import Path
 from typing import Any
 
 import matplotlib.pyplot as plt
+from matplotlib.font_manager import FontProperties
 from matplotlib.ticker import NullLocator
 import numpy as np
 
-from utils.histograms.figures import FIGSIZE, cms_header, cms_style, headroom, ratio_axes
+from utils.histograms.figures import FIGSIZE, cms_header, cms_style, headroom
 from utils.inference.scan import LikelihoodScan
 from utils.io import save_figure
 
@@ -46,6 +47,59 @@ NO_MINOR_TICKS = {"xtick.minor.visible": False, "ytick.minor.visible": False}
 def _style(figsize: tuple[float, float]) -> Iterator[None]:
     with cms_style(figsize), plt.rc_context(NO_MINOR_TICKS):
         yield
+
+
+# -- layout: margins from the font metrics of the labels, instead of matplotlib's constrained
+# layout, which measures every artist of the figure once more at each draw (about as long as the
+# drawing itself); tests/inference/test_figures.py checks that every text stays inside the canvas
+
+
+def _text_size(fig: plt.Figure, texts: Sequence[str], size: float | str) -> tuple[float, float]:
+    """Largest width and height, in inches, of ``texts`` at font ``size``."""
+    renderer = fig.canvas.get_renderer()  # type: ignore[attr-defined]  # Agg
+    prop = FontProperties(size=size)
+    width = height = 0.0
+    for text in texts:
+        w, h, _ = renderer.get_text_width_height_descent(text, prop, ismath="$" in text)
+        width, height = max(width, w), max(height, h)
+    return width / fig.dpi, height / fig.dpi
+
+
+def _tick_strings(ax: plt.Axes, axis: str) -> list[str]:
+    """The major tick labels ``ax`` will draw on ``axis`` ("x" or "y") within its limits."""
+    which = ax.xaxis if axis == "x" else ax.yaxis
+    low, high = sorted(ax.get_xlim() if axis == "x" else ax.get_ylim())
+    locs = [v for v in which.get_major_locator().tick_values(low, high) if low - 1e-9 <= v <= high + 1e-9]
+    return [t for t in which.get_major_formatter().format_ticks(locs) if t]
+
+
+def _place(fig: plt.Figure, left: float, right: float, bottom: float, top: float, **space: float) -> None:
+    """Margins in inches (``hspace``/``wspace`` as fractions, as ``subplots_adjust``)."""
+    width, height = fig.get_size_inches()
+    fig.subplots_adjust(left=left / width, right=1 - right / width, bottom=bottom / height, top=1 - top / height,
+                        **space)  # fmt: skip
+
+
+def _label_height(fig: plt.Figure, text: str, size: float | str) -> float:
+    return _text_size(fig, [text], size)[1] if text else 0.0
+
+
+def _y_margin(fig: plt.Figure, axes: Sequence[plt.Axes]) -> float:
+    """Room left of ``axes`` for their y tick labels and y labels, in inches."""
+    room = 0.0
+    for ax in axes:
+        ticks = _text_size(fig, _tick_strings(ax, "y"), plt.rcParams["ytick.labelsize"])[0]
+        label = _label_height(fig, ax.get_ylabel(), ax.yaxis.label.get_size())
+        room = max(room, ticks + label + (plt.rcParams["ytick.major.pad"] + plt.rcParams["axes.labelpad"]) / 72)
+    return room + 0.25
+
+
+def _x_margin(fig: plt.Figure, ax: plt.Axes) -> float:
+    """Room below ``ax`` for its x tick labels and x label, in inches."""
+    ticks = _text_size(fig, _tick_strings(ax, "x") or ["0"], ax.xaxis.get_ticklabels()[0].get_size()
+                       if ax.xaxis.get_ticklabels() else plt.rcParams["xtick.labelsize"])[1]  # fmt: skip
+    label = _label_height(fig, ax.get_xlabel(), ax.xaxis.label.get_size())
+    return ticks + label + (plt.rcParams["xtick.major.pad"] + plt.rcParams["axes.labelpad"]) / 72 + 0.15
 
 
 def _save(fig: plt.Figure, path: str | Path | None) -> plt.Figure:
@@ -108,7 +162,7 @@ def data_mc(
     order = np.argsort(yields.sum(axis=1))  # the largest sample on top
 
     with _style(FIGSIZE):
-        fig, ax, rax = ratio_axes()
+        fig, (ax, rax) = plt.subplots(2, 1, sharex=True, gridspec_kw={"height_ratios": (3, 1)})
         below = np.zeros_like(total)
         for k, i in enumerate(order):
             above = below + yields[i]
@@ -140,6 +194,8 @@ def data_mc(
         ax.legend(frameon=False, ncols=2, fontsize=13, title=f"{region}, {prediction.label}", title_fontsize=15,
                   loc="upper right")  # fmt: skip
         cms_header(ax, data=observed_label == "data", lumi_fb=lumi_fb)
+        right = 0.5 * _text_size(fig, _tick_strings(rax, "x")[-1:], plt.rcParams["xtick.labelsize"])[0] + 0.15
+        _place(fig, _y_margin(fig, [ax, rax]), right, _x_margin(fig, rax), 0.5, hspace=0.08)
     return _save(fig, path)
 
 
@@ -173,7 +229,7 @@ def pulls(
     chosen = _selected(fit_results, list(exclude or []))[::-1]  # the first parameter on top
     labels = [fit_results.labels[i] for i in chosen]
     with _style((8.0, 1.6 + 0.38 * max(len(chosen), 1))):
-        fig, ax = plt.subplots(layout="constrained")
+        fig, ax = plt.subplots()
         _pull_axes(ax, np.asarray(fit_results.bestfit)[chosen], np.asarray(fit_results.uncertainty)[chosen])
         ax.set_yticks(np.arange(len(chosen)), labels, fontsize=14)
         ax.yaxis.set_minor_locator(NullLocator())
@@ -181,6 +237,8 @@ def pulls(
         ax.xaxis.label.set_size(16)
         if not chosen:
             ax.text(0.5, 0.5, "no constrained nuisance parameter", transform=ax.transAxes, ha="center")
+        left = _text_size(fig, labels, 14)[0] + plt.rcParams["ytick.major.pad"] / 72 + 0.15
+        _place(fig, left, 0.3, _x_margin(fig, ax), 0.2)
     return _save(fig, path)
 
 
@@ -199,16 +257,26 @@ def correlation_matrix(
     chosen = [i for i in range(len(corr)) if free[i] and np.any(off[i, free] > threshold)]
     labels = [fit_results.labels[i] for i in chosen]
     n = len(chosen)
-    side = 4.0 + 0.42 * max(n, 2)
-    with _style((side + 1.5, side)):
-        fig, ax = plt.subplots(layout="constrained")
+    longest = max((len(t) for t in labels), default=1)
+    side = 1.4 + 0.42 * max(n, 2) + 0.11 * longest  # cells of 0.42 in and room for the labels
+    with _style((side + 1.9, side + 0.6)):
+        fig = plt.figure()
+        labels_in = _text_size(fig, labels or ["x"], 13)
+        # rotated by 60 degrees: the labels below reach width * sin 60 + height * cos 60 down
+        below = labels_in[0] * 0.87 + labels_in[1] * 0.5 + 0.5
+        left = labels_in[0] + 0.5
+        width, height = fig.get_size_inches()
+        cell = min((width - left - 1.9) / max(n, 1), (height - below - 0.6) / max(n, 1))
+        ax = fig.add_axes((left / width, below / height, cell * max(n, 1) / width, cell * max(n, 1) / height))
+        cax = fig.add_axes(((left + cell * max(n, 1) + 0.15) / width, below / height, 0.25 / width,
+                            cell * max(n, 1) / height))  # fmt: skip
         sub = corr[np.ix_(chosen, chosen)] if n else np.zeros((0, 0))
-        image = ax.imshow(sub if n else np.zeros((1, 1)), cmap="RdBu_r", vmin=-1, vmax=1, aspect="equal")
-        fig.colorbar(image, ax=ax, fraction=0.05, pad=0.02).set_label("correlation")
+        image = ax.imshow(sub if n else np.zeros((1, 1)), cmap="RdBu_r", vmin=-1, vmax=1, aspect="auto")
+        fig.colorbar(image, cax=cax).set_label("correlation", fontsize=16)
+        cax.tick_params(labelsize=14)
+        cax.yaxis.set_minor_locator(NullLocator())
         ax.set_xticks(np.arange(n), labels, rotation=60, ha="right", rotation_mode="anchor", fontsize=13)
         ax.set_yticks(np.arange(n), labels, fontsize=13)
-        ax.xaxis.set_minor_locator(NullLocator())
-        ax.yaxis.set_minor_locator(NullLocator())
         ax.tick_params(which="major", top=False, right=False)
         if n and n <= annotate_max:
             size = max(8.0, min(14.0, 160.0 / n))
@@ -231,7 +299,7 @@ def ranking(ranking_results: Any, path: str | Path | None = None, max_pars: int 
     order = list(np.argsort(-post, kind="stable"))[: max_pars or len(post)][::-1]  # the largest on top
     y = np.arange(len(order))
     with _style((13.0, 2.2 + 0.42 * max(len(order), 1))):
-        fig, (pax, iax) = plt.subplots(1, 2, sharey=True, layout="constrained", gridspec_kw={"width_ratios": (1, 1.4)})
+        fig, (pax, iax) = plt.subplots(1, 2, sharey=True, gridspec_kw={"width_ratios": (1, 1.4)})
         _pull_axes(pax, np.asarray(r.bestfit)[order], np.asarray(r.uncertainty)[order])
         pax.set_yticks(y, [r.labels[i] for i in order], fontsize=14)
         for values, style in (
@@ -250,6 +318,9 @@ def ranking(ranking_results: Any, path: str | Path | None = None, max_pars: int 
             ax.yaxis.set_minor_locator(NullLocator())
             ax.tick_params(axis="x", labelsize=14)
             ax.xaxis.label.set_size(16)
+        left = _text_size(fig, [r.labels[i] for i in order] or ["x"], 14)[0] + plt.rcParams["ytick.major.pad"] / 72
+        legend_height = 2 * 1.6 * _text_size(fig, ["Ag"], 13)[1] + 0.45
+        _place(fig, left + 0.15, 0.35, max(_x_margin(fig, pax), _x_margin(fig, iax)), legend_height, wspace=0.06)
     return _save(fig, path)
 
 
@@ -259,7 +330,7 @@ def likelihood_scan(scan: LikelihoodScan, path: str | Path | None = None) -> plt
     values, delta = np.asarray(scan.values), np.asarray(scan.delta_twice_nll)
     low, high = scan.interval
     with _style((9.0, 7.0)):
-        fig, ax = plt.subplots(layout="constrained")
+        fig, ax = plt.subplots()
         ax.plot(values, delta, "o-", color="black", markersize=5, label="profile likelihood")
         for level in (1.0, 4.0):
             ax.axhline(level, color="grey", linestyle="--", linewidth=1)
@@ -272,6 +343,8 @@ def likelihood_scan(scan: LikelihoodScan, path: str | Path | None = None) -> plt
         ax.set_xlabel(scan.parameter)
         ax.set_ylabel(r"$-2\,\Delta\ln L$")
         ax.legend(frameon=False, fontsize=15, loc="upper center")
+        right = 0.5 * _text_size(fig, _tick_strings(ax, "x")[-1:], plt.rcParams["xtick.labelsize"])[0] + 0.2
+        _place(fig, _y_margin(fig, [ax]), right, _x_margin(fig, ax), 0.2)
     return _save(fig, path)
 
 
