@@ -10,6 +10,7 @@ import pytest
 from matplotlib.text import Text
 from matplotlib.transforms import Bbox
 
+from utils.histograms.figures import cms_style
 from utils.inference import figures
 from utils.inference.diagnostics import fit_with_diagnostics
 from utils.inference.fit import numpy_backend
@@ -49,7 +50,7 @@ def small_fit():
         norm = [{"name": "ttbar_norm", "type": "normfactor", "data": None}]
         channels.append({"name": name, "samples": [
             _sample("ttbar", ttbar, norm + jes + lumi + stat),
-            _sample("W+jets", wjets, [*lumi, {"name": "W+jets norm", "type": "normsys", "data": {"hi": 1.2, "lo": 0.8}}]),
+            _sample("W+jets", wjets, [*lumi, {"name": "W+jets scale variation", "type": "normsys", "data": {"hi": 1.2, "lo": 0.8}}]),
         ]})  # fmt: skip
         observations.append({"name": name, "data": list(np.round((ttbar * 1.05 + wjets)))})
     ws = {
@@ -65,7 +66,9 @@ def small_fit():
 
 
 def _drawn(fig):
-    fig.canvas.draw()
+    """Draw as the files are written: under the CMS style (fonts are looked up at drawing)."""
+    with cms_style():
+        fig.canvas.draw()
     return fig.canvas.get_renderer()
 
 
@@ -155,7 +158,7 @@ def test_pulls_show_the_gaussian_nuisance_parameters(small_fit, tmp_path):
     fig = figures.pulls(fit, tmp_path / "pulls.pdf", exclude=figures.pull_exclusions(model))
     (ax,) = fig.axes
     names = [t.get_text() for t in ax.get_yticklabels()]
-    assert set(names) == {"Jet energy scale", "Luminosity", "W+jets norm"}  # no POI, no staterror
+    assert set(names) == {"Jet energy scale", "Luminosity", "W+jets scale variation"}  # no POI, no staterror
     values = ax.containers[0].lines[0].get_xdata()
     expected = {n: fit.bestfit[fit.labels.index(n)] for n in names}
     assert list(values) == pytest.approx([expected[n] for n in names])
@@ -205,9 +208,11 @@ def test_ranking_puts_the_largest_impact_on_top(tmp_path):
     impacts = np.array([0.01, 0.08, 0.03])
     ranking = RankingResults(np.array([0.1, -0.5, 0.0]), np.array([0.9, 0.7, 1.0]), ["small", "large", "medium"],
                              2 * impacts, -2 * impacts, impacts, -impacts)  # fmt: skip
-    fig = figures.ranking(ranking, tmp_path / "ranking.png", max_pars=2)
+    fig = figures.ranking(ranking, tmp_path / "ranking.png", max_pars=2, prefit={"medium": (1.0, 0.5)})
     pax, iax = fig.axes
     assert [t.get_text() for t in pax.get_yticklabels()] == ["medium", "large"]  # bottom to top
+    pulls = pax.containers[0].lines[0].get_xdata()
+    assert list(pulls) == pytest.approx([(0.0 - 1.0) / 0.5, -0.5])  # a gamma at 1 +/- 0.5; a Gaussian NP
     assert len(iax.patches) == 4 * 2
     assert {t.get_text() for t in iax.get_legend().get_texts()} >= {r"pre-fit $+\Delta\theta$"}
     _assert_texts_inside(fig)

@@ -196,7 +196,8 @@ def data_mc(
         cms_header(ax, data=observed_label == "data", lumi_fb=lumi_fb)
         right = 0.5 * _text_size(fig, _tick_strings(rax, "x")[-1:], plt.rcParams["xtick.labelsize"])[0] + 0.15
         _place(fig, _y_margin(fig, [ax, rax]), right, _x_margin(fig, rax), 0.5, hspace=0.08)
-    return _save(fig, path)
+        _save(fig, path)  # inside the style: its fonts are the ones measured
+    return fig
 
 
 def _selected(fit_results: Any, exclude: Sequence[str]) -> list[int]:
@@ -239,7 +240,8 @@ def pulls(
             ax.text(0.5, 0.5, "no constrained nuisance parameter", transform=ax.transAxes, ha="center")
         left = _text_size(fig, labels, 14)[0] + plt.rcParams["ytick.major.pad"] / 72 + 0.15
         _place(fig, left, 0.3, _x_margin(fig, ax), 0.2)
-    return _save(fig, path)
+        _save(fig, path)  # inside the style: its fonts are the ones measured
+    return fig
 
 
 def correlation_matrix(
@@ -287,20 +289,31 @@ def correlation_matrix(
         ax.set_title(rf"parameters with $|\rho| > {threshold:g}$ to another", fontsize=15)
         if not n:
             ax.text(0, 0, f"no correlation above {threshold:g}", ha="center", va="center", fontsize=14)
-    return _save(fig, path)
+        _save(fig, path)  # inside the style: its fonts are the ones measured
+    return fig
 
 
-def ranking(ranking_results: Any, path: str | Path | None = None, max_pars: int | None = 20) -> plt.Figure:
+def ranking(
+    ranking_results: Any,
+    path: str | Path | None = None,
+    max_pars: int | None = 20,
+    prefit: Mapping[str, tuple[float, float]] | None = None,
+) -> plt.Figure:
     """The impact ranking: for the ``max_pars`` parameters with the largest post-fit impact on
     the POI, their pulls (left) and the POI's shift with the parameter held at its best fit
-    +/- its pre-fit (open) and post-fit (filled) uncertainty (right)."""
+    +/- its pre-fit (open) and post-fit (filled) uncertainty (right). ``prefit``: name ->
+    (nominal value, pre-fit uncertainty), to show pulls of parameters not centred at 0 with unit
+    width (staterror's gammas); without, best fit and uncertainty are shown as they are."""
     r = ranking_results
     post = np.maximum(np.abs(r.postfit_up), np.abs(r.postfit_down))
     order = list(np.argsort(-post, kind="stable"))[: max_pars or len(post)][::-1]  # the largest on top
     y = np.arange(len(order))
     with _style((13.0, 2.2 + 0.42 * max(len(order), 1))):
         fig, (pax, iax) = plt.subplots(1, 2, sharey=True, gridspec_kw={"width_ratios": (1, 1.4)})
-        _pull_axes(pax, np.asarray(r.bestfit)[order], np.asarray(r.uncertainty)[order])
+        centre_width = [(prefit or {}).get(r.labels[i], (0.0, 1.0)) for i in order]
+        centre, width = (np.asarray([c[k] for c in centre_width], dtype=float) for k in (0, 1))
+        width = np.where(width > 0, width, 1.0)
+        _pull_axes(pax, (np.asarray(r.bestfit)[order] - centre) / width, np.asarray(r.uncertainty)[order] / width)
         pax.set_yticks(y, [r.labels[i] for i in order], fontsize=14)
         for values, style in (
             (r.prefit_up, {"facecolor": "none", "edgecolor": "C0", "label": r"pre-fit $+\Delta\theta$"}),
@@ -321,7 +334,8 @@ def ranking(ranking_results: Any, path: str | Path | None = None, max_pars: int 
         left = _text_size(fig, [r.labels[i] for i in order] or ["x"], 14)[0] + plt.rcParams["ytick.major.pad"] / 72
         legend_height = 2 * 1.6 * _text_size(fig, ["Ag"], 13)[1] + 0.45
         _place(fig, left + 0.15, 0.35, max(_x_margin(fig, pax), _x_margin(fig, iax)), legend_height, wspace=0.06)
-    return _save(fig, path)
+        _save(fig, path)  # inside the style: its fonts are the ones measured
+    return fig
 
 
 def likelihood_scan(scan: LikelihoodScan, path: str | Path | None = None) -> plt.Figure:
@@ -345,7 +359,8 @@ def likelihood_scan(scan: LikelihoodScan, path: str | Path | None = None) -> plt
         ax.legend(frameon=False, fontsize=15, loc="upper center")
         right = 0.5 * _text_size(fig, _tick_strings(ax, "x")[-1:], plt.rcParams["xtick.labelsize"])[0] + 0.2
         _place(fig, _y_margin(fig, [ax]), right, _x_margin(fig, ax), 0.2)
-    return _save(fig, path)
+        _save(fig, path)  # inside the style: its fonts are the ones measured
+    return fig
 
 
 def _slug(text: str) -> str:
@@ -390,23 +405,25 @@ def inference_figures(
     out: dict[str, Path] = {}
     observed_label = observed_label or observed_label_of(config)
 
-    def keep(key: str, fig: plt.Figure) -> None:
+    def keep(key: str, draw: Any, *args: Any, **kwargs: Any) -> None:
         out[key] = folder / f"{key}{suffix}"
-        _save(fig, out[key])
-        plt.close(fig)
+        plt.close(draw(*args, path=out[key], **kwargs))
 
-    keep("pulls", pulls(fit_results, exclude=pull_exclusions(model)))
-    keep("correlation_matrix", correlation_matrix(fit_results, threshold=correlation_threshold))
+    keep("pulls", pulls, fit_results, exclude=pull_exclusions(model))
+    keep("correlation_matrix", correlation_matrix, fit_results, threshold=correlation_threshold)
     predictions = {
         "prefit": cabinetry.model_utils.prediction(model),
         "postfit": cabinetry.model_utils.prediction(model, fit_results=fit_results),
     }
     for stage, prediction in predictions.items():
         for region in model.config.channels:
-            fig = data_mc(prediction, data, region, config, observed_label=observed_label, lumi_fb=lumi_fb)
-            keep(f"data_mc_{stage}_{_slug(region)}", fig)
+            keep(f"data_mc_{stage}_{_slug(region)}", data_mc, prediction, data, region, config,
+                 observed_label=observed_label, lumi_fb=lumi_fb)  # fmt: skip
     if ranking_results is not None:
-        keep("ranking", ranking(ranking_results))
+        widths = cabinetry.model_utils.prefit_uncertainties(model)
+        prefit = {n: (float(v), float(w)) for n, v, w in zip(model.config.par_names, model.config.suggested_init(),
+                                                                   widths, strict=True)}  # fmt: skip
+        keep("ranking", ranking, ranking_results, prefit=prefit)
     if scan is not None:
-        keep("likelihood_scan", likelihood_scan(scan))
+        keep("likelihood_scan", likelihood_scan, scan)
     return out
