@@ -52,7 +52,7 @@ def small_fit():
             _sample("ttbar", ttbar, norm + jes + lumi + stat),
             _sample("W+jets", wjets, [*lumi, {"name": "W+jets scale variation", "type": "normsys", "data": {"hi": 1.2, "lo": 0.8}}]),
         ]})  # fmt: skip
-        observations.append({"name": name, "data": list(np.round((ttbar * 1.05 + wjets)))})
+        observations.append({"name": name, "data": list(np.round(ttbar * 1.05 + wjets))})
     ws = {
         "channels": channels,
         "observations": observations,
@@ -154,7 +154,7 @@ def test_post_fit_band_is_narrower_than_pre_fit(small_fit):
 
 
 def test_pulls_show_the_gaussian_nuisance_parameters(small_fit, tmp_path):
-    model, data, fit, _ = small_fit
+    model, _, fit, _ = small_fit
     fig = figures.pulls(fit, tmp_path / "pulls.pdf", exclude=figures.pull_exclusions(model))
     (ax,) = fig.axes
     names = [t.get_text() for t in ax.get_yticklabels()]

@@ -20,9 +20,9 @@ from pathlib import Path
 from typing import Any
 
 import matplotlib.pyplot as plt
+import numpy as np
 from matplotlib.font_manager import FontProperties
 from matplotlib.ticker import NullLocator
-import numpy as np
 
 from utils.histograms.figures import FIGSIZE, cms_header, cms_style, headroom
 from utils.inference.scan import LikelihoodScan
@@ -40,12 +40,12 @@ SAMPLE_LABELS = {"ttbar": r"$t\bar{t}$"}
 BAND_COLOR = "#4d4d4d"
 #: on top of the CMS style: no minor ticks (each tick is a set of artists; they made up half of
 #: the drawing time of these figures)
-NO_MINOR_TICKS = {"xtick.minor.visible": False, "ytick.minor.visible": False}
+NO_MINOR_TICKS: dict[str, Any] = {"xtick.minor.visible": False, "ytick.minor.visible": False}
 
 
 @contextmanager
 def _style(figsize: tuple[float, float]) -> Iterator[None]:
-    with cms_style(figsize), plt.rc_context(NO_MINOR_TICKS):
+    with cms_style(figsize), plt.rc_context(NO_MINOR_TICKS):  # type: ignore[arg-type]
         yield
 
 
@@ -89,16 +89,16 @@ def _y_margin(fig: plt.Figure, axes: Sequence[plt.Axes]) -> float:
     room = 0.0
     for ax in axes:
         ticks = _text_size(fig, _tick_strings(ax, "y"), plt.rcParams["ytick.labelsize"])[0]
-        label = _label_height(fig, ax.get_ylabel(), ax.yaxis.label.get_size())
+        label = _label_height(fig, ax.get_ylabel(), ax.yaxis.label.get_fontsize())
         room = max(room, ticks + label + (plt.rcParams["ytick.major.pad"] + plt.rcParams["axes.labelpad"]) / 72)
     return room + 0.25
 
 
 def _x_margin(fig: plt.Figure, ax: plt.Axes) -> float:
     """Room below ``ax`` for its x tick labels and x label, in inches."""
-    ticks = _text_size(fig, _tick_strings(ax, "x") or ["0"], ax.xaxis.get_ticklabels()[0].get_size()
+    ticks = _text_size(fig, _tick_strings(ax, "x") or ["0"], ax.xaxis.get_ticklabels()[0].get_fontsize()
                        if ax.xaxis.get_ticklabels() else plt.rcParams["xtick.labelsize"])[1]  # fmt: skip
-    label = _label_height(fig, ax.get_xlabel(), ax.xaxis.label.get_size())
+    label = _label_height(fig, ax.get_xlabel(), ax.xaxis.label.get_fontsize())
     return ticks + label + (plt.rcParams["xtick.major.pad"] + plt.rcParams["axes.labelpad"]) / 72 + 0.15
 
 
@@ -118,7 +118,7 @@ def _region_binning(config: Mapping[str, Any] | None, region: str, n_bins: int) 
 
 
 def observed_label_of(config: Mapping[str, Any] | None) -> str:
-    """"data" where the model's data sample is the data, else "pseudo-data"."""
+    """The label of the observed counts: "data" where the data sample is the data, else "pseudo-data"."""
     for sample in (config or {}).get("Samples", []):
         if sample.get("Data"):
             return "data" if str(sample.get("SamplePath", "")).lower() == "data" else "pseudo-data"
@@ -166,13 +166,22 @@ def data_mc(
         below = np.zeros_like(total)
         for k, i in enumerate(order):
             above = below + yields[i]
-            ax.stairs(above, edges, baseline=below, fill=True, color=f"C{k % 10}", label=SAMPLE_LABELS.get(samples[i], samples[i]))
+            ax.stairs(
+                above,
+                edges,
+                baseline=below,
+                fill=True,
+                color=f"C{k % 10}",
+                label=SAMPLE_LABELS.get(samples[i], samples[i]),
+            )
             below = above
         ax.stairs(total, edges, color="black", linewidth=1)
         ax.stairs(total + band, edges, baseline=total - band, fill=True, facecolor="none", edgecolor=BAND_COLOR,
                   hatch="////", linewidth=0, label=f"{prediction.label} unc.")  # fmt: skip
         errors = np.sqrt(np.clip(observed, 0, None))
-        ax.errorbar(centres, observed, yerr=errors, fmt="o", color="black", markersize=5, label=observed_label, zorder=5)
+        ax.errorbar(
+            centres, observed, yerr=errors, fmt="o", color="black", markersize=5, label=observed_label, zorder=5
+        )
         with np.errstate(divide="ignore", invalid="ignore"):
             ratio = np.where(total > 0, observed / total, np.nan)
             ratio_err = np.where(total > 0, errors / total, np.nan)
@@ -221,9 +230,7 @@ def _pull_axes(ax: plt.Axes, values: np.ndarray, errors: np.ndarray) -> None:
     ax.set_xlabel(r"$(\hat{\theta} - \theta_0) / \Delta\theta$")
 
 
-def pulls(
-    fit_results: Any, path: str | Path | None = None, exclude: Sequence[str] | None = None
-) -> plt.Figure:
+def pulls(fit_results: Any, path: str | Path | None = None, exclude: Sequence[str] | None = None) -> plt.Figure:
     """The best-fit values and post-fit uncertainties of the Gaussian-constrained nuisance
     parameters in units of their pre-fit ones (the ``exclude``d ones, staterror and fixed
     parameters left out), on the one- and two-sigma bands."""
@@ -235,7 +242,7 @@ def pulls(
         ax.set_yticks(np.arange(len(chosen)), labels, fontsize=14)
         ax.yaxis.set_minor_locator(NullLocator())
         ax.tick_params(axis="x", labelsize=14)
-        ax.xaxis.label.set_size(16)
+        ax.xaxis.label.set_fontsize(16)
         if not chosen:
             ax.text(0.5, 0.5, "no constrained nuisance parameter", transform=ax.transAxes, ha="center")
         left = _text_size(fig, labels, 14)[0] + plt.rcParams["ytick.major.pad"] / 72 + 0.15
@@ -323,14 +330,18 @@ def ranking(
         ):
             iax.barh(y, np.asarray(values)[order], height=0.7, linewidth=1.5, **style)
         iax.axvline(0, color="black", linewidth=1)
-        reach = float(np.max(np.abs(np.concatenate([r.prefit_up, r.prefit_down, r.postfit_up, r.postfit_down])))) if len(order) else 1.0
+        reach = (
+            float(np.max(np.abs(np.concatenate([r.prefit_up, r.prefit_down, r.postfit_up, r.postfit_down]))))
+            if len(order)
+            else 1.0
+        )
         iax.set_xlim(-1.15 * reach, 1.15 * reach)
         iax.set_xlabel(r"$\Delta\hat{\mu}$ (impact on the POI)")
         iax.legend(frameon=False, fontsize=13, ncols=2, loc="lower center", bbox_to_anchor=(0.5, 1.0))
         for ax in (pax, iax):
             ax.yaxis.set_minor_locator(NullLocator())
             ax.tick_params(axis="x", labelsize=14)
-            ax.xaxis.label.set_size(16)
+            ax.xaxis.label.set_fontsize(16)
         left = _text_size(fig, [r.labels[i] for i in order] or ["x"], 14)[0] + plt.rcParams["ytick.major.pad"] / 72
         legend_height = 2 * 1.6 * _text_size(fig, ["Ag"], 13)[1] + 0.45
         _place(fig, left + 0.15, 0.35, max(_x_margin(fig, pax), _x_margin(fig, iax)), legend_height, wspace=0.06)
@@ -373,8 +384,7 @@ def pull_exclusions(model: Any) -> list[str]:
     return [
         name
         for name in model.config.parameters
-        if type(model.config.param_set(name)).__name__ != "constrained_by_normal"
-        or name == model.config.poi_name
+        if type(model.config.param_set(name)).__name__ != "constrained_by_normal" or name == model.config.poi_name
     ]
 
 

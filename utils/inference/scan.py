@@ -140,4 +140,3 @@ def profile_scan(
     values = sorted(points)
     log.debug("scan of %s: %d points, %d calls", parameter, len(values), calls)
     return LikelihoodScan(parameter, centre, sigma, tuple(values), tuple(points[v] for v in values), calls)
-
