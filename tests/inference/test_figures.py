@@ -240,17 +240,30 @@ def test_scan_crossings_agree_with_minos(small_fit, tmp_path):
     assert high - fit.bestfit[poi] == pytest.approx(minos_high, rel=0.03)
     fig = figures.likelihood_scan(scan, tmp_path / "scan.png")
     (ax,) = fig.axes
-    assert list(ax.lines[0].get_xdata()) == list(scan.values)
+    assert list(ax.lines[1].get_xdata()) == list(scan.values)  # the points, above the curve
     labels = [t.get_text() for t in ax.get_legend().get_texts()]
     assert labels[1] == f"best fit {fit.bestfit[poi]:.3f}" and labels[2].startswith(f"68% CL [{low:.3f}, {high:.3f}]")
     _assert_texts_inside(fig)
     # the legend is clear of the curve: of its points and of the segments between them
     legend = ax.get_legend().get_window_extent(fig.canvas.get_renderer())
-    dense = np.linspace(min(scan.values), max(scan.values), 400)
-    curve = ax.transData.transform(np.column_stack([dense, np.interp(dense, scan.values, scan.delta_twice_nll)]))
-    assert not legend.count_contains(curve)
+    curve = ax.transData.transform(np.column_stack(ax.lines[0].get_data()))
+    assert len(curve) > 100 and not legend.count_contains(curve)
     assert (tmp_path / "scan.png").is_file()
     plt.close(fig)
+
+
+def test_scan_with_the_minos_points_needs_two_refits(small_fit):
+    model, data, fit, diagnostics = small_fit
+    full = profile_scan(model, data, fit, n_steps=9, n_sigmas=2.0)
+    short = profile_scan(model, data, fit, n_steps=3, n_sigmas=2.0, minos=diagnostics.poi_minos)
+    assert len(short.values) == 5 and short.delta_twice_nll[1] == short.delta_twice_nll[3] == 1.0
+    poi = fit.labels.index("ttbar_norm")
+    assert short.interval == pytest.approx(tuple(fit.bestfit[poi] + np.asarray(diagnostics.poi_minos)))
+    assert (short.values[0], short.values[-1]) == pytest.approx((full.values[0], full.values[-1]))
+    assert (short.delta_twice_nll[0], short.delta_twice_nll[-1]) == pytest.approx(
+        (full.delta_twice_nll[0], full.delta_twice_nll[-1]), abs=0.02
+    )  # the same refits
+    assert short.n_calls < 0.4 * full.n_calls
 
 
 def test_inference_figures_writes_every_figure(small_fit, tmp_path):

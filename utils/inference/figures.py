@@ -350,13 +350,18 @@ def ranking(
 
 
 def likelihood_scan(scan: LikelihoodScan, path: str | Path | None = None) -> plt.Figure:
-    """The profile-likelihood scan of a parameter, its best fit and its 68 % CL interval (the
+    """The profile-likelihood scan of a parameter (its points, and between them a curve
+    interpolated in the signed square root), its best fit and its 68 % CL interval (the
     crossings of 1)."""
     values, delta = np.asarray(scan.values), np.asarray(scan.delta_twice_nll)
     low, high = scan.interval
     with _style((9.0, 7.0)):
         fig, ax = plt.subplots()
-        ax.plot(values, delta, "o-", color="black", markersize=5, label="profile likelihood")
+        # between the points: linear in the signed square root, exact for a parabola
+        dense = np.linspace(values.min(), values.max(), 200)
+        root = np.sign(values - scan.bestfit) * np.sqrt(np.clip(delta, 0, None))
+        ax.plot(dense, np.interp(dense, values, root) ** 2, "-", color="black", linewidth=1.5)
+        ax.plot(values, delta, "o", color="black", markersize=6, label="profile likelihood")
         for level in (1.0, 4.0):
             ax.axhline(level, color="grey", linestyle="--", linewidth=1)
         ax.axvline(scan.bestfit, color="C0", linewidth=1.5, label=f"best fit {scan.bestfit:.3f}")

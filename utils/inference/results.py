@@ -42,7 +42,7 @@ from utils.inference.fit import (
     significance_of,
     upper_limit_of,
 )
-from utils.inference.scan import LikelihoodScan, profile_scan
+from utils.inference.scan import MINOS_SCAN_STEPS, LikelihoodScan, profile_scan
 from utils.inference.templates import build_templates
 from utils.inference.treatment import TreatmentRecord
 from utils.io import json_ready, sha256_file, write_json_atomic
@@ -277,7 +277,7 @@ def run_inference(
             impacts = _impacts(ranking_results)
         if figures:
             with timer("scan"), _recorded(failures, "scan"):
-                scan = profile_scan(model, data, fit_results)
+                scan = _scan(model, data, fit_results, diagnostics)
             analysis = analysis or load_analysis_config()
             with timer("figures"):
                 figure_paths = inference_figures.inference_figures(
@@ -357,6 +357,14 @@ def _fit(ws: dict[str, Any], strategy: int | None):
     fit_results, diagnostics = fit_with_diagnostics(model, data, strategy=strategy)
     gof = _goodness_of_fit(model, data, fit_results.best_twice_nll)
     return model, data, fit_results._replace(goodness_of_fit=gof), diagnostics
+
+
+def _scan(model: Any, data: list[float], fit_results: Any, diagnostics: FitDiagnostics) -> LikelihoodScan:
+    """The POI's profile-likelihood scan: with a valid MINOS interval from the fit, its two points
+    and two refits at the ends; else the full scan."""
+    if diagnostics.minos_valid and diagnostics.poi_minos is not None:
+        return profile_scan(model, data, fit_results, n_steps=MINOS_SCAN_STEPS, minos=diagnostics.poi_minos)
+    return profile_scan(model, data, fit_results)
 
 
 def _impacts(ranking_results: Any) -> tuple[Impact, ...]:

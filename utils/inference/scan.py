@@ -27,6 +27,8 @@ log = logging.getLogger(__name__)
 SCAN_SIGMAS = 2.5
 #: points of the scan (odd: the best fit is one of them)
 SCAN_STEPS = 9
+#: points of a scan given the MINOS errors: the best fit and the two ends (the MINOS points join)
+MINOS_SCAN_STEPS = 3
 #: MIGRAD tolerance of the scan's refits (EDM goal 2e-4 in -2 ln L: far below what a figure shows)
 SCAN_TOLERANCE = 0.1
 
@@ -88,11 +90,14 @@ def profile_scan(
     *,
     n_steps: int = SCAN_STEPS,
     n_sigmas: float = SCAN_SIGMAS,
+    minos: tuple[float, float] | None = None,
 ) -> LikelihoodScan:
     """Profile-likelihood scan of ``parameter`` (default: the POI) over best fit +/- ``n_sigmas``
     uncertainties in ``n_steps`` points, from the best fit of ``fit_results`` (cabinetry's
     ``FitResults`` of the same model and data). Points outside the parameter's bounds are left
-    out."""
+    out. ``minos``: the parameter's MINOS errors (lower, upper) from the same fit: the profile
+    is 1 there by MINOS's definition, so they join the scan as two points that need no refit
+    (:data:`MINOS_SCAN_STEPS` then gives the curve at 1 and about 6 at the ends with two refits)."""
     from utils.inference.diagnostics import _minuit
 
     names = list(model.config.par_names)
@@ -119,6 +124,8 @@ def profile_scan(
     steps = np.sqrt(np.clip(np.diag(cov) - cov[:, index] ** 2 / cov[index, index], 0, None))
     steps = np.where(steps > 0, steps, np.where(unc > 0, unc, 0.01))
     points: dict[float, float] = {centre: 0.0}
+    if minos is not None:
+        points.update({centre + float(minos[0]): 1.0, centre + float(minos[1]): 1.0})
     calls = 0
     with numpy_backend():
         for value in centre + np.concatenate([-offsets, offsets]):
