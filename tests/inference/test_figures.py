@@ -252,6 +252,20 @@ def test_scan_crossings_agree_with_minos(small_fit, tmp_path):
     plt.close(fig)
 
 
+def test_scan_figure_fits_its_tick_labels(tmp_path):
+    """An asymmetric profile whose axis gets decimal tick labels (0.0, 2.5, ... 20.0): the
+    margins follow the ticks of the final axes size."""
+    from utils.inference.scan import LikelihoodScan
+
+    values = (0.42, 0.72, 1.015, 1.31, 1.61)
+    scan = LikelihoodScan("ttbar_norm", 1.015, 0.236, values, (13.4, 2.2, 0.0, 1.3, 4.3), 0)
+    fig = figures.likelihood_scan(scan, tmp_path / "scan.pdf")
+    _assert_texts_inside(fig)
+    low, high = scan.interval
+    assert 0.72 < low < 1.015 < high < 1.31
+    plt.close(fig)
+
+
 def test_scan_with_the_minos_points_needs_two_refits(small_fit):
     model, data, fit, diagnostics = small_fit
     full = profile_scan(model, data, fit, n_steps=9, n_sigmas=2.0)

@@ -203,8 +203,9 @@ def data_mc(
         ax.legend(frameon=False, ncols=2, fontsize=13, title=f"{region}, {prediction.label}", title_fontsize=15,
                   loc="upper right")  # fmt: skip
         cms_header(ax, data=observed_label == "data", lumi_fb=lumi_fb)
-        right = 0.5 * _text_size(fig, _tick_strings(rax, "x")[-1:], plt.rcParams["xtick.labelsize"])[0] + 0.15
-        _place(fig, _y_margin(fig, [ax, rax]), right, _x_margin(fig, rax), 0.5, hspace=0.08)
+        for _ in range(2):  # the number of ticks follows the size of the axes: place, then again
+            right = 0.5 * _text_size(fig, _tick_strings(rax, "x")[-1:], plt.rcParams["xtick.labelsize"])[0] + 0.15
+            _place(fig, _y_margin(fig, [ax, rax]), right, _x_margin(fig, rax), 0.5, hspace=0.08)
         _save(fig, path)  # inside the style: its fonts are the ones measured
     return fig
 
@@ -373,8 +374,9 @@ def likelihood_scan(scan: LikelihoodScan, path: str | Path | None = None) -> plt
         ax.set_xlabel(scan.parameter)
         ax.set_ylabel(r"$-2\,\Delta\ln L$")
         ax.legend(frameon=False, fontsize=15, loc="upper center")
-        right = 0.5 * _text_size(fig, _tick_strings(ax, "x")[-1:], plt.rcParams["xtick.labelsize"])[0] + 0.2
-        _place(fig, _y_margin(fig, [ax]), right, _x_margin(fig, ax), 0.2)
+        for _ in range(2):  # the number of ticks follows the size of the axes: place, then again
+            right = 0.5 * _text_size(fig, _tick_strings(ax, "x")[-1:], plt.rcParams["xtick.labelsize"])[0] + 0.2
+            _place(fig, _y_margin(fig, [ax]), right, _x_margin(fig, ax), 0.2)
         _save(fig, path)  # inside the style: its fonts are the ones measured
     return fig
 
