@@ -93,10 +93,13 @@ def sha256_file(path: str | Path) -> str:
     return digest.hexdigest()
 
 
-def save_figure(fig: Any, path: str | Path | None, *, dpi: float | None = 110) -> Any:
+def save_figure(fig: Any, path: str | Path | None, *, dpi: float | None = 110, png_compression: int = 6) -> Any:
     """Write a matplotlib figure atomically to ``path`` (format from the suffix, PNG without one)
-    when a path is given; return the figure."""
+    when a path is given; return the figure. ``png_compression``: zlib level of a PNG (0-9;
+    1 writes about three times faster than the default 6, files about 1.5 times larger)."""
     if path is not None:
+        fmt = Path(path).suffix.lstrip(".") or "png"
+        extra = {"pil_kwargs": {"compress_level": png_compression}} if fmt == "png" else {}
         with atomic_path(path) as tmp:
-            fig.savefig(tmp, format=Path(path).suffix.lstrip(".") or "png", dpi=dpi)
+            fig.savefig(tmp, format=fmt, dpi=dpi, **extra)
     return fig

@@ -287,10 +287,21 @@ def test_weak_signal_ranking_significance_limit_figures(weak_model, tmp_path, ca
     assert lim.confidence_level == 0.95 and len(lim.expected_limit) == 5
     assert list(lim.expected_limit) == sorted(lim.expected_limit)
     assert 1 < lim.observed_limit < 10
-    assert {"pulls", "correlation_matrix", "data_mc_prefit_SR", "data_mc_postfit_SR", "ranking"} == set(result.figures)
+    assert {
+        "pulls",
+        "correlation_matrix",
+        "data_mc_prefit_SR",
+        "data_mc_postfit_SR",
+        "ranking",
+        "likelihood_scan",
+    } == set(result.figures)
     assert all(p.is_file() for p in result.figures.values())
     results = json.loads(result.results_path.read_text())
     assert len(results["ranking"]) == 8 and results["significance"]["observed_significance"] > 1
+    scan = results["likelihood_scan"]
+    assert scan["parameter"] == "ttbar_norm" and scan["bestfit"] == pytest.approx(result.bestfit)
+    low, high = scan["interval_68"]
+    assert low < result.bestfit < high
     assert results["limit"]["observed_limit"] == pytest.approx(lim.observed_limit)
     # one limit per workspace: the preservation steps give exactly this one
     from utils.preservation.evaluation import evaluate

@@ -42,6 +42,7 @@ from utils.inference.fit import (
     significance_of,
     upper_limit_of,
 )
+from utils.inference.scan import MINOS_SCAN_STEPS, LikelihoodScan, profile_scan
 from utils.inference.templates import build_templates
 from utils.inference.treatment import TreatmentRecord
 from utils.io import json_ready, sha256_file, write_json_atomic
@@ -96,6 +97,8 @@ class InferenceResult:
     diagnostics: FitDiagnostics | None = None
     #: every template pruned or smoothed, where and why
     template_treatment: tuple[TreatmentRecord, ...] = ()
+    #: the profile-likelihood scan of the POI (made with the figures)
+    scan: LikelihoodScan | None = None
 
     @property
     def problems(self) -> tuple[str, ...]:
@@ -135,6 +138,7 @@ class InferenceResult:
             "failures": dict(self.failures),
             "diagnostics": self.diagnostics.to_dict() if self.diagnostics is not None else None,
             "template_treatment": [r.to_dict() for r in self.template_treatment],
+            "likelihood_scan": self.scan.to_dict() if self.scan is not None else None,
             "figures": {k: str(v.name) for k, v in self.figures.items()},
             "settings": {"pyhf_backend": "numpy", "minuit_strategy": self.strategy},
             "timings_s": self.timings,
@@ -243,7 +247,7 @@ def run_inference(
     histograms_path = Path(histograms_path)
     output_dir = Path(output_dir)
     timer = StageTimer()
-    sig_summary = lim_summary = impacts = ranking_results = None
+    sig_summary = lim_summary = impacts = ranking_results = scan = None
     figure_paths: dict[str, Path] = {}
     failures: dict[str, str] = {}
     treatment: list[TreatmentRecord] = []
@@ -272,6 +276,9 @@ def run_inference(
                 ranking_results = rank_parameters(model, data, fit_results, strategy=strategy)
             impacts = _impacts(ranking_results)
         if figures:
+            with timer("scan"), _recorded(failures, "scan"):
+                scan = _scan(model, data, fit_results, diagnostics)
+            analysis = analysis or load_analysis_config()
             with timer("figures"):
                 figure_paths = inference_figures.inference_figures(
                     output_dir / FIGURES_DIRNAME,
@@ -281,6 +288,8 @@ def run_inference(
                     config,
                     ranking_results,
                     suffix=f".{figure_format}",
+                    scan=scan,
+                    lumi_fb=round(analysis.luminosity / 1000.0, 2),
                 )
 
     poi_index = model.config.poi_index
@@ -308,6 +317,7 @@ def run_inference(
         failures=failures,
         diagnostics=diagnostics,
         template_treatment=tuple(treatment),
+        scan=scan,
     )
     content = result.to_dict()
     content["inputs"] = {
@@ -327,15 +337,35 @@ def run_inference(
     return result
 
 
+def model_and_data(ws: dict[str, Any]):
+    """``cabinetry.model_utils.model_and_data`` of a workspace that :func:`build_workspace` has
+    validated already: the same model (HistFactory interpolation codes 4 and 4p), without
+    pyhf's two more schema validations (a quarter of a second each for the AGC model)."""
+    import pyhf
+
+    workspace = pyhf.Workspace(ws, validate=False)
+    settings = {"normsys": {"interpcode": "code4"}, "histosys": {"interpcode": "code4p"}}
+    model = workspace.model(modifier_settings=settings, validate=False)
+    return model, workspace.data(model, include_auxdata=True)
+
+
 def _fit(ws: dict[str, Any], strategy: int | None):
     """Model, data, cabinetry FitResults (with goodness of fit) and diagnostics of a workspace."""
-    import cabinetry
     from cabinetry.fit import _goodness_of_fit
 
-    model, data = cabinetry.model_utils.model_and_data(dict(ws))
+    model, data = model_and_data(ws)
     fit_results, diagnostics = fit_with_diagnostics(model, data, strategy=strategy)
     gof = _goodness_of_fit(model, data, fit_results.best_twice_nll)
     return model, data, fit_results._replace(goodness_of_fit=gof), diagnostics
+
+
+def _scan(model: Any, data: list[float], fit_results: Any, diagnostics: FitDiagnostics) -> LikelihoodScan:
+    """The POI's profile-likelihood scan: with a valid MINOS interval from the fit, its two points
+    and two refits at the ends; else four refits (at 1.25 and 2.5 uncertainties each side: the
+    crossings of 1 interpolated in the square root, exact for a parabola)."""
+    if diagnostics.minos_valid and diagnostics.poi_minos is not None:
+        return profile_scan(model, data, fit_results, n_steps=MINOS_SCAN_STEPS, minos=diagnostics.poi_minos)
+    return profile_scan(model, data, fit_results, n_steps=5)
 
 
 def _impacts(ranking_results: Any) -> tuple[Impact, ...]:
