@@ -28,6 +28,7 @@ from multiprocessing import get_context
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import uproot
 
 from utils.config import REPO_ROOT, load_analysis_config
@@ -41,7 +42,9 @@ from utils.datasets.embedded.generator import (
     make_readable,
     mixture_from_yields,
     model_fingerprint,
+    seed_sequence,
 )
+from utils.datasets.embedded.preselection import Preselection, record, split_evenly
 from utils.datasets.embedded.presets import (
     Preset,
     content_hash,
@@ -63,6 +66,9 @@ FILESET_NAME = "fileset.json"
 MANIFEST_NAME = "manifest.json"
 LOCK_NAME = ".lock"
 BYTES_PER_EVENT_ESTIMATE = 3200  # upper end of the measured 2.3-2.9 kB/event, for the disk check
+PRESELECTED_FRACTION_ESTIMATE = 0.05  # above the measured 1 % of preselected data, for the disk check
+#: bump when the way preselected data is generated changes (part of the cache key)
+PRESELECTED_DATA_VERSION = 1
 _SAMPLE_DIR = re.compile(r"^[A-Za-z0-9_]+__[A-Za-z0-9_]+$")
 
 
@@ -78,6 +84,16 @@ class FileTask:
     compression_level: int
     compressor: str
     mixture: DataMixture | None = None
+    #: preselected data: the preselection, and the events to generate per process
+    preselection: Preselection | None = None
+    yields: tuple[tuple[str, int], ...] | None = None
+
+    @property
+    def expected_output_events(self) -> int:
+        """Events written (an estimate for preselected data: the events are known once generated)."""
+        if self.preselection is None:
+            return self.n_events
+        return int(self.n_events * PRESELECTED_FRACTION_ESTIMATE)
 
 
 @dataclass(frozen=True)
@@ -90,6 +106,9 @@ class DatasetPlan:
     data_mixture: DataMixture | None
     tasks: tuple[FileTask, ...]
     key: str
+    preselection: Preselection | None = None
+    #: preselected data: the expected events per process for the luminosity (ttbar x mu)
+    data_expected: tuple[tuple[str, float], ...] = ()
 
     @property
     def n_events(self) -> int:
@@ -141,27 +160,33 @@ def plan_dataset(
         for s in preset.samples
         for i in range(s.files)
     ]
-    data_lumi = mixture = None
+    data_lumi = mixture = preselection = None
+    expected: list[tuple[str, float]] = []
     if with_data:
         assert data is not None  # checked above
-        data_lumi = data.lumi_fraction * load_analysis_config().luminosity
+        analysis = load_analysis_config()
+        data_lumi = data.lumi_fraction * analysis.luminosity
         expected = expected_data_yields(data_lumi, mu, process_cross_sections())
         mixture = mixture_from_yields(expected)
         n_total = round(sum(v for _, v in expected))
         if n_total < 1:
             raise ConfigError(f"{preset.source}: preset {preset.name!r}: lumi_fraction gives no data events")
-        tasks += [
-            FileTask(
-                DATA_PROCESS,
-                DATA_VARIATION,
-                i,
-                n,
-                f"{DATA_PROCESS}__{DATA_VARIATION}/{i}.root",
-                **common,
-                mixture=mixture,
-            )
-            for i, n in enumerate(data_file_sizes(n_total, data.files))
-        ]
+        if data.preselection == "loose":
+            preselection = Preselection.loose(analysis)
+            tasks += _preselected_data_tasks(expected, data.files, seed, common, preselection)
+        else:
+            tasks += [
+                FileTask(
+                    DATA_PROCESS,
+                    DATA_VARIATION,
+                    i,
+                    n,
+                    f"{DATA_PROCESS}__{DATA_VARIATION}/{i}.root",
+                    **common,
+                    mixture=mixture,
+                )
+                for i, n in enumerate(data_file_sizes(n_total, data.files))
+            ]
     key = content_hash(
         {
             "preset": preset.content(),
@@ -171,9 +196,47 @@ def plan_dataset(
             "data_lumi": data_lumi,
             "version": GENERATOR_VERSION,
             "model": model_fingerprint(),
+            **(
+                {"preselection": [preselection.to_dict(), PRESELECTED_DATA_VERSION]} if preselection is not None else {}
+            ),
         }
     )
-    return DatasetPlan(preset, seed, with_data, mu, data_lumi, mixture, tuple(tasks), key)
+    return DatasetPlan(
+        preset, seed, with_data, mu, data_lumi, mixture, tuple(tasks), key, preselection, tuple(expected)
+    )
+
+
+def _preselected_data_tasks(
+    expected: list[tuple[str, float]],
+    files: int,
+    seed: int,
+    common: dict[str, Any],
+    preselection: Preselection,
+) -> list[FileTask]:
+    """The data files of a preselected sample: per process a Poisson number of generated events
+    (mean: the expected events for the luminosity), split evenly over the files."""
+    generated = [
+        (p, int(np.random.default_rng(seed_sequence(seed, DATA_PROCESS, "yield", p)).poisson(v))) for p, v in expected
+    ]
+    per_file = {p: split_evenly(n, files) for p, n in generated}
+    tasks = []
+    for i in range(files):
+        yields = tuple((p, per_file[p][i]) for p, _ in generated)
+        n = sum(k for _, k in yields)
+        if n:
+            tasks.append(
+                FileTask(
+                    DATA_PROCESS,
+                    DATA_VARIATION,
+                    i,
+                    n,
+                    f"{DATA_PROCESS}__{DATA_VARIATION}/{i}.root",
+                    **common,
+                    preselection=preselection,
+                    yields=yields,
+                )
+            )
+    return tasks
 
 
 # --------------------------------------------------------------------------------------------
@@ -270,6 +333,8 @@ def _run_task(task: FileTask, directory: str) -> FileResult:
         compression_level=task.compression_level,
         compressor=task.compressor,
         mixture=task.mixture,
+        preselection=task.preselection,
+        yields=task.yields,
     )
 
 
@@ -298,7 +363,11 @@ def _run_tasks(
     return results
 
 
-def _fileset(plan: DatasetPlan) -> dict[str, Any]:
+def _fileset(
+    plan: DatasetPlan, nevts: dict[str, int], preselected: dict[str, tuple[int, int]] | None = None
+) -> dict[str, Any]:
+    """The dataset description; ``nevts``: the events of each file (by relative path),
+    ``preselected``: ``{process: (generated, passed)}`` of preselected data."""
     table = load_cross_sections()
     generator = {
         "name": "utils.datasets.embedded",
@@ -309,8 +378,8 @@ def _fileset(plan: DatasetPlan) -> dict[str, Any]:
     out: dict[str, dict[str, Any]] = {}
     for task in plan.tasks:
         entry = out.setdefault(task.process, {}).setdefault(task.variation, {"files": [], "nevts_total": 0})
-        entry["files"].append({"path": task.relpath, "nevts": task.n_events})
-        entry["nevts_total"] += task.n_events
+        entry["files"].append({"path": task.relpath, "nevts": nevts[task.relpath]})
+        entry["nevts_total"] += nevts[task.relpath]
     for process, variations in out.items():
         for entry in variations.values():
             entry["generator"] = generator
@@ -322,6 +391,8 @@ def _fileset(plan: DatasetPlan) -> dict[str, Any]:
                     mu=plan.mu,
                     composition=dict(zip(plan.data_mixture.processes, plan.data_mixture.fractions, strict=True)),
                 )
+                if plan.preselection is not None:
+                    entry["preselection"] = record(plan.preselection, preselected or {}, dict(plan.data_expected))
             elif process not in table:
                 # a process outside the one cross-section table (a new signal) carries its own
                 entry["xsec"] = get_process(process).xsec
@@ -357,8 +428,13 @@ def build_dataset(
         if not resumable:
             _remove_stale(directory)
         _remove_temporaries(directory)
-        todo = [t for t in plan.tasks if not (resumable and _file_is_whole(directory / t.relpath, t.n_events))]
-        _check_disk_space(directory, sum(t.n_events for t in todo))
+        # preselected data is always generated again: its per-process counts come with the files
+        todo = [
+            t
+            for t in plan.tasks
+            if not (resumable and t.preselection is None and _file_is_whole(directory / t.relpath, t.n_events))
+        ]
+        _check_disk_space(directory, sum(t.expected_output_events for t in todo))
         header = {
             "generator": "utils.datasets.embedded",
             "generator_version": GENERATOR_VERSION,
@@ -381,7 +457,14 @@ def build_dataset(
         )
         results = _run_tasks(todo, directory, workers, progress)
         sizes = {t.relpath: (directory / t.relpath).stat().st_size for t in plan.tasks}
-        files = {t.relpath: {"nevts": t.n_events, "bytes": sizes[t.relpath]} for t in plan.tasks}
+        written = {r.path.relative_to(directory).as_posix(): r.n_events for r in results}
+        nevts = {t.relpath: written.get(t.relpath, t.n_events) for t in plan.tasks}
+        preselected: dict[str, tuple[int, int]] = {}
+        for r in results:
+            for process, (generated, passed) in (r.preselected or {}).items():
+                before = preselected.get(process, (0, 0))
+                preselected[process] = (before[0] + generated, before[1] + passed)
+        files = {t.relpath: {"nevts": nevts[t.relpath], "bytes": sizes[t.relpath]} for t in plan.tasks}
         write_json_atomic(
             directory / MANIFEST_NAME,
             {
@@ -391,7 +474,7 @@ def build_dataset(
                 "files": files,
             },
         )
-        write_json_atomic(fileset_path, _fileset(plan))
+        write_json_atomic(fileset_path, _fileset(plan, nevts, preselected))
         for name in (MANIFEST_NAME, FILESET_NAME):
             make_readable(directory / name)
     return DatasetResult(
