@@ -126,8 +126,16 @@ def test_preselected_data_files_are_seeded_and_record_their_counts(config, tmp_p
     pre = Preselection.loose(config)
     yields = (("ttbar", 2000), ("wjets", 40_000))
     results = [
-        generate_file("data", "nominal", 42_000, 7, tmp_path / f"{k}.root", events_per_basket=1000,
-                      preselection=pre, yields=yields)  # fmt: skip
+        generate_file(
+            "data",
+            "nominal",
+            42_000,
+            7,
+            tmp_path / f"{k}.root",
+            events_per_basket=1000,
+            preselection=pre,
+            yields=yields,
+        )
         for k in ("a", "b")
     ]
     digest = [hashlib.sha256((tmp_path / f"{k}.root").read_bytes()).hexdigest() for k in ("a", "b")]
