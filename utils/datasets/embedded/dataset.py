@@ -13,15 +13,11 @@ never taken for a complete one; a rerun with the same request keeps the files al
 
 from __future__ import annotations
 
-import contextlib
 import datetime
-import fcntl
 import json
 import logging
-import re
-import shutil
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass
 from multiprocessing import get_context
@@ -29,9 +25,15 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import uproot
 
 from utils.config import REPO_ROOT, load_analysis_config
+from utils.datasets.embedded.cache import (
+    check_disk_space,
+    file_is_whole,
+    locked,
+    remove_stale,
+    remove_temporaries,
+)
 from utils.datasets.embedded.generator import (
     DATA_PROCESS,
     DATA_VARIATION,
@@ -54,7 +56,6 @@ from utils.datasets.embedded.presets import (
     process_cross_sections,
 )
 from utils.datasets.embedded.processes import get_process
-from utils.datasets.embedded.schema import TREE_NAME
 from utils.datasets.fileset import load_cross_sections
 from utils.errors import ConfigError
 from utils.io import write_json_atomic
@@ -64,12 +65,9 @@ log = logging.getLogger(__name__)
 DEFAULT_OUTPUT_ROOT = REPO_ROOT / "data" / "embedded"
 FILESET_NAME = "fileset.json"
 MANIFEST_NAME = "manifest.json"
-LOCK_NAME = ".lock"
-BYTES_PER_EVENT_ESTIMATE = 3200  # upper end of the measured 2.3-2.9 kB/event, for the disk check
 PRESELECTED_FRACTION_ESTIMATE = 0.05  # above the measured 1 % of preselected data, for the disk check
 #: bump when the way preselected data is generated changes (part of the cache key)
 PRESELECTED_DATA_VERSION = 1
-_SAMPLE_DIR = re.compile(r"^[A-Za-z0-9_]+__[A-Za-z0-9_]+$")
 
 
 @dataclass(frozen=True)
@@ -267,57 +265,6 @@ def is_complete(directory: Path, plan: DatasetPlan) -> bool:
     return True
 
 
-def _file_is_whole(path: Path, n_events: int) -> bool:
-    """A file left by an interrupted run of the same request: readable, with all its events."""
-    if not path.is_file():
-        return False
-    try:
-        with uproot.open(path) as f:
-            return f[TREE_NAME].num_entries == n_events
-    except Exception:  # any unreadable file is simply generated again
-        log.warning("%s: unreadable, generating it again", path)
-        return False
-
-
-def _remove_stale(directory: Path) -> None:
-    """Delete generated files of another request (sample folders' ROOT and temporary files)."""
-    for sub in directory.iterdir():
-        if sub.is_dir() and _SAMPLE_DIR.match(sub.name):
-            for f in sub.iterdir():
-                if f.suffix == ".root" and f.is_file():
-                    f.unlink()
-            with contextlib.suppress(OSError):
-                sub.rmdir()
-
-
-def _remove_temporaries(directory: Path) -> None:
-    for f in directory.glob("*/.tmp-*"):
-        with contextlib.suppress(OSError):
-            f.unlink()
-
-
-@contextlib.contextmanager
-def _locked(directory: Path) -> Iterator[None]:
-    """One generator per dataset folder at a time (other processes wait)."""
-    directory.mkdir(parents=True, exist_ok=True)
-    with open(directory / LOCK_NAME, "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(lock, fcntl.LOCK_UN)
-
-
-def _check_disk_space(directory: Path, n_events: int) -> None:
-    need = n_events * BYTES_PER_EVENT_ESTIMATE
-    free = shutil.disk_usage(directory).free
-    if need > free:
-        raise ConfigError(
-            f"{directory}: generating {n_events:,} events needs about {need / 1e9:.1f} GB, only "
-            f"{free / 1e9:.1f} GB are free; choose another --output folder or a smaller preset"
-        )
-
-
 # --------------------------------------------------------------------------------------------
 # generation
 # --------------------------------------------------------------------------------------------
@@ -415,7 +362,7 @@ def build_dataset(
     plan = plan_dataset(get_preset(preset, presets_path), seed, with_data, mu)
     directory = Path(output_root if output_root is not None else DEFAULT_OUTPUT_ROOT) / preset
     fileset_path = directory / FILESET_NAME
-    with _locked(directory):
+    with locked(directory):
         if not force and is_complete(directory, plan):
             log.info("dataset %s is complete (key %s): nothing to generate", fileset_path, plan.key[:12])
             n_bytes = sum((directory / t.relpath).stat().st_size for t in plan.tasks)
@@ -426,15 +373,15 @@ def build_dataset(
         manifest = _read_json(directory / MANIFEST_NAME)
         resumable = not force and manifest is not None and manifest.get("key") == plan.key
         if not resumable:
-            _remove_stale(directory)
-        _remove_temporaries(directory)
+            remove_stale(directory)
+        remove_temporaries(directory)
         # preselected data is always generated again: its per-process counts come with the files
         todo = [
             t
             for t in plan.tasks
-            if not (resumable and t.preselection is None and _file_is_whole(directory / t.relpath, t.n_events))
+            if not (resumable and t.preselection is None and file_is_whole(directory / t.relpath, t.n_events))
         ]
-        _check_disk_space(directory, sum(t.expected_output_events for t in todo))
+        check_disk_space(directory, sum(t.expected_output_events for t in todo))
         header = {
             "generator": "utils.datasets.embedded",
             "generator_version": GENERATOR_VERSION,

@@ -28,6 +28,7 @@ import numpy as np
 from utils.config import AnalysisConfig
 from utils.datasets.embedded.detector import AnalysisObjects, complete, pileup_jets_above, reconstruct
 from utils.datasets.embedded.events import EventBatch, Jagged
+from utils.datasets.embedded.params import DetectorParams
 from utils.datasets.embedded.processes import get_process
 
 #: the one name of the preselection in presets (``data: {preselection: loose}``)
@@ -102,11 +103,9 @@ def preselected_events(
     """The events among ``n_events`` generated events of ``process`` (nominal) that pass, with
     every collection but GenPart (data has no generator record), None if none passes; and how
     many passed."""
-    from utils.datasets.embedded.generator import detector_for
-
     spec = get_process(process)
     params = spec.parameters("nominal")
-    d = detector_for(process, "nominal")
+    d = DetectorParams().replaced(spec.variation("nominal").detector)
     objects: AnalysisObjects
     if spec.multiplicity is not None:
         # skip, before building them, the events with too few jet sources: hard partons, at most
