@@ -4,7 +4,6 @@ is fitted back within its uncertainty."""
 import pytest
 import yaml
 
-from utils.config import REPO_ROOT
 from utils.datasets.fileset import build_fileset, data_luminosity
 from utils.histograms.accumulate import save_histograms
 from utils.processing.run import ProcessingOptions, process_fileset
@@ -18,9 +17,8 @@ def test_injected_ttbar_strength_is_recovered(tmp_path, config):
     from utils.datasets.embedded.presets import DEFAULT_PRESETS
     from utils.inference.results import run_inference
 
-    # the tiny MC with ten times its usual data luminosity, ttbar scaled by TRUE_MU
+    # the tiny MC with its data (5 % of the luminosity, preselected), ttbar scaled by TRUE_MU
     presets = yaml.safe_load(DEFAULT_PRESETS.read_text())
-    presets["presets"]["tiny"]["data"]["lumi_fraction"] *= 10
     presets_path = tmp_path / "presets.yml"
     presets_path.write_text(yaml.safe_dump(presets))
     path = build_dataset("tiny", tmp_path / "embedded", with_data=True, mu=TRUE_MU, workers=2,
@@ -33,12 +31,8 @@ def test_injected_ttbar_strength_is_recovered(tmp_path, config):
     names = save_histograms(result.histograms, histograms, config)
     assert "4j2b_data" in names and "4j1b_data" in names
 
-    model = yaml.safe_load((REPO_ROOT / "cabinetry_config.yml").read_text())
-    (data_sample,) = [s for s in model["Samples"] if s.get("Data")]
-    data_sample["SamplePath"] = "data"  # fit the generated data instead of the pseudo-data
-    config_path = tmp_path / "cabinetry_data.yml"
-    config_path.write_text(yaml.safe_dump(model))
-    fit = run_inference(histograms, tmp_path / "fit", config_path, figures=False)
+    # fit the generated data instead of the pseudo-data
+    fit = run_inference(histograms, tmp_path / "fit", figures=False, fit_data="data")
     assert fit.poi_name == "ttbar_norm"
     assert abs(fit.bestfit - TRUE_MU) < 2 * fit.uncertainty, (fit.bestfit, fit.uncertainty)
     assert fit.uncertainty < 0.3

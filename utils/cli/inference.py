@@ -42,6 +42,13 @@ class ValidationFailed(click.ClickException):
     is_flag=True,
     help="Split every region into its ML-score categories (histograms of a run with the classifier).",
 )
+@click.option(
+    "--fit-data",
+    type=click.Choice(["pseudodata", "data"]),
+    default="pseudodata",
+    show_default=True,
+    help="Observed data: the pseudo-data, or the dataset's data sample.",
+)
 @click.option("--no-figures", is_flag=True, help="Skip the figures.")
 def fit(
     histograms: Path,
@@ -52,6 +59,7 @@ def fit(
     limit: bool,
     strategy: int | None,
     ml_categories: bool,
+    fit_data: str,
     no_figures: bool,
 ) -> None:
     """Fit the statistical model to HISTOGRAMS (a histograms.root) and print the POI."""
@@ -67,6 +75,7 @@ def fit(
         figures=not no_figures,
         strategy=strategy,
         ml_categories=ml_categories,
+        fit_data=fit_data,
     )
     click.echo(f"{result.poi_name} = {result.bestfit:.3f} +/- {result.uncertainty:.3f}")
     click.echo(

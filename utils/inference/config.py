@@ -33,6 +33,43 @@ CATEGORIES_KEY = "Categories"
 
 Template = Literal["Up", "Down"] | None
 
+#: what the fit is given as observed data: the pseudo-data of ``analysis_config.yml``
+#: (``{region}_pseudodata``) or the dataset's ``data`` sample (``{region}_data``)
+FIT_DATA = ("pseudodata", "data")
+OBSERVED_SAMPLES = {"pseudodata": ("Pseudodata", "pseudodata"), "data": ("Data", "data")}
+
+
+def check_fit_data(fit_data: str) -> str:
+    if fit_data not in FIT_DATA:
+        raise ConfigError(
+            f"FIT_DATA={fit_data!r}: allowed {list(FIT_DATA)} ('pseudodata': the pseudo-data built from the "
+            "MC templates; 'data': the dataset's data sample)"
+        )
+    return fit_data
+
+
+def with_observed(config: Mapping[str, Any], fit_data: str) -> dict[str, Any]:
+    """A copy of ``config`` whose observed-data sample (the one with ``Data: true``) reads the
+    histograms of ``fit_data`` (:data:`FIT_DATA`); ``"pseudodata"`` keeps the configuration's own."""
+    check_fit_data(fit_data)
+    out: dict[str, Any] = copy.deepcopy(dict(config))
+    if fit_data == "pseudodata":
+        return out
+    observed = [s for s in out.get("Samples", []) if s.get("Data")]
+    if len(observed) != 1:
+        raise ConfigError(f"the model needs exactly one sample with 'Data: true'; found {len(observed)}")
+    name, path = OBSERVED_SAMPLES[fit_data]
+    old = observed[0]["Name"]
+    observed[0]["Name"], observed[0]["SamplePath"] = name, path
+    for section in ("NormFactors", "Systematics"):  # settings that name the observed sample
+        for item in out.get(section, []):
+            samples = item.get("Samples")
+            if samples == old:
+                item["Samples"] = name
+            elif isinstance(samples, list):
+                item["Samples"] = [name if s == old else s for s in samples]
+    return out
+
 
 # -- configuration ------------------------------------------------------------------------------
 

@@ -31,7 +31,13 @@ import numpy as np
 
 from utils.config import AnalysisConfig, load_analysis_config
 from utils.errors import StatisticsError
-from utils.inference.config import DEFAULT_CABINETRY_CONFIG, load_model_config, with_paths
+from utils.inference.config import (
+    DEFAULT_CABINETRY_CONFIG,
+    check_fit_data,
+    load_model_config,
+    with_observed,
+    with_paths,
+)
 from utils.inference.diagnostics import FitDiagnostics, fit_with_diagnostics
 from utils.inference.fit import (
     LimitSummary,
@@ -99,6 +105,8 @@ class InferenceResult:
     template_treatment: tuple[TreatmentRecord, ...] = ()
     #: the profile-likelihood scan of the POI (made with the figures)
     scan: LikelihoodScan | None = None
+    #: what the fit was given as observed data (utils.inference.config.FIT_DATA)
+    fit_data: str = "pseudodata"
 
     @property
     def problems(self) -> tuple[str, ...]:
@@ -140,7 +148,7 @@ class InferenceResult:
             "template_treatment": [r.to_dict() for r in self.template_treatment],
             "likelihood_scan": self.scan.to_dict() if self.scan is not None else None,
             "figures": {k: str(v.name) for k, v in self.figures.items()},
-            "settings": {"pyhf_backend": "numpy", "minuit_strategy": self.strategy},
+            "settings": {"pyhf_backend": "numpy", "minuit_strategy": self.strategy, "fit_data": self.fit_data},
             "timings_s": self.timings,
         }
 
@@ -186,17 +194,22 @@ def prepare_workspace(
     analysis: AnalysisConfig | None = None,
     timer: StageTimer | None = None,
     treatment: list[TreatmentRecord] | None = None,
+    fit_data: str = "pseudodata",
 ) -> tuple[dict[str, Any], dict[str, Any], str]:
     """Load the model configuration, build templates and write ``output_dir/workspace.json``.
 
     Returns ``(config, workspace, workspace sha256)``; ``config`` points at the run's
     histograms file and at ``output_dir/templates``. The template treatment decisions are
-    appended to ``treatment`` when given.
+    appended to ``treatment`` when given. ``fit_data``: the observed data of the workspace,
+    ``"pseudodata"`` or the dataset's ``"data"`` sample.
     """
     timer = timer or StageTimer()
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     raw_config, rules = load_model_config(cabinetry_config_path, analysis, ml_categories=ml_categories)
+    raw_config = with_observed(raw_config, fit_data)
+    if fit_data == "data":
+        _require_data(histograms_path, raw_config)
     with _template_folder(output_dir, keep_templates) as folder:
         config = with_paths(raw_config, histograms_path, folder)
         with timer("templates"):
@@ -206,6 +219,21 @@ def prepare_workspace(
         with timer("workspace"):
             ws, ws_sha = build_workspace(config, output_dir / WORKSPACE_NAME)
     return with_paths(raw_config, histograms_path, output_dir / TEMPLATES_DIRNAME), ws, ws_sha
+
+
+def _require_data(histograms_path: str | Path, config: dict[str, Any]) -> None:
+    """FIT_DATA='data' needs the data sample's histograms: say so, naming what to do."""
+    import uproot
+
+    names = [f"{r['RegionPath']}_data" for r in config["Regions"]]
+    with uproot.open(histograms_path) as f:
+        missing = [n for n in names if n not in f]
+    if missing:
+        raise StatisticsError(
+            f"{histograms_path}: FIT_DATA='data' needs the data sample's histograms, missing {missing}: "
+            "process a dataset with a data sample (the embedded presets generate one; "
+            "`agc generate --preset quickstart`), or fit the pseudo-data (FIT_DATA='pseudodata')"
+        )
 
 
 @contextlib.contextmanager
@@ -232,6 +260,7 @@ def run_inference(
     figure_format: str = "pdf",
     ml_categories: bool = False,
     analysis: AnalysisConfig | None = None,
+    fit_data: str = "pseudodata",
 ) -> InferenceResult:
     """Run the whole inference stage on one ``histograms.root``; write everything to ``output_dir``.
 
@@ -241,7 +270,10 @@ def run_inference(
     classifier, histograms saved with ``ml_categories=True``). ``analysis``: the analysis configuration
     the histograms were made with (the model is checked against it; default ``analysis_config.yml``).
     ``ranking`` refits the model four times per parameter (about two minutes for the AGC model).
+    ``fit_data``: the observed data, ``"pseudodata"`` (``{region}_pseudodata``) or the dataset's
+    ``"data"`` sample (``{region}_data``); recorded in ``fit_results.json``.
     """
+    check_fit_data(fit_data)
     from utils.inference import figures as inference_figures
 
     histograms_path = Path(histograms_path)
@@ -261,6 +293,7 @@ def run_inference(
             analysis=analysis,
             timer=timer,
             treatment=treatment,
+            fit_data=fit_data,
         )
         with timer("fit"):
             model, data, fit_results, diagnostics = _fit(ws, strategy)
@@ -318,6 +351,7 @@ def run_inference(
         diagnostics=diagnostics,
         template_treatment=tuple(treatment),
         scan=scan,
+        fit_data=fit_data,
     )
     content = result.to_dict()
     content["inputs"] = {

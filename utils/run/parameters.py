@@ -18,6 +18,7 @@ from typing import Any
 
 from utils.datasets.resolve import dataset_input_format
 from utils.errors import ConfigError
+from utils.inference.config import FIT_DATA
 from utils.processing.processor import INPUT_FORMATS, IO_BRANCH_SETS
 from utils.processing.run import ProcessingOptions
 
@@ -105,6 +106,7 @@ class RunParameters:
     cores_per_worker: int = 1
     run_fit: bool = True
     run_ranking: bool = False
+    fit_data: str = "pseudodata"  # pseudodata | data (the dataset's data sample)
     output_dir: str | None = None  # None: a new folder outputs/<timestamp>-<dataset>
     overwrite: bool = False  # OUTPUT_DIR may hold an earlier run: clear it first (else refused)
 
@@ -151,6 +153,11 @@ class RunParameters:
             problems.append(f"N_FILES_MAX_PER_SAMPLE={self.n_files_max_per_sample!r}: -1 (all) or a positive number")
         if self.max_events_per_sample == 0 or self.max_events_per_sample < -1:
             problems.append(f"MAX_EVENTS_PER_SAMPLE={self.max_events_per_sample!r}: -1 (all) or a positive number")
+        if self.fit_data not in FIT_DATA:
+            problems.append(
+                f"FIT_DATA={self.fit_data!r}: allowed {list(FIT_DATA)} ('pseudodata': built from the MC templates; "
+                "'data': the dataset's data sample)"
+            )
         if self.read_timeout_s < 1:
             problems.append(f"READ_TIMEOUT_S={self.read_timeout_s!r}: must be at least 1 (seconds)")
         if problems:

@@ -13,24 +13,27 @@ never taken for a complete one; a rerun with the same request keeps the files al
 
 from __future__ import annotations
 
-import contextlib
 import datetime
-import fcntl
 import json
 import logging
-import re
-import shutil
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass
 from multiprocessing import get_context
 from pathlib import Path
 from typing import Any
 
-import uproot
+import numpy as np
 
 from utils.config import REPO_ROOT, load_analysis_config
+from utils.datasets.embedded.cache import (
+    check_disk_space,
+    file_is_whole,
+    locked,
+    remove_stale,
+    remove_temporaries,
+)
 from utils.datasets.embedded.generator import (
     DATA_PROCESS,
     DATA_VARIATION,
@@ -41,7 +44,9 @@ from utils.datasets.embedded.generator import (
     make_readable,
     mixture_from_yields,
     model_fingerprint,
+    seed_sequence,
 )
+from utils.datasets.embedded.preselection import Preselection, record, split_evenly
 from utils.datasets.embedded.presets import (
     Preset,
     content_hash,
@@ -51,7 +56,6 @@ from utils.datasets.embedded.presets import (
     process_cross_sections,
 )
 from utils.datasets.embedded.processes import get_process
-from utils.datasets.embedded.schema import TREE_NAME
 from utils.datasets.fileset import load_cross_sections
 from utils.errors import ConfigError
 from utils.io import write_json_atomic
@@ -61,9 +65,9 @@ log = logging.getLogger(__name__)
 DEFAULT_OUTPUT_ROOT = REPO_ROOT / "data" / "embedded"
 FILESET_NAME = "fileset.json"
 MANIFEST_NAME = "manifest.json"
-LOCK_NAME = ".lock"
-BYTES_PER_EVENT_ESTIMATE = 3200  # upper end of the measured 2.3-2.9 kB/event, for the disk check
-_SAMPLE_DIR = re.compile(r"^[A-Za-z0-9_]+__[A-Za-z0-9_]+$")
+PRESELECTED_FRACTION_ESTIMATE = 0.05  # above the measured 1 % of preselected data, for the disk check
+#: bump when the way preselected data is generated changes (part of the cache key)
+PRESELECTED_DATA_VERSION = 1
 
 
 @dataclass(frozen=True)
@@ -78,6 +82,16 @@ class FileTask:
     compression_level: int
     compressor: str
     mixture: DataMixture | None = None
+    #: preselected data: the preselection, and the events to generate per process
+    preselection: Preselection | None = None
+    yields: tuple[tuple[str, int], ...] | None = None
+
+    @property
+    def expected_output_events(self) -> int:
+        """Events written (an estimate for preselected data: the events are known once generated)."""
+        if self.preselection is None:
+            return self.n_events
+        return int(self.n_events * PRESELECTED_FRACTION_ESTIMATE)
 
 
 @dataclass(frozen=True)
@@ -90,6 +104,9 @@ class DatasetPlan:
     data_mixture: DataMixture | None
     tasks: tuple[FileTask, ...]
     key: str
+    preselection: Preselection | None = None
+    #: preselected data: the expected events per process for the luminosity (ttbar x mu)
+    data_expected: tuple[tuple[str, float], ...] = ()
 
     @property
     def n_events(self) -> int:
@@ -141,27 +158,33 @@ def plan_dataset(
         for s in preset.samples
         for i in range(s.files)
     ]
-    data_lumi = mixture = None
+    data_lumi = mixture = preselection = None
+    expected: list[tuple[str, float]] = []
     if with_data:
         assert data is not None  # checked above
-        data_lumi = data.lumi_fraction * load_analysis_config().luminosity
+        analysis = load_analysis_config()
+        data_lumi = data.lumi_fraction * analysis.luminosity
         expected = expected_data_yields(data_lumi, mu, process_cross_sections())
         mixture = mixture_from_yields(expected)
         n_total = round(sum(v for _, v in expected))
         if n_total < 1:
             raise ConfigError(f"{preset.source}: preset {preset.name!r}: lumi_fraction gives no data events")
-        tasks += [
-            FileTask(
-                DATA_PROCESS,
-                DATA_VARIATION,
-                i,
-                n,
-                f"{DATA_PROCESS}__{DATA_VARIATION}/{i}.root",
-                **common,
-                mixture=mixture,
-            )
-            for i, n in enumerate(data_file_sizes(n_total, data.files))
-        ]
+        if data.preselection == "loose":
+            preselection = Preselection.loose(analysis)
+            tasks += _preselected_data_tasks(expected, data.files, seed, common, preselection)
+        else:
+            tasks += [
+                FileTask(
+                    DATA_PROCESS,
+                    DATA_VARIATION,
+                    i,
+                    n,
+                    f"{DATA_PROCESS}__{DATA_VARIATION}/{i}.root",
+                    **common,
+                    mixture=mixture,
+                )
+                for i, n in enumerate(data_file_sizes(n_total, data.files))
+            ]
     key = content_hash(
         {
             "preset": preset.content(),
@@ -171,9 +194,47 @@ def plan_dataset(
             "data_lumi": data_lumi,
             "version": GENERATOR_VERSION,
             "model": model_fingerprint(),
+            **(
+                {"preselection": [preselection.to_dict(), PRESELECTED_DATA_VERSION]} if preselection is not None else {}
+            ),
         }
     )
-    return DatasetPlan(preset, seed, with_data, mu, data_lumi, mixture, tuple(tasks), key)
+    return DatasetPlan(
+        preset, seed, with_data, mu, data_lumi, mixture, tuple(tasks), key, preselection, tuple(expected)
+    )
+
+
+def _preselected_data_tasks(
+    expected: list[tuple[str, float]],
+    files: int,
+    seed: int,
+    common: dict[str, Any],
+    preselection: Preselection,
+) -> list[FileTask]:
+    """The data files of a preselected sample: per process a Poisson number of generated events
+    (mean: the expected events for the luminosity), split evenly over the files."""
+    generated = [
+        (p, int(np.random.default_rng(seed_sequence(seed, DATA_PROCESS, "yield", p)).poisson(v))) for p, v in expected
+    ]
+    per_file = {p: split_evenly(n, files) for p, n in generated}
+    tasks = []
+    for i in range(files):
+        yields = tuple((p, per_file[p][i]) for p, _ in generated)
+        n = sum(k for _, k in yields)
+        if n:
+            tasks.append(
+                FileTask(
+                    DATA_PROCESS,
+                    DATA_VARIATION,
+                    i,
+                    n,
+                    f"{DATA_PROCESS}__{DATA_VARIATION}/{i}.root",
+                    **common,
+                    preselection=preselection,
+                    yields=yields,
+                )
+            )
+    return tasks
 
 
 # --------------------------------------------------------------------------------------------
@@ -204,57 +265,6 @@ def is_complete(directory: Path, plan: DatasetPlan) -> bool:
     return True
 
 
-def _file_is_whole(path: Path, n_events: int) -> bool:
-    """A file left by an interrupted run of the same request: readable, with all its events."""
-    if not path.is_file():
-        return False
-    try:
-        with uproot.open(path) as f:
-            return f[TREE_NAME].num_entries == n_events
-    except Exception:  # any unreadable file is simply generated again
-        log.warning("%s: unreadable, generating it again", path)
-        return False
-
-
-def _remove_stale(directory: Path) -> None:
-    """Delete generated files of another request (sample folders' ROOT and temporary files)."""
-    for sub in directory.iterdir():
-        if sub.is_dir() and _SAMPLE_DIR.match(sub.name):
-            for f in sub.iterdir():
-                if f.suffix == ".root" and f.is_file():
-                    f.unlink()
-            with contextlib.suppress(OSError):
-                sub.rmdir()
-
-
-def _remove_temporaries(directory: Path) -> None:
-    for f in directory.glob("*/.tmp-*"):
-        with contextlib.suppress(OSError):
-            f.unlink()
-
-
-@contextlib.contextmanager
-def _locked(directory: Path) -> Iterator[None]:
-    """One generator per dataset folder at a time (other processes wait)."""
-    directory.mkdir(parents=True, exist_ok=True)
-    with open(directory / LOCK_NAME, "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(lock, fcntl.LOCK_UN)
-
-
-def _check_disk_space(directory: Path, n_events: int) -> None:
-    need = n_events * BYTES_PER_EVENT_ESTIMATE
-    free = shutil.disk_usage(directory).free
-    if need > free:
-        raise ConfigError(
-            f"{directory}: generating {n_events:,} events needs about {need / 1e9:.1f} GB, only "
-            f"{free / 1e9:.1f} GB are free; choose another --output folder or a smaller preset"
-        )
-
-
 # --------------------------------------------------------------------------------------------
 # generation
 # --------------------------------------------------------------------------------------------
@@ -270,6 +280,8 @@ def _run_task(task: FileTask, directory: str) -> FileResult:
         compression_level=task.compression_level,
         compressor=task.compressor,
         mixture=task.mixture,
+        preselection=task.preselection,
+        yields=task.yields,
     )
 
 
@@ -298,7 +310,11 @@ def _run_tasks(
     return results
 
 
-def _fileset(plan: DatasetPlan) -> dict[str, Any]:
+def _fileset(
+    plan: DatasetPlan, nevts: dict[str, int], preselected: dict[str, tuple[int, int]] | None = None
+) -> dict[str, Any]:
+    """The dataset description; ``nevts``: the events of each file (by relative path),
+    ``preselected``: ``{process: (generated, passed)}`` of preselected data."""
     table = load_cross_sections()
     generator = {
         "name": "utils.datasets.embedded",
@@ -309,8 +325,8 @@ def _fileset(plan: DatasetPlan) -> dict[str, Any]:
     out: dict[str, dict[str, Any]] = {}
     for task in plan.tasks:
         entry = out.setdefault(task.process, {}).setdefault(task.variation, {"files": [], "nevts_total": 0})
-        entry["files"].append({"path": task.relpath, "nevts": task.n_events})
-        entry["nevts_total"] += task.n_events
+        entry["files"].append({"path": task.relpath, "nevts": nevts[task.relpath]})
+        entry["nevts_total"] += nevts[task.relpath]
     for process, variations in out.items():
         for entry in variations.values():
             entry["generator"] = generator
@@ -322,6 +338,8 @@ def _fileset(plan: DatasetPlan) -> dict[str, Any]:
                     mu=plan.mu,
                     composition=dict(zip(plan.data_mixture.processes, plan.data_mixture.fractions, strict=True)),
                 )
+                if plan.preselection is not None:
+                    entry["preselection"] = record(plan.preselection, preselected or {}, dict(plan.data_expected))
             elif process not in table:
                 # a process outside the one cross-section table (a new signal) carries its own
                 entry["xsec"] = get_process(process).xsec
@@ -344,7 +362,7 @@ def build_dataset(
     plan = plan_dataset(get_preset(preset, presets_path), seed, with_data, mu)
     directory = Path(output_root if output_root is not None else DEFAULT_OUTPUT_ROOT) / preset
     fileset_path = directory / FILESET_NAME
-    with _locked(directory):
+    with locked(directory):
         if not force and is_complete(directory, plan):
             log.info("dataset %s is complete (key %s): nothing to generate", fileset_path, plan.key[:12])
             n_bytes = sum((directory / t.relpath).stat().st_size for t in plan.tasks)
@@ -355,10 +373,15 @@ def build_dataset(
         manifest = _read_json(directory / MANIFEST_NAME)
         resumable = not force and manifest is not None and manifest.get("key") == plan.key
         if not resumable:
-            _remove_stale(directory)
-        _remove_temporaries(directory)
-        todo = [t for t in plan.tasks if not (resumable and _file_is_whole(directory / t.relpath, t.n_events))]
-        _check_disk_space(directory, sum(t.n_events for t in todo))
+            remove_stale(directory)
+        remove_temporaries(directory)
+        # preselected data is always generated again: its per-process counts come with the files
+        todo = [
+            t
+            for t in plan.tasks
+            if not (resumable and t.preselection is None and file_is_whole(directory / t.relpath, t.n_events))
+        ]
+        check_disk_space(directory, sum(t.expected_output_events for t in todo))
         header = {
             "generator": "utils.datasets.embedded",
             "generator_version": GENERATOR_VERSION,
@@ -381,7 +404,14 @@ def build_dataset(
         )
         results = _run_tasks(todo, directory, workers, progress)
         sizes = {t.relpath: (directory / t.relpath).stat().st_size for t in plan.tasks}
-        files = {t.relpath: {"nevts": t.n_events, "bytes": sizes[t.relpath]} for t in plan.tasks}
+        written = {r.path.relative_to(directory).as_posix(): r.n_events for r in results}
+        nevts = {t.relpath: written.get(t.relpath, t.n_events) for t in plan.tasks}
+        preselected: dict[str, tuple[int, int]] = {}
+        for r in results:
+            for process, (generated, passed) in (r.preselected or {}).items():
+                before = preselected.get(process, (0, 0))
+                preselected[process] = (before[0] + generated, before[1] + passed)
+        files = {t.relpath: {"nevts": nevts[t.relpath], "bytes": sizes[t.relpath]} for t in plan.tasks}
         write_json_atomic(
             directory / MANIFEST_NAME,
             {
@@ -391,7 +421,7 @@ def build_dataset(
                 "files": files,
             },
         )
-        write_json_atomic(fileset_path, _fileset(plan))
+        write_json_atomic(fileset_path, _fileset(plan, nevts, preselected))
         for name in (MANIFEST_NAME, FILESET_NAME):
             make_readable(directory / name)
     return DatasetResult(

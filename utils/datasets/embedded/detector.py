@@ -207,14 +207,64 @@ def _empty(name: str, n: int) -> Jagged:
     return Jagged(np.zeros(n, np.int32), {f: np.zeros(0, dt) for f, dt in COLLECTION_BY_NAME[name].fields})
 
 
-def simulate(
-    rng: np.random.Generator, hard: HardEvent, d: DetectorParams, with_genpart: bool = True, minimal: bool = False
-) -> EventBatch:
-    """Reconstruct ``hard``'s events; returns the batch in the ntuple layout.
+@dataclass(frozen=True)
+class AnalysisObjects:
+    """The first stage of the detector simulation: jets, electrons, muons and MET of ``batch``
+    (the collections the analysis reads), plus the generator-level inputs of the second stage
+    (:func:`complete`): the visible hadronic taus and the generator record."""
 
-    ``minimal=True`` leaves photons, taus, trigger objects and vertices empty (fast physics
-    studies); the other collections are identical to a full simulation of the same seed.
-    """
+    batch: EventBatch
+    tau_h: ParticleTable
+    record: ParticleTable
+
+    def take(self, index: np.ndarray) -> AnalysisObjects:
+        """Events ``index`` (increasing positions, each once)."""
+        index = np.asarray(index, dtype=np.int64)
+        position = np.full(self.batch.n, -1, dtype=np.int64)
+        position[index] = np.arange(len(index))
+
+        def subset(table: ParticleTable) -> ParticleTable:
+            rows = table[position[table.event] >= 0]
+            return ParticleTable(position[rows.event], rows.p4, rows.pdg, rows.status, rows.origin, rows.top_sign)
+
+        return AnalysisObjects(self.batch.take(index), subset(self.tau_h), subset(self.record))
+
+
+def pileup_jets_above(rng: np.random.Generator, n_above: np.ndarray, pt_cut: float, d: DetectorParams) -> _JetPieces:
+    """Pile-up jets given the number per event above ``pt_cut`` (``n_above``, drawn beforehand
+    as Poisson(``pileup_jets_mean`` x P(pT > pt_cut))): by Poisson thinning, the same
+    distribution as the pile-up jets of :func:`reconstruct` (the jets below the cut are drawn
+    here, independently)."""
+    n = len(n_above)
+    alpha = d.pileup_jet_index - 1.0
+    cut = max(pt_cut, d.jet_pt_store)
+    p_above = (cut / d.jet_pt_store) ** (-alpha)
+    n_below = rng.poisson(d.pileup_jets_mean * (1.0 - p_above), n)
+    event = np.concatenate([np.repeat(np.arange(n, dtype=np.int64), n_above), np.repeat(np.arange(n), n_below)])
+    m_above = int(np.sum(n_above))
+    u = rng.uniform(size=len(event))
+    # inverse CDF of the power law above the cut, and of the power law truncated to [store, cut)
+    pt_above = cut * (1.0 - u[:m_above]) ** (-1.0 / alpha)
+    pt_below = d.jet_pt_store * (1.0 - u[m_above:] * (1.0 - p_above)) ** (-1.0 / alpha)
+    order = np.argsort(event, kind="stable")
+    m = len(event)
+    z = np.zeros(m, np.int8)
+    return _JetPieces(
+        event[order],
+        np.concatenate([pt_above, pt_below])[order],
+        rng.uniform(-d.jet_eta_max, d.jet_eta_max, m),
+        rng.uniform(-np.pi, np.pi, m),
+        z.astype(np.int64),
+        np.full(m, Origin.PILEUP, np.int8),
+        z,
+    )
+
+
+def reconstruct(
+    rng: np.random.Generator, hard: HardEvent, d: DetectorParams, pileup: _JetPieces | None = None
+) -> AnalysisObjects:
+    """The analysis objects of ``hard``'s events (the first stage of :func:`simulate`).
+    ``pileup``: the pile-up jets, when drawn beforehand (:func:`pileup_jets_above`)."""
     n, fin = hard.n, hard.final
     apdg = np.abs(fin.pdg)
     partons = fin[(apdg <= 5) | (apdg == 21)]
@@ -223,7 +273,7 @@ def simulate(
 
     parton_jets, sl_leptons, lost = _reconstruct_jets(rng, n, partons, flavour, d)
     tau_jets, _, tau_lost = _reconstruct_jets(rng, n, tau_h, np.zeros(len(tau_h), np.int64), d)
-    jets = _jets(rng, n, [parton_jets, tau_jets, _pileup_jets(rng, n, d)], d)
+    jets = _jets(rng, n, [parton_jets, tau_jets, _pileup_jets(rng, n, d) if pileup is None else pileup], d)
     lost = (lost[0] + tau_lost[0], lost[1] + tau_lost[1])
 
     def lepton_res_e(pt):
@@ -258,9 +308,23 @@ def simulate(
 
     neutrinos = fin[np.isin(apdg, (12, 14, 16))]
     met = _met(rng, n, neutrinos, lost, jets, [electrons, muons], d)
-    collections = {"electron": electrons, "jet": jets, "muon": muons}
-    # Everything below is drawn after the analysis objects, so skipping it (``minimal``) leaves
-    # jets, leptons and MET of a seed unchanged.
+    return AnalysisObjects(EventBatch(n, {"electron": electrons, "jet": jets, "muon": muons}, met), tau_h, hard.record)
+
+
+def complete(
+    rng: np.random.Generator,
+    objects: AnalysisObjects,
+    d: DetectorParams,
+    with_genpart: bool = True,
+    minimal: bool = False,
+) -> EventBatch:
+    """The second stage of :func:`simulate`: every other collection of the ntuple (drawn after the
+    analysis objects, so ``minimal=True``, which leaves them empty, keeps jets, leptons and MET
+    of a seed unchanged)."""
+    batch = objects.batch
+    n = batch.n
+    jets, electrons, muons = (batch.collections[k] for k in ("jet", "electron", "muon"))
+    collections = dict(batch.collections)
     if minimal:
         collections.update({name: _empty(name, n) for name in ("photon", "PV", "tau", "trigobj")})
         pv_scalars = {k: np.zeros(n, np.int32) for k in ("PV_npvs", "PV_npvsGood")}
@@ -269,9 +333,20 @@ def simulate(
         pv, pv_scalars = _vertices(rng, n, d)
         collections.update(
             photon=photons,
-            tau=_taus(rng, n, tau_h, jets, d),
+            tau=_taus(rng, n, objects.tau_h, jets, d),
             trigobj=_trigger_objects(rng, n, [jets, electrons, muons, photons], d),
             PV=pv,
         )
-    collections["GenPart"] = _genpart(n, hard.record if with_genpart else ParticleTable.empty())
-    return EventBatch(n, collections, {**met, **pv_scalars})
+    collections["GenPart"] = _genpart(n, objects.record if with_genpart else ParticleTable.empty())
+    return EventBatch(n, collections, {**batch.scalars, **pv_scalars}, dict(batch.meta))
+
+
+def simulate(
+    rng: np.random.Generator, hard: HardEvent, d: DetectorParams, with_genpart: bool = True, minimal: bool = False
+) -> EventBatch:
+    """Reconstruct ``hard``'s events; returns the batch in the ntuple layout.
+
+    ``minimal=True`` leaves photons, taus, trigger objects and vertices empty (fast physics
+    studies); the other collections are identical to a full simulation of the same seed.
+    """
+    return complete(rng, reconstruct(rng, hard, d), d, with_genpart, minimal)

@@ -25,6 +25,7 @@ import uproot
 from utils.datasets.embedded.detector import simulate
 from utils.datasets.embedded.events import EventBatch
 from utils.datasets.embedded.params import DetectorParams
+from utils.datasets.embedded.preselection import Preselection, preselected_data_batches
 from utils.datasets.embedded.processes import get_process
 from utils.datasets.embedded.schema import TREE_NAME, branch_types, counter_name
 from utils.io import atomic_path
@@ -170,6 +171,8 @@ class FileResult:
     n_bytes: int
     seconds: float  # wall time
     cpu_seconds: float  # CPU time of the generating process (robust on a shared machine)
+    #: preselected data: {process: [generated, passed]}
+    preselected: dict[str, list[int]] | None = None
 
 
 def zlib_compression(level: int, compressor: str = "isal") -> uproot.ZLIB:
@@ -224,15 +227,36 @@ def generate_file(
     compression_level: int = 1,
     compressor: str = "isal",
     mixture: DataMixture | None = None,
+    preselection: Preselection | None = None,
+    yields: tuple[tuple[str, int], ...] | None = None,
 ) -> FileResult:
-    """Generate one ROOT file of ``n_events`` (``process='data'`` with a ``mixture`` for data)."""
+    """Generate one ROOT file of ``n_events`` (``process='data'`` with a ``mixture`` for data).
+
+    Preselected data (``process='data'``, a ``preselection`` and the events to generate per
+    process, ``yields``, summing to ``n_events``): only the passing events are written
+    (:mod:`utils.datasets.embedded.preselection`)."""
     if n_events <= 0:
         raise ValueError(f"{path}: n_events must be positive, got {n_events}")
-    if process == DATA_PROCESS and mixture is None:
+    preselected: dict[str, list[int]] | None = None
+    if process == DATA_PROCESS and preselection is not None:
+        if yields is None or sum(n for _, n in yields) != n_events:
+            raise ValueError(f"{path}: preselected data needs the events per process (yields) summing to n_events")
+        preselected = {}
+    elif process == DATA_PROCESS and mixture is None:
         raise ValueError("the data sample needs a DataMixture")
     start, cpu_start = time.perf_counter(), time.process_time()
 
     def batches() -> Iterator[EventBatch]:
+        if preselected is not None:
+            assert preselection is not None and yields is not None  # checked above
+            yield from preselected_data_batches(
+                yields,
+                preselection,
+                events_per_basket,
+                lambda proc, chunk: seed_sequence(seed, DATA_PROCESS, "preselected", proc, file_index, chunk),
+                preselected,
+            )
+            return
         for chunk, size in enumerate(chunk_sizes(n_events, events_per_basket)):
             if process == DATA_PROCESS:
                 assert mixture is not None  # checked above
@@ -246,7 +270,7 @@ def generate_file(
     seconds, cpu = time.perf_counter() - start, time.process_time() - cpu_start
     size = Path(path).stat().st_size
     log.debug("wrote %s: %d events, %.1f MB in %.1f s (%.1f s CPU)", path, written, size / 1e6, seconds, cpu)
-    return FileResult(Path(path), process, variation, written, size, seconds, cpu)
+    return FileResult(Path(path), process, variation, written, size, seconds, cpu, preselected)
 
 
 def mixture_from_yields(expected: Sequence[tuple[str, float]]) -> DataMixture:

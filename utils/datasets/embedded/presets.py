@@ -73,6 +73,7 @@ PRESETS_SCHEMA: dict[str, Any] = {
                             "lumi_fraction": {"type": "number", "exclusiveMinimum": 0},
                             "mu": {"type": "number", "minimum": 0},
                             "files": _POSITIVE_INT,
+                            "preselection": {"enum": ["none", "loose"]},
                         },
                     },
                 },
@@ -100,6 +101,8 @@ class DataSpec:
     lumi_fraction: float
     mu: float
     files: int
+    #: "loose": generate only events that can pass the loose preselection (utils.datasets.embedded.preselection)
+    preselection: str = "none"
 
 
 @dataclass(frozen=True)
@@ -125,7 +128,10 @@ class Preset:
             "events_per_basket": self.events_per_basket,
             "compression": [self.compression_level, self.compressor],
             "samples": [[s.process, s.variation, s.files, s.events_per_file] for s in self.samples],
-            "data": None if self.data is None else [self.data.lumi_fraction, self.data.mu, self.data.files],
+            "data": None
+            if self.data is None
+            else [self.data.lumi_fraction, self.data.mu, self.data.files]
+            + ([self.data.preselection] if self.data.preselection != "none" else []),
         }
 
 
@@ -163,7 +169,11 @@ def _build(name: str, body: dict[str, Any], defaults: dict[str, Any], source: st
     if "data" in merged:
         d = merged["data"]
         data = DataSpec(
-            bool(d.get("enabled", True)), float(d["lumi_fraction"]), float(d.get("mu", 1.0)), int(d.get("files", 1))
+            bool(d.get("enabled", True)),
+            float(d["lumi_fraction"]),
+            float(d.get("mu", 1.0)),
+            int(d.get("files", 1)),
+            str(d.get("preselection", "none")),
         )
     return Preset(
         name=name,

@@ -221,11 +221,17 @@ def build_single_top(rng: np.random.Generator, n: int, p: Mapping[str, Any]) -> 
     return HardEvent(n, final, ParticleTable.concatenate(records))
 
 
-def build_w_jets(rng: np.random.Generator, n: int, p: Mapping[str, Any]) -> HardEvent:
+def w_jets_multiplicity(rng: np.random.Generator, n: int, p: Mapping[str, Any]) -> np.ndarray:
+    """The number of jets of each W+jets event: geometric (Berends scaling), the builder's first draw."""
+    return rng.geometric(1.0 - p["jet_ratio"], n) - 1
+
+
+def build_w_jets(rng: np.random.Generator, n: int, p: Mapping[str, Any], counts: np.ndarray | None = None) -> HardEvent:
     """W -> l nu plus a geometric (Berends-scaling) number of power-law jets; heavy flavour
     per event: W+bb, W+cc (two jets; probability f x (n_jets - 1)) or W+c (one jet, f_c), the
-    rest light. The W balances the jets."""
-    counts = rng.geometric(1.0 - p["jet_ratio"], n) - 1
+    rest light. The W balances the jets. ``counts``: the jets per event, drawn beforehand with
+    :func:`w_jets_multiplicity` (the builder's own first draw otherwise)."""
+    counts = w_jets_multiplicity(rng, n, p) if counts is None else np.asarray(counts, dtype=np.int64)
     jets = extra_partons(rng, counts, p["jet_pt_min"], p["jet_index"], p["jet_eta_sigma"], 0.0, 0.0, Origin.RADIATION)
     rank = _rank_in_event(jets.event)
     # heavy flavour per event: gluon splitting grows with the number of jets
@@ -266,6 +272,17 @@ class Variation:
 
 
 @dataclass(frozen=True)
+class Multiplicity:
+    """How a builder draws its number of jet partons per event (its first draw), so that a
+    preselected sample can skip the events that cannot have enough jets before building them:
+    ``draw(rng, n, params)`` gives the counts, which the builder takes as ``counts=``; at most
+    ``other_jets`` further jets per event come from the hard process (hadronic taus)."""
+
+    draw: Callable[[np.random.Generator, int, Mapping[str, Any]], np.ndarray]
+    other_jets: int
+
+
+@dataclass(frozen=True)
 class ProcessSpec:
     name: str
     builder: Builder
@@ -275,6 +292,7 @@ class ProcessSpec:
     xsec: float | None = None  # pb; only for processes missing from datasets/cross_sections.json
     include_in_data: bool = True  # part of the generated "data" mixture
     is_signal: bool = False  # scaled by the signal strength mu in the data mixture
+    multiplicity: Multiplicity | None = None  # see Multiplicity (preselected data generation)
 
     def parameters(self, variation: str) -> dict[str, Any]:
         var = self.variation(variation)
@@ -422,7 +440,14 @@ for _spec in (
         ),
         description="single top tW, inclusive decays",
     ),
-    ProcessSpec("wjets", build_w_jets, MappingProxyType(W_JETS_PARAMS), description="W(-> l nu) + jets"),
+    ProcessSpec(
+        "wjets",
+        build_w_jets,
+        MappingProxyType(W_JETS_PARAMS),
+        description="W(-> l nu) + jets",
+        # W -> tau nu: at most one hadronic tau
+        multiplicity=Multiplicity(w_jets_multiplicity, other_jets=1),
+    ),
     # a new-physics signal family for reinterpretation (utils.preservation, workflow/): one
     # variation per mass point; not in the data mixture. xsec is a unit cross-section (1 pb):
     # each mass point's own cross-section is signal-model input, written into its signal
