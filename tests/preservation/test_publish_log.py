@@ -9,40 +9,27 @@ import logging
 import numpy as np
 import pytest
 from click.testing import CliRunner
+from handmade_histograms import MC, handmade_histograms
 
 from utils.cli import cli
-from utils.histograms.accumulate import AnalysisHistograms, empty_hist, save_histograms
+from utils.histograms.accumulate import save_histograms
 from utils.inference.config import load_model_config
 from utils.inference.templates import required_templates
-from utils.processing.processor import sample_variations
 
-MC = ("ttbar", "wjets", "single_top_s_chan", "single_top_t_chan", "single_top_tW")
 EMPTY_ABOVE_GEV = 300.0  # W+jets has no simulated event above this: its templates have empty bins
 
 
 @pytest.fixture(scope="module")
 def histograms_root(config, tmp_path_factory):
-    """Hand-made histograms.root: every process and variation a run fills, smooth falling
-    shapes, W+jets empty above 300 GeV (in both regions' fit ranges, 110-550 GeV)."""
-    variations = sorted({v for p in MC for v in sample_variations(config, p, "nominal")} | set(
-        config.alternative_variations))  # fmt: skip
-    h = empty_hist(config, list(MC), ["nominal", *[v for v in variations if v != "nominal"]])
-    filled = set()
-    x = h.axes["observable"].centers
-    for k, process in enumerate(MC):
-        own = sample_variations(config, process, "nominal")
-        if process == "ttbar":
-            own = (*own, *config.alternative_variations)
-        for j, variation in enumerate(own):
-            shape = (200.0 / (k + 1)) * np.exp(-x / 150.0) * (1.0 + 0.01 * (j % 7 - 3))
-            if process == "wjets":
-                shape = np.where(x > EMPTY_ABOVE_GEV, 0.0, shape)
-            for region in config.region_names:
-                h.fill(observable=x, region=region, process=process, variation=variation, classification=1,
-                       weight=shape)  # fmt: skip
-            filled.add((process, variation))
+    """Hand-made histograms.root, W+jets empty above 300 GeV (in both regions' fit ranges,
+    110-550 GeV)."""
+
+    def shape(process, x):
+        base = (200.0 / (MC.index(process) + 1)) * np.exp(-x / 150.0)
+        return np.where(x > EMPTY_ABOVE_GEV, 0.0, base) if process == "wjets" else base
+
     path = tmp_path_factory.mktemp("publish_log") / "histograms.root"
-    save_histograms(AnalysisHistograms(h, frozenset(filled)), path, config)
+    save_histograms(handmade_histograms(config, shape), path, config)
     return path
 
 
