@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import io
+import logging
+
 import matplotlib.pyplot as plt
 import numpy as np
 import pytest
+from matplotlib.figure import Figure
+from matplotlib.font_manager import FontManager
 from matplotlib.text import Text
 
 from utils.histograms import figures
@@ -110,6 +115,34 @@ def test_style_applies_per_figure_only(histograms, config):
     with figures.cms_style():
         assert list(plt.rcParams["figure.figsize"]) == list(figures.FIGSIZE)
     assert plt.rcParams["figure.figsize"] == before["figure.figsize"]
+
+
+def _font_warnings(fig: plt.Figure, dpi: int, caplog) -> list[str]:
+    """matplotlib's warnings while ``fig`` is drawn at a ``dpi`` no earlier draw used (mathtext
+    is parsed anew), with findfont's once-per-process cache cleared."""
+    FontManager._findfont_cached.cache_clear()
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="matplotlib"):
+        fig.savefig(io.BytesIO(), format="png", dpi=dpi)
+    return [r.getMessage() for r in caplog.records if r.name.startswith("matplotlib")]
+
+
+def test_figure_drawn_after_the_style_keeps_it(histograms, config, caplog):
+    """The notebook's inline backend draws a figure after the cell, outside the style: its fonts
+    are still the style's, and mathtext asks for no font the style replaced ('cursive')."""
+    assert plt.rcParams["mathtext.cal"] == "cursive"  # matplotlib's default, outside the style
+    fig = figures.plot_stack(histograms, config, "4j2b")  # mathtext in labels: $t\bar{t}$, $m_{bjj}$
+    assert isinstance(fig, figures.CMSStyledFigure)
+    assert _font_warnings(fig, 41, caplog) == []
+    fig.__class__ = Figure  # the same figure, without the style at draw time: the warning it had
+    assert any("cursive" in m for m in _font_warnings(fig, 43, caplog))
+    plt.close(fig)
+    with figures.cms_style():
+        inside = plt.figure()
+    outside = plt.figure()
+    assert type(inside) is figures.CMSStyledFigure and type(outside) is Figure
+    plt.close(inside)
+    plt.close(outside)
 
 
 def test_stack_shows_the_pseudodata_the_fit_uses_unless_data_is_asked_for(histograms, config):

@@ -59,8 +59,9 @@ def cli(verbose: bool) -> None:
     configure_logging(verbose)
 
 
-#: libraries whose INFO messages are details of ours (cabinetry logs every template and fit step)
-QUIET_LIBRARIES = ("cabinetry", "pyhf", "distributed", "numba", "matplotlib", "servicex", "httpx")
+#: libraries whose INFO messages are details of ours (cabinetry logs every template and fit step;
+#: papermill names the notebook, folder and kernel that ``agc run`` has already named)
+QUIET_LIBRARIES = ("cabinetry", "pyhf", "distributed", "numba", "matplotlib", "servicex", "httpx", "papermill")
 
 
 def configure_logging(verbose: bool) -> None:

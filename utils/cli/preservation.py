@@ -16,12 +16,12 @@ _CORES = click.option(
 
 
 def processing_options(cores: int) -> ProcessingOptions:
-    """Processing options of a signal: every systematic, no ML, ``cores`` workers."""
-    from utils.run.parameters import RunParameters
+    """Processing options of a signal: every systematic, ``cores`` workers (the signal's own
+    files: no notebook parameters, no dataset to resolve; ML is the processor's classifier
+    argument, which signals never get)."""
+    from utils.processing.run import ProcessingOptions
 
-    return RunParameters(
-        executor="iterative" if cores == 1 else "futures", num_cores=cores, use_ml=False
-    ).processing_options()
+    return ProcessingOptions(executor="iterative" if cores == 1 else "futures", workers=cores, systematics=True)
 
 
 def _echo_point(point) -> None:

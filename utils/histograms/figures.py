@@ -20,6 +20,8 @@ matplotlib.use("Agg") if not matplotlib.get_backend().lower().startswith(("modul
 import matplotlib.pyplot as plt  # noqa: E402
 import mplhep  # noqa: E402
 import numpy as np  # noqa: E402
+from matplotlib._pylab_helpers import Gcf  # noqa: E402
+from matplotlib.figure import Figure  # noqa: E402
 
 from utils.config import AnalysisConfig  # noqa: E402
 from utils.errors import AGCError  # noqa: E402
@@ -44,12 +46,34 @@ def process_label(process: str) -> str:
     return PROCESS_LABELS.get(process, process)
 
 
+class CMSStyledFigure(Figure):
+    """A figure made in :func:`cms_style` and drawn in it too, wherever it is drawn.
+
+    Matplotlib looks fonts up when a figure is drawn, not when its texts are made: a figure
+    drawn after the style is gone (by the notebook's inline backend after the cell, or a later
+    ``savefig``) would mix fonts, and its mathtext would look for matplotlib's default fonts
+    (``mathtext.cal`` 'cursive', which the CMS style replaces), with a findfont warning in the
+    notebook."""
+
+    def draw(self, renderer):
+        with plt.style.context(mplhep.style.CMS):
+            return super().draw(renderer)
+
+
 @contextmanager
 def cms_style(figsize: tuple[float, float] = FIGSIZE) -> Iterator[None]:
     """The CMS style of mplhep for the figures made inside (``with cms_style(): ...`` or as a
-    decorator); the previous style is back afterwards."""
-    with plt.style.context(mplhep.style.CMS), plt.rc_context({"figure.figsize": figsize}):
-        yield
+    decorator); the previous style is back afterwards. The pyplot figures made inside keep the
+    style when they are drawn later (:class:`CMSStyledFigure`)."""
+    before = {id(m.canvas.figure) for m in Gcf.get_all_fig_managers()}
+    try:
+        with plt.style.context(mplhep.style.CMS), plt.rc_context({"figure.figsize": figsize}):
+            yield
+    finally:
+        for manager in Gcf.get_all_fig_managers():
+            fig = manager.canvas.figure
+            if id(fig) not in before and type(fig) is Figure:
+                fig.__class__ = CMSStyledFigure
 
 
 def region_title(config: AnalysisConfig, region: str) -> str:

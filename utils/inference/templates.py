@@ -6,7 +6,8 @@ from __future__ import annotations
 
 import itertools
 import logging
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -163,16 +164,52 @@ def build_templates(
             hist = rebin(hist, ref.region["Binning"], name=f"{histograms_path}:{ref.histogram}")
         binned[ref.name] = hist
     records = _treat(refs, binned, rules) if rules is not None and rules.enabled else []
+    empty = 0
     for ref in refs:
         hist = binned[ref.name]
         template = cabinetry.histo.Histogram.from_arrays(hist.edges, hist.values, np.sqrt(hist.variances))
-        template.validate(ref.name)  # logs empty bins and ill-defined uncertainties
+        empty += _check_template(ref.name, template.yields, template.stdev)
         template.save(folder / ref.name)
     log.info("built %d templates from %s into %s", len(refs), histograms_path, folder)
+    if empty:
+        log.info("%d of %d templates have empty bins (few simulated events; listed at DEBUG)", empty, len(refs))
     if records:
         log.info("template treatment: %d decision(s)", len(records))
-    cabinetry.templates.postprocess(dict(config))
+    with _empty_bin_notices_dropped():  # postprocessing checks every template again
+        cabinetry.templates.postprocess(dict(config))
     return refs, records
+
+
+class _EmptyBinNotices(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not (record.levelno == logging.WARNING and "has empty bins" in str(record.msg))
+
+
+@contextmanager
+def _empty_bin_notices_dropped() -> Iterator[None]:
+    """Without cabinetry's one warning per template with empty bins (counted and listed at
+    DEBUG by :func:`_check_template` already); its other warnings pass."""
+    logger = logging.getLogger("cabinetry.histo")
+    notices = _EmptyBinNotices()
+    logger.addFilter(notices)
+    try:
+        yield
+    finally:
+        logger.removeFilter(notices)
+
+
+def _check_template(name: str, yields: np.ndarray, stdev: np.ndarray) -> bool:
+    """cabinetry's template checks, summarised: empty bins are common in small datasets and
+    are listed at DEBUG (one line per template would bury the run's output; the caller counts
+    them); a non-empty bin without a finite uncertainty is a warning. Returns whether the
+    template has empty bins."""
+    empty = np.flatnonzero(np.atleast_1d(yields) == 0.0)
+    if empty.size:
+        log.debug("%s has empty bins: %s", name, empty.tolist())
+    bad = np.flatnonzero(~np.isfinite(np.atleast_1d(stdev)) & (np.atleast_1d(yields) != 0.0))
+    if bad.size:
+        log.warning("%s: bins %s have events but no finite statistical uncertainty", name, bad.tolist())
+    return bool(empty.size)
 
 
 def _treat(refs: list[TemplateRef], binned: dict[str, HistogramData], rules: TreatmentRules) -> list[TreatmentRecord]:

@@ -337,28 +337,61 @@ def summary_columns(evaluations: Sequence[RegionEvaluation]) -> dict[str, dict[s
     }
 
 
+#: score bins of the distributions a model card records (train and test splits) and figures draw
+SCORE_BINS = np.linspace(0.0, 1.0, 26)
+#: how a card's recorded split is drawn
+_SPLIT_STYLE = {"train": "--", "test": ":"}
+
+
+def score_distribution(evaluation: RegionEvaluation) -> dict[str, Any]:
+    """The score distributions of the signal process and of the other processes together
+    (physics-weighted, normalised to unit area) on :data:`SCORE_BINS`: what a model card records
+    for its train and test splits (``metrics.score_distributions``)."""
+    out: dict[str, Any] = {"split": evaluation.split, "bins": [round(float(b), 6) for b in SCORE_BINS]}
+    for name, is_signal in ((evaluation.signal_process, True), ("background", False)):
+        m = evaluation.labels.astype(bool) == is_signal
+        density = np.zeros(len(SCORE_BINS) - 1)
+        if m.any():
+            density, _ = np.histogram(
+                evaluation.scores[m], bins=SCORE_BINS, weights=evaluation.weights[m], density=True
+            )
+        out[name] = [round(float(x), 6) for x in density]
+    return out
+
+
 @cms_style()
 def plot_signal_vs_background(
-    evaluation: RegionEvaluation, reference_auc: float | None = None, path: str | Path | None = None
+    evaluation: RegionEvaluation,
+    reference_auc: float | None = None,
+    path: str | Path | None = None,
+    card_distributions: Mapping[str, Mapping[str, Any]] | None = None,
 ) -> plt.Figure:
     """The score distributions of the signal process and of the other processes together
     (physics-weighted, normalised), the threshold marked; the AUC of these events beside the
-    model card's held-out (test) AUC."""
+    model card's held-out (test) AUC. ``card_distributions``: the card's train and test
+    distributions (:func:`score_distribution`), drawn as lines over these events' histograms."""
     fig, ax = plt.subplots(figsize=(8, 6.5), layout="constrained")
-    bins = np.linspace(0.0, 1.0, 26)
+    bins = SCORE_BINS
     for is_signal, label, color in ((True, evaluation.signal_process, "C0"), (False, "background", "C3")):
         m = evaluation.labels.astype(bool) == is_signal
         if m.any():
             ax.hist(evaluation.scores[m], bins=list(bins), weights=evaluation.weights[m], density=True, histtype="step",
                     lw=2, color=color, label=f"{_pretty(label)} ({m.sum():,d} events)")  # fmt: skip
+    for split, dist in (card_distributions or {}).items():
+        for key, label, color in ((evaluation.signal_process, _pretty(evaluation.signal_process), "C0"),
+                                  ("background", "background", "C3")):  # fmt: skip
+            if key in dist:
+                ax.stairs(dist[key], dist["bins"], color=color, ls=_SPLIT_STYLE.get(split, "-."), lw=1.5,
+                          label=f"{label}, {split} (model card)")  # fmt: skip
     ax.axvline(evaluation.threshold, color="black", ls="--", lw=1, label=f"threshold {evaluation.threshold:g}")
     ax.set_xlabel("network score")
     ax.set_ylabel("normalised events")
     ax.set_xlim(0, 1)
     top = ax.get_ylim()[1]
-    ax.set_ylim(0, top * 1.5)
+    ax.set_ylim(0, top * (1.5 if not card_distributions else 1.9))
     auc = f"AUC {evaluation.roc.auc:.3f} here" + ("" if reference_auc is None else f", {reference_auc:.3f} on test")
-    ax.legend(frameon=False, fontsize=13, loc="upper center", title=f"{evaluation.region}: {auc}", title_fontsize=13)
+    ax.legend(frameon=False, fontsize=12, loc="upper center", title=f"{evaluation.region}: {auc}", title_fontsize=13,
+              ncol=2 if card_distributions else 1)  # fmt: skip
     return save_figure(fig, path)
 
 
@@ -372,8 +405,9 @@ def score_figures(
 ) -> dict[str, plt.Figure]:  # fmt: skip
     """Score the nominal MC events of a run's fileset per region and draw the signal against the
     background (:func:`plot_signal_vs_background`, ``ml_scores_<region>.png`` in ``folder``),
-    with each model card's test AUC for comparison. The events are those of the analysis
-    dataset, which the models were not trained on."""
+    with each model card's test AUC and its train and test score distributions (where the card
+    records them) for comparison. The events are those of the analysis dataset, which the models
+    were not trained on."""
     from utils.ml.card import load_card
     from utils.ml.features import build_feature_table
 
@@ -381,7 +415,9 @@ def score_figures(
     figures = {}
     for region, evaluation in evaluate_classifier(classifier, table, config, split=None).items():
         model = next(m for m in classifier.models if m.region == region)
-        test = load_card(Path(model.card_path)).content.get("metrics", {}).get("test", {})
+        metrics = load_card(Path(model.card_path)).metrics
         path = None if folder is None else Path(folder) / f"ml_scores_{region}.png"
-        figures[region] = plot_signal_vs_background(evaluation, test.get("auc"), path)
+        figures[region] = plot_signal_vs_background(
+            evaluation, metrics.get("test", {}).get("auc"), path, metrics.get("score_distributions")
+        )
     return figures

@@ -31,7 +31,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -52,6 +52,9 @@ from utils.ml.card import (
 )
 from utils.ml.features import SPLIT_FRACTIONS, SPLIT_METHOD, SPLITS, FeatureTable, build_feature_table, display_path
 from utils.ml.model import ARCHITECTURES, Normalisation, ScoreModel
+
+if TYPE_CHECKING:
+    from utils.ml.evaluation import RegionEvaluation
 
 log = logging.getLogger(__name__)
 
@@ -384,9 +387,13 @@ def train_models(
         config.ml_score_threshold,
     )
     evaluations = evaluate_classifier(classifier, table, config, "test")
+    on_train = evaluate_classifier(classifier, table, config, "train")
     cards = {}
     for r in regions:
-        metrics = {"test": evaluations[r].summary()}
+        metrics = {
+            "test": evaluations[r].summary(),
+            "score_distributions": score_distributions(on_train[r], evaluations[r]),
+        }
         path = models_dir / names(r)["card"]
         write_json_atomic(path, card_content(trained[r], files[r], table, config, metrics))
         cards[r] = load_card(path)
@@ -399,6 +406,53 @@ def train_models(
             path,
         )
     return TrainingRun(None, table, trained, cards, evaluations, time.perf_counter() - t0)
+
+
+def score_distributions(train: RegionEvaluation, test: RegionEvaluation) -> dict[str, Any]:
+    """A card's ``metrics.score_distributions``: the train and test splits' signal and background
+    score distributions (:func:`utils.ml.evaluation.score_distribution`), to compare with any
+    dataset's (overtraining shows as train and test disagreeing)."""
+    from utils.ml.evaluation import score_distribution
+
+    return {"train": score_distribution(train), "test": score_distribution(test)}
+
+
+def record_score_distributions(
+    models_dir: str | Path = DEFAULT_MODELS_DIR, workers: int = 1, config: AnalysisConfig | None = None
+) -> dict[str, Path]:
+    """Add the train and test score distributions to the cards of models trained before cards
+    recorded them, without retraining: the card's training dataset is regenerated (or found),
+    its events selected and split as in training and scored through the exports. The test AUC
+    must equal the card's (the same events), else nothing is written."""
+    from utils.datasets.fileset import build_fileset
+    from utils.ml.evaluation import evaluate_classifier
+    from utils.ml.inference import MLClassifier
+
+    config = config or load_analysis_config()
+    models_dir = Path(models_dir)
+    classifier = MLClassifier.from_directory(models_dir, config)
+    cards = {m.region: load_card(m.card_path) for m in classifier.models}
+    presets = {c.content["training"]["dataset"]["preset"] for c in cards.values()}
+    if len(presets) != 1:
+        raise ModelError(f"the cards in {models_dir} name different training datasets: {sorted(presets)}")
+    preset = presets.pop()
+    table = build_feature_table(build_fileset(training_dataset(preset, workers=workers)), config, workers=workers)
+    test = evaluate_classifier(classifier, table, config, "test")
+    train = evaluate_classifier(classifier, table, config, "train")
+    written = {}
+    for region, card in cards.items():
+        recorded = card.metrics.get("test", {}).get("auc")
+        if recorded is None or round(test[region].roc.auc, 6) != recorded:
+            raise ModelError(
+                f"{card.path}: test AUC {test[region].roc.auc:.6f} of the regenerated training events, the card "
+                f"records {recorded}: not the events the model was evaluated on; retrain (agc train)"
+            )
+        content = dict(card.content)
+        content["metrics"] = {**card.metrics, "score_distributions": score_distributions(train[region], test[region])}
+        write_json_atomic(card.path, content)
+        written[region] = card.path
+        log.info("%s: train and test score distributions recorded in %s", region, card.path)
+    return written
 
 
 def train_all(

@@ -1,0 +1,89 @@
+"""The classifier's effect on the fit, as the notebook shows it: the run's histograms fitted in
+their ML-score categories beside the regions' fit, or not fitted where a category has empty
+bins; and its figure."""
+
+from __future__ import annotations
+
+import matplotlib.pyplot as plt
+import numpy as np
+import pytest
+from handmade_histograms import handmade_histograms
+
+from utils.histograms.accumulate import save_histograms
+from utils.inference.results import run_inference
+from utils.run.measurement import (
+    ML_FIT_DIRNAME,
+    ML_HISTOGRAMS_NAME,
+    empty_category_bins,
+    ml_category_effect,
+    plot_category_comparison,
+)
+
+#: the classifier's separation: the share of each process in the predicted-signal category
+SIGNAL_SHARE = {"ttbar": 0.8, "wjets": 0.1, "single_top_s_chan": 0.3, "single_top_t_chan": 0.3, "single_top_tW": 0.4}
+
+
+def _shape(process, x):
+    """ttbar peaks at 175 GeV on falling backgrounds; every fit bin (110-550 GeV) has events."""
+    if process == "ttbar":
+        return 300.0 * np.exp(-(((x - 175.0) / 70.0) ** 2)) + 5.0
+    return (400.0 / (1 + len(process) % 3)) * np.exp(-x / 200.0) + 1.0
+
+
+@pytest.fixture(scope="module")
+def separated(config):
+    return handmade_histograms(config, _shape, SIGNAL_SHARE.__getitem__)
+
+
+@pytest.fixture(scope="module")
+def effect(separated, config, tmp_path_factory):
+    folder = tmp_path_factory.mktemp("ml_effect")
+    save_histograms(separated, folder / "histograms.root", config)
+    regions = run_inference(folder / "histograms.root", folder, figures=False, keep_templates=False, analysis=config)
+    return folder, regions, ml_category_effect(separated, config, folder, regions)
+
+
+def test_categories_that_separate_ttbar_shrink_its_uncertainty(effect):
+    folder, regions, result = effect
+    assert result.not_fitted is None and result.comparison is not None
+    c = result.comparison
+    assert c.without_ml is regions  # the run's own fit, not refitted
+    assert (folder / ML_HISTOGRAMS_NAME).is_file() and (folder / ML_FIT_DIRNAME / "fit_results.json").is_file()
+    # the pseudo-data is the model's own nominal prediction (up to the variations' percent shifts)
+    assert c.with_ml.bestfit == pytest.approx(regions.bestfit, abs=0.05)
+    assert c.with_ml.uncertainty < regions.uncertainty and c.uncertainty_ratio < 1.0
+    assert c.with_ml.n_parameters > regions.n_parameters  # one more staterror set per category
+    assert "in their ML categories" in result.summary() and f"{c.uncertainty_ratio:.2f}" in result.summary()
+
+
+def test_the_figure_shows_both_fits_side_by_side(effect, tmp_path):
+    _, _, result = effect
+    c = result.comparison
+    fig = plot_category_comparison(c, tmp_path / "ml.png")
+    (ax,) = fig.axes
+    bars = [line for line in ax.lines if line.get_marker() == "o"]
+    assert [tuple(b.get_xdata()) for b in bars] == [(c.without_ml.bestfit,), (c.with_ml.bestfit,)]
+    labels = [t.get_text() for t in ax.get_yticklabels()]
+    assert labels[0].startswith("regions") and labels[1].startswith("ML categories")
+    notes = [t.get_text() for t in ax.texts]
+    assert notes[0].startswith(f"{c.without_ml.bestfit:.3f}") and notes[1].startswith(f"{c.with_ml.bestfit:.3f}")
+    fig.canvas.draw()
+    renderer = fig.canvas.get_renderer()
+    box = ax.get_tightbbox(renderer)
+    assert fig.bbox.x0 - 1 <= box.x0 and box.x1 <= fig.bbox.x1 + 1 and box.y1 <= fig.bbox.y1 + 1
+    assert (tmp_path / "ml.png").stat().st_size > 5_000
+    plt.close(fig)
+
+
+def test_categories_with_empty_bins_are_not_fitted(config, tmp_path):
+    """The tiny dataset's case: a category with fit bins without simulated events."""
+
+    def sparse(process, x):  # nothing above 470 GeV: the last two fit bins (470-550) are empty
+        return np.where(x > 470.0, 0.0, _shape(process, x))
+
+    histograms = handmade_histograms(config, sparse, SIGNAL_SHARE.__getitem__)
+    assert empty_category_bins(histograms, config) == {f"{r}_ML{c}": 2 for r in config.region_names for c in (0, 1)}
+    result = ml_category_effect(histograms, config, tmp_path, without_ml=None)  # never fitted
+    assert result.comparison is None and "4j1b_ML0 2" in result.not_fitted
+    assert result.summary().startswith("ML categories not fitted: bins without simulated events")
+    assert list(tmp_path.iterdir()) == []
