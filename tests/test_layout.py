@@ -135,3 +135,13 @@ def test_preservation_fits_through_inference():
         text = p.read_text()
         for call in ("pyhf.infer", "pyhf.set_backend", "cabinetry.fit"):
             assert call not in text, f"{m} calls {call}; use utils.inference"
+
+
+def test_test_modules_have_unique_names():
+    """tests/ has no packages, so pytest imports test modules by their base name: two
+    ``test_figures.py`` in different folders cannot both be collected in one run."""
+    tests = Path(__file__).resolve().parent
+    names: dict[str, list[str]] = {}
+    for p in sorted(tests.rglob("test_*.py")):
+        names.setdefault(p.name, []).append(str(p.relative_to(tests)))
+    assert not {n: ps for n, ps in names.items() if len(ps) > 1}
