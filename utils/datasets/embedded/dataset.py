@@ -42,6 +42,9 @@ from utils.datasets.embedded.generator import (
     mixture_from_yields,
     model_fingerprint,
 )
+from utils.datasets.embedded.nanoaod import INPUT_FORMAT as NANOAOD
+from utils.datasets.embedded.nanoaod import NANOAOD_WRITER_VERSION, generate_nanoaod_file
+from utils.datasets.embedded.nanoaod import TREE_NAME as NANOAOD_TREE
 from utils.datasets.embedded.presets import (
     Preset,
     content_hash,
@@ -63,6 +66,7 @@ FILESET_NAME = "fileset.json"
 MANIFEST_NAME = "manifest.json"
 LOCK_NAME = ".lock"
 BYTES_PER_EVENT_ESTIMATE = 3200  # upper end of the measured 2.3-2.9 kB/event, for the disk check
+INPUT_FORMATS = ("ntuple", NANOAOD)
 _SAMPLE_DIR = re.compile(r"^[A-Za-z0-9_]+__[A-Za-z0-9_]+$")
 
 
@@ -78,6 +82,7 @@ class FileTask:
     compression_level: int
     compressor: str
     mixture: DataMixture | None = None
+    input_format: str = "ntuple"  # ntuple | nanoaod (the writer; the events are the same)
 
 
 @dataclass(frozen=True)
@@ -119,9 +124,15 @@ class DatasetResult:
 
 
 def plan_dataset(
-    preset: Preset, seed: int | None = None, with_data: bool | None = None, mu: float | None = None
+    preset: Preset,
+    seed: int | None = None,
+    with_data: bool | None = None,
+    mu: float | None = None,
+    input_format: str = "ntuple",
 ) -> DatasetPlan:
     """The files a preset asks for, and the key that identifies this request in the cache."""
+    if input_format not in INPUT_FORMATS:
+        raise ConfigError(f"input format {input_format!r}: allowed {list(INPUT_FORMATS)}")
     seed = preset.seed if seed is None else int(seed)
     data = preset.data
     with_data = (data is not None and data.enabled) if with_data is None else bool(with_data)
@@ -135,6 +146,7 @@ def plan_dataset(
         "events_per_basket": preset.events_per_basket,
         "compression_level": preset.compression_level,
         "compressor": preset.compressor,
+        "input_format": input_format,
     }
     tasks = [
         FileTask(s.process, s.variation, i, s.events_per_file, f"{s.key}/{i}.root", **common)
@@ -162,17 +174,18 @@ def plan_dataset(
             )
             for i, n in enumerate(data_file_sizes(n_total, data.files))
         ]
-    key = content_hash(
-        {
-            "preset": preset.content(),
-            "seed": seed,
-            "with_data": with_data,
-            "mu": mu if with_data else None,
-            "data_lumi": data_lumi,
-            "version": GENERATOR_VERSION,
-            "model": model_fingerprint(),
-        }
-    )
+    request = {
+        "preset": preset.content(),
+        "seed": seed,
+        "with_data": with_data,
+        "mu": mu if with_data else None,
+        "data_lumi": data_lumi,
+        "version": GENERATOR_VERSION,
+        "model": model_fingerprint(),
+    }
+    if input_format != "ntuple":  # ntuple keys stay as they were
+        request.update(input_format=input_format, writer=NANOAOD_WRITER_VERSION)
+    key = content_hash(request)
     return DatasetPlan(preset, seed, with_data, mu, data_lumi, mixture, tuple(tasks), key)
 
 
@@ -204,16 +217,20 @@ def is_complete(directory: Path, plan: DatasetPlan) -> bool:
     return True
 
 
-def _file_is_whole(path: Path, n_events: int) -> bool:
+def _file_is_whole(path: Path, n_events: int, tree_name: str = TREE_NAME) -> bool:
     """A file left by an interrupted run of the same request: readable, with all its events."""
     if not path.is_file():
         return False
     try:
         with uproot.open(path) as f:
-            return f[TREE_NAME].num_entries == n_events
+            return f[tree_name].num_entries == n_events
     except Exception:  # any unreadable file is simply generated again
         log.warning("%s: unreadable, generating it again", path)
         return False
+
+
+def _tree_of(task: FileTask) -> str:
+    return NANOAOD_TREE if task.input_format == NANOAOD else TREE_NAME
 
 
 def _remove_stale(directory: Path) -> None:
@@ -259,7 +276,8 @@ def _check_disk_space(directory: Path, n_events: int) -> None:
 # generation
 # --------------------------------------------------------------------------------------------
 def _run_task(task: FileTask, directory: str) -> FileResult:
-    return generate_file(
+    write = generate_nanoaod_file if task.input_format == NANOAOD else generate_file
+    return write(
         task.process,
         task.variation,
         task.n_events,
@@ -306,6 +324,7 @@ def _fileset(plan: DatasetPlan) -> dict[str, Any]:
         "preset": plan.preset.name,
         "seed": plan.seed,
     }
+    input_format = plan.tasks[0].input_format if plan.tasks else "ntuple"
     out: dict[str, dict[str, Any]] = {}
     for task in plan.tasks:
         entry = out.setdefault(task.process, {}).setdefault(task.variation, {"files": [], "nevts_total": 0})
@@ -314,6 +333,7 @@ def _fileset(plan: DatasetPlan) -> dict[str, Any]:
     for process, variations in out.items():
         for entry in variations.values():
             entry["generator"] = generator
+            entry["input_format"] = input_format  # read by INPUT_FORMAT="auto"
             if process == DATA_PROCESS:
                 assert plan.preset.data is not None and plan.data_mixture is not None
                 entry.update(
@@ -338,11 +358,15 @@ def build_dataset(
     force: bool = False,
     presets_path: Path | None = None,
     progress: Callable[[FileResult], None] | None = None,
+    input_format: str = "ntuple",
 ) -> DatasetResult:
-    """Generate the dataset of ``preset`` unless the cache already holds it; see the module doc."""
+    """Generate the dataset of ``preset`` unless the cache already holds it; see the module doc.
+    ``input_format="nanoaod"`` writes the same events as CMS NanoAOD into ``<preset>-nanoaod``."""
     start = time.perf_counter()
-    plan = plan_dataset(get_preset(preset, presets_path), seed, with_data, mu)
-    directory = Path(output_root if output_root is not None else DEFAULT_OUTPUT_ROOT) / preset
+    plan = plan_dataset(get_preset(preset, presets_path), seed, with_data, mu, input_format)
+    directory = Path(output_root if output_root is not None else DEFAULT_OUTPUT_ROOT) / dataset_folder(
+        preset, input_format
+    )
     fileset_path = directory / FILESET_NAME
     with _locked(directory):
         if not force and is_complete(directory, plan):
@@ -357,7 +381,9 @@ def build_dataset(
         if not resumable:
             _remove_stale(directory)
         _remove_temporaries(directory)
-        todo = [t for t in plan.tasks if not (resumable and _file_is_whole(directory / t.relpath, t.n_events))]
+        todo = [
+            t for t in plan.tasks if not (resumable and _file_is_whole(directory / t.relpath, t.n_events, _tree_of(t)))
+        ]
         _check_disk_space(directory, sum(t.n_events for t in todo))
         header = {
             "generator": "utils.datasets.embedded",
@@ -415,14 +441,23 @@ def ensure_dataset(
     with_data: bool | None = None,
     mu: float | None = None,
     force: bool = False,
+    input_format: str = "ntuple",
 ) -> Path:
     """Path of the dataset JSON of ``preset`` under ``output_root`` (default
     ``<repo>/data/embedded``), generating the files only if the cache lacks them.
 
     ``seed`` (default: the preset's), ``with_data`` (default: the preset's ``data.enabled``) and
-    ``mu`` (signal strength of the generated data) are part of the cache key.
+    ``mu`` (signal strength of the generated data) are part of the cache key; ``input_format``
+    (``ntuple`` or ``nanoaod``) chooses the writer and the folder (:func:`dataset_folder`).
     """
-    return build_dataset(preset, output_root, seed, workers, with_data, mu, force).fileset_path
+    return build_dataset(
+        preset, output_root, seed, workers, with_data, mu, force, input_format=input_format
+    ).fileset_path
+
+
+def dataset_folder(preset: str, input_format: str = "ntuple") -> str:
+    """The folder of a generated dataset: ``<preset>`` (ntuples) or ``<preset>-nanoaod``."""
+    return preset if input_format == "ntuple" else f"{preset}-{input_format}"
 
 
 def sample_paths(fileset_path: Path) -> dict[str, list[Path]]:
@@ -447,6 +482,7 @@ __all__ = [
     "DatasetResult",
     "FileTask",
     "build_dataset",
+    "dataset_folder",
     "ensure_dataset",
     "is_complete",
     "plan_dataset",
