@@ -53,3 +53,21 @@ def test_main_notebook_runs_under_papermill(tiny_dataset, tmp_path):
     assert list((out / "figures").glob("stack_4j2b.png"))
     text = executed.read_text()
     assert "fit result for ttbar_norm" in text and "Traceback" not in text
+
+
+@pytest.mark.slow
+def test_main_notebook_runs_on_generated_nanoaod(tiny_nanoaod, tmp_path):
+    """DATASET='embedded:tiny-nanoaod' with INPUT_FORMAT='auto': the notebook reads NanoAOD and
+    runs through the fit."""
+    from utils.cli.run import execute_notebook
+
+    out = tmp_path / "run"
+    params = {"DATASET": "embedded:tiny-nanoaod", "INPUT_FORMAT": "auto", "USE_ML": False, "NUM_CORES": 1,
+              "EXECUTOR": "iterative"}  # fmt: skip
+    executed = execute_notebook(params, out, progress=False)
+    text = executed.read_text()
+    assert "fit result for ttbar_norm" in text and "Traceback" not in text
+    fit = json.loads((out / "fit_results.json").read_text())
+    assert 0.3 < fit["poi"]["bestfit"] < 3.0 and fit["poi"]["uncertainty"] > 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["entries"] == 62_168  # every event of tiny, read as NanoAOD
