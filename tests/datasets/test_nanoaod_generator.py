@@ -28,6 +28,17 @@ from utils.datasets.embedded.nanoaod import (
 from utils.datasets.embedded.particles import Origin
 from utils.datasets.resolve import dataset_input_format
 
+MINI_PRESETS = """
+schema_version: 1
+presets:
+  mini:
+    events_per_basket: 400
+    samples:
+      ttbar:
+        nominal: {files: 1, events_per_file: 600}
+    data: {enabled: true, lumi_fraction: 2.0e-6, files: 1}
+"""
+
 REAL_NANOAOD = REALDATA / "nanoaod2015" / "nanoAOD_2015_CMS_Open_Data_ttbar.root"
 SELECTION = (
     "run", "luminosityBlock", "event",
@@ -243,3 +254,32 @@ def test_layout_lists_every_branch_once():
     names = [b.name for b in layout.branches]
     assert len(names) == len(set(names)) == 947
     assert abs(sum(b.share for b in layout.branches) - 1.0) < 1e-6
+
+
+def test_cli_writes_a_nanoaod_dataset_that_auto_detection_reads(tmp_path):
+    import json
+
+    from click.testing import CliRunner
+
+    from utils.cli.generate import generate as generate_command
+    from utils.datasets.fileset import build_fileset
+
+    presets = tmp_path / "presets.yml"
+    presets.write_text(MINI_PRESETS)
+    args = ["--preset", "mini", "--presets", str(presets), "--output", str(tmp_path), "--format", "nanoaod"]
+    result = CliRunner().invoke(generate_command, args)
+    assert result.exit_code == 0, result.output
+    fileset_json = tmp_path / "mini-nanoaod" / "fileset.json"
+    description = json.loads(fileset_json.read_text())
+    assert {e["input_format"] for v in description.values() for e in v.values()} == {"nanoaod"}
+    assert dataset_input_format(str(fileset_json)) == "nanoaod"
+    fileset = build_fileset(fileset_json, treename="Events")
+    assert set(fileset) == {"ttbar__nominal", "data__nominal"}
+    data_path = next(iter(fileset["data__nominal"]["files"]))
+    with uproot.open(data_path) as f:
+        tree = f["Events"]
+        assert len(tree.keys()) == 947
+        run, n_gen = tree["run"].array(library="np"), tree["nGenPart"].array(library="np")
+    assert np.all(run == run[0]) and run[0] > 1 and np.all(n_gen == 0)  # data: a data run, no generator record
+    cached = CliRunner().invoke(generate_command, args)
+    assert cached.exit_code == 0 and "cached and complete" in cached.output

@@ -91,3 +91,20 @@ def test_servicex_and_direct_histograms_identical_on_nanoaod(tiny_nanoaod, confi
                                   direct.histograms.hist.view(flow=True).variance)  # fmt: skip
     assert direct.histograms.hist[{"variation": "pt_res_up"}].sum(flow=True).value > 0
     assert all(direct.selected[s].get("nominal/4j2b", 0) > 0 for s in SAMPLES)
+
+
+@pytest.mark.slow
+def test_func_adl_gives_the_same_events_as_uproot_raw_on_nanoaod(tiny_nanoaod, tmp_path, monkeypatch):
+    from utils.delivery import deliver_fileset
+    from utils.delivery.deliver import read_delivered
+
+    monkeypatch.setenv("AGC_SERVICEX_DIR", str(tmp_path / "servicex"))
+    monkeypatch.setenv("AGC_SERVICEX_PORT", str(_free_port()))
+    fileset = {k: v for k, v in build_fileset(tiny_nanoaod, treename=TREE_NAME).items() if k == "ttbar__nominal"}
+
+    def events(language: str) -> list[int]:
+        result = deliver_fileset(fileset, query_language=language, input_format="nanoaod")
+        return sorted(e for p in result.fileset["ttbar__nominal"]["files"] for e in read_delivered(p).event.tolist())
+
+    raw = events("uproot-raw")
+    assert len(raw) > 0 and events("func-adl") == raw
