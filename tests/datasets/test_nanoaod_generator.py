@@ -18,13 +18,8 @@ import uproot
 
 from tests.conftest import REALDATA
 from utils.datasets.embedded.events import Jagged
-from utils.datasets.embedded.nanoaod import (
-    IS_FIRST_COPY,
-    IS_LAST_COPY,
-    generate_nanoaod_file,
-    genpart_chains,
-    load_layout,
-)
+from utils.datasets.embedded.nanoaod import generate_nanoaod_file, load_layout
+from utils.datasets.embedded.nanoaod_genpart import IS_FIRST_COPY, IS_LAST_COPY, genpart_chains
 from utils.datasets.embedded.particles import Origin
 from utils.datasets.resolve import dataset_input_format
 

@@ -2,40 +2,24 @@
 written in the CMS NanoAOD layout of the AGC main line (TTree ``Events``, 947 branches).
 
 The layout (names, types, in file order) and each branch's share of a real file's compressed
-bytes come from ``datasets/embedded/nanoaod_layout.json``. Per chunk of events:
+bytes come from ``datasets/embedded/nanoaod_layout.json`` (:mod:`.nanoaod_layout`). Per chunk:
 
 - the analysis objects are converted from the generator's :class:`EventBatch` (the ntuple
   writer's events of the same seed): ``Jet_*`` (``btagCSVV2`` -10 where undefined, ``qgl`` -1,
   ``jetId`` in {0, 2, 6}, ``hadronFlavour``/``partonFlavour``/``genJetIdx``), ``Electron_*``
   (``cutBased`` 0-4, ``sip3d``), ``Muon_*`` (``tightId``, ``sip3d``, ``pfRelIso04_all``), ``MET_*``,
-  ``GenJet_*`` and ``GenPart_*`` with decay chains (:func:`genpart_chains`);
-- ``run``/``luminosityBlock``/``event`` are unique within a sample (``event`` counts up, so both
-  parities occur);
+  ``GenJet_*`` and ``GenPart_*`` with decay chains (:mod:`.nanoaod_genpart`);
+- ``run``/``luminosityBlock``/``event`` are unique within a sample (``event`` counts up from
+  ``file index x 10^9 + 1``, so both parities occur); MC has run 1, data 260000 + file index;
 - every other branch of the layout is filler: values of the branch's type drawn with as many
   random bits as make its compressed size the real file's share relative to the I/O branches,
   so the branches the analysis reads are about 5 % of a file's bytes, as in the real files.
-
-GenPart conventions (those of CMS NanoAOD, as ``genPartIdxMother`` and ``statusFlags`` of
-Pythia 8 records): per event, mothers precede daughters; ``genPartIdxMother`` is the index of
-the mother within the event, -1 for none. Tops, W bosons and quarks (W daughters, the b of
-t -> W b) appear twice: a first copy (status 22 for t and W, 23 for quarks; flags isPrompt,
-isHardProcess, fromHardProcess, isFirstCopy) and a last copy (status 62 t, 52 W, 71 quarks;
-isPrompt, fromHardProcess, fromHardProcessBeforeFSR, isLastCopy) whose mother is the first copy.
-Daughters hang on the last copy of their parent: t -> W b, W -> q q' / l nu / tau nu,
-tau -> e/mu (status 1, tau-decay-product flags); hadronic tau decays keep only the tau
-(status 2). Leptons and neutrinos of the W are single copies (status 1, isFirstCopy and
-isLastCopy). The "distinct parent" of a last-copy quark (its first ancestor with another pdgId)
-is therefore the W or the top, as the AGC's truth labels need.
 """
 
 from __future__ import annotations
 
-import functools
-import json
 import logging
-import math
 import time
-import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -44,7 +28,6 @@ import awkward as ak
 import numpy as np
 import uproot
 
-from utils.config import REPO_ROOT
 from utils.datasets.embedded.events import EventBatch, Jagged, offsets_of
 from utils.datasets.embedded.generator import (
     DATA_PROCESS,
@@ -60,8 +43,19 @@ from utils.datasets.embedded.generator import (
     seed_sequence,
     zlib_compression,
 )
+from utils.datasets.embedded.nanoaod_genpart import genpart_chains
+from utils.datasets.embedded.nanoaod_layout import (
+    FILLER_MULTIPLICITY,
+    FIXED_LENGTHS,
+    LAYOUT_PATH,
+    BranchSpec,
+    Layout,
+    branch_types,
+    compressed_bytes,
+    filler_values,
+    load_layout,
+)
 from utils.datasets.embedded.particles import Origin
-from utils.errors import ConfigError
 from utils.io import atomic_path
 
 log = logging.getLogger(__name__)
@@ -70,7 +64,6 @@ log = logging.getLogger(__name__)
 NANOAOD_WRITER_VERSION = "1.0.0"
 TREE_NAME = "Events"
 INPUT_FORMAT = "nanoaod"
-LAYOUT_PATH = REPO_ROOT / "datasets" / "embedded" / "nanoaod_layout.json"
 
 #: the branches of the I/O benchmark set; the filler is sized relative to their bytes
 IO_BRANCHES = ("Jet_pt", "Jet_eta", "Jet_phi", "Jet_btagCSVV2", "Jet_mass", "Muon_pt", "Electron_pt")
@@ -79,217 +72,6 @@ MC_RUN = 1
 DATA_RUN = 260_000
 EVENTS_PER_LUMI = 1000
 EVENT_STRIDE = 1_000_000_000  # event numbers of file i start at i * EVENT_STRIDE + 1
-
-# statusFlags bits (CMS NanoAOD GenPart)
-IS_PROMPT = 1 << 0
-IS_TAU_DECAY_PRODUCT = 1 << 2
-IS_PROMPT_TAU_DECAY_PRODUCT = 1 << 3
-IS_DIRECT_TAU_DECAY_PRODUCT = 1 << 4
-IS_DIRECT_PROMPT_TAU_DECAY_PRODUCT = 1 << 5
-IS_HARD_PROCESS = 1 << 7
-FROM_HARD_PROCESS = 1 << 8
-IS_HARD_PROCESS_TAU_DECAY_PRODUCT = 1 << 9
-IS_DIRECT_HARD_PROCESS_TAU_DECAY_PRODUCT = 1 << 10
-FROM_HARD_PROCESS_BEFORE_FSR = 1 << 11
-IS_FIRST_COPY = 1 << 12
-IS_LAST_COPY = 1 << 13
-IS_LAST_COPY_BEFORE_FSR = 1 << 14
-
-FIRST_COPY_FLAGS = IS_PROMPT | IS_HARD_PROCESS | FROM_HARD_PROCESS | IS_FIRST_COPY
-LAST_COPY_FLAGS = IS_PROMPT | FROM_HARD_PROCESS | FROM_HARD_PROCESS_BEFORE_FSR | IS_LAST_COPY
-SINGLE_COPY_FLAGS = FIRST_COPY_FLAGS | FROM_HARD_PROCESS_BEFORE_FSR | IS_LAST_COPY | IS_LAST_COPY_BEFORE_FSR
-TAU_PRODUCT_FLAGS = (
-    IS_TAU_DECAY_PRODUCT
-    | IS_PROMPT_TAU_DECAY_PRODUCT
-    | IS_DIRECT_TAU_DECAY_PRODUCT
-    | IS_DIRECT_PROMPT_TAU_DECAY_PRODUCT
-    | IS_HARD_PROCESS_TAU_DECAY_PRODUCT
-    | IS_DIRECT_HARD_PROCESS_TAU_DECAY_PRODUCT
-    | FROM_HARD_PROCESS
-    | IS_FIRST_COPY
-    | IS_LAST_COPY
-)
-LAST_COPY_STATUS = {6: 62, 24: 52}  # |pdgId| -> status of the last copy; quarks: 71
-
-_NUMPY_OF_TYPE = {
-    "float": np.float32,
-    "double": np.float64,
-    "bool": np.bool_,
-    "uint8_t": np.uint8,
-    "int32_t": np.int32,
-    "uint32_t": np.uint32,
-    "uint64_t": np.uint64,
-    "int64_t": np.int64,
-}
-
-
-# --------------------------------------------------------------------------------------------
-# layout
-# --------------------------------------------------------------------------------------------
-@dataclass(frozen=True)
-class BranchSpec:
-    """One branch of the layout: ``typename`` as uproot reports it (``float[]`` is jagged)."""
-
-    name: str
-    typename: str
-    share: float  # of the compressed bytes of a real file
-
-    @property
-    def jagged(self) -> bool:
-        return self.typename.endswith("[]")
-
-    @property
-    def dtype(self) -> np.dtype:
-        base = self.typename.removesuffix("[]")
-        if base not in _NUMPY_OF_TYPE:
-            raise ConfigError(f"{LAYOUT_PATH}: branch {self.name!r} has unsupported type {self.typename!r}")
-        return np.dtype(_NUMPY_OF_TYPE[base])
-
-    @property
-    def collection(self) -> str:
-        """``Jet`` for ``Jet_pt``; a jagged branch without ``_`` is its own collection."""
-        return self.name.split("_", 1)[0] if "_" in self.name else self.name
-
-    @property
-    def field(self) -> str:
-        return self.name.split("_", 1)[1] if "_" in self.name else ""
-
-
-@dataclass(frozen=True)
-class Layout:
-    branches: tuple[BranchSpec, ...]
-
-    @functools.cached_property
-    def by_name(self) -> dict[str, BranchSpec]:
-        return {b.name: b for b in self.branches}
-
-    @functools.cached_property
-    def counters(self) -> frozenset[str]:
-        """The ``n<collection>`` counters (uproot writes them with their collection)."""
-        return frozenset("n" + b.collection for b in self.branches if b.jagged)
-
-    def collection_fields(self, collection: str) -> tuple[BranchSpec, ...]:
-        return tuple(b for b in self.branches if b.jagged and b.collection == collection)
-
-    def groups(self) -> list[tuple[str, bool]]:
-        """(collection or scalar branch name, is_collection) in file order: a collection sits
-        where its counter is."""
-        out: list[tuple[str, bool]] = []
-        for b in self.branches:
-            if b.name in self.counters:
-                out.append((b.name[1:], True))
-            elif not b.jagged:
-                out.append((b.name, False))
-        return out
-
-
-@functools.lru_cache(maxsize=4)
-def load_layout(path: Path = LAYOUT_PATH) -> Layout:
-    try:
-        with open(path) as f:
-            data = json.load(f)
-        rows = data["branches"]
-        layout = Layout(tuple(BranchSpec(str(n), str(t), float(s)) for n, t, s in rows))
-    except (OSError, json.JSONDecodeError, KeyError, TypeError, ValueError) as err:
-        raise ConfigError(f"{path}: not a NanoAOD layout ({{'branches': [[name, type, share], ...]}}): {err}") from None
-    for b in layout.branches:
-        b.dtype  # noqa: B018 -- validates the type
-        if b.jagged and "n" + b.collection not in layout.by_name:
-            raise ConfigError(f"{path}: jagged branch {b.name!r} has no counter 'n{b.collection}'")
-    return layout
-
-
-# --------------------------------------------------------------------------------------------
-# GenPart decay chains
-# --------------------------------------------------------------------------------------------
-def genpart_chains(record: Jagged) -> Jagged:
-    """The generator record of an :class:`EventBatch` (``collections['GenPart']``, with the
-    ``origin``/``top_sign`` truth) as NanoAOD GenPart: copies, ``genPartIdxMother`` (within the
-    event) and ``statusFlags``; see the module doc for the conventions."""
-    counts = record.counts.astype(np.int64)
-    n = len(counts)
-    ev = np.repeat(np.arange(n, dtype=np.int64), counts)
-    pdg = record.fields["pdgId"].astype(np.int32)
-    apdg = np.abs(pdg)
-    m = len(pdg)
-    if m and ("origin" not in record.truth or "top_sign" not in record.truth):
-        raise ValueError("GenPart record lacks the origin/top_sign truth the decay chains are built from")
-    origin = record.truth.get("origin", np.zeros(m, np.int8))
-    top_sign = record.truth.get("top_sign", np.zeros(m, np.int8)).astype(np.int64)
-    status_in = record.fields["status"].astype(np.int32)
-    group = ev * 3 + (top_sign + 1)  # one decay chain per (event, top sign)
-
-    is_top, is_w = apdg == 6, apdg == 24
-    is_tau = (apdg == 15) & (status_in == 2)
-    w_daughter = origin == Origin.W_DAUGHTER
-    is_taulep = w_daughter & np.isin(apdg, (11, 13)) & np.isin(group, group[is_tau]) & ~is_tau
-    is_wkid = w_daughter & ~is_taulep
-    is_topb = (origin == Origin.TOP_B) & ~is_top & ~is_w
-    two_copies = is_top | is_w | ((is_topb | is_wkid) & (apdg <= 5))
-    # level: the generation of a row (mothers at lower levels, so they come first)
-    level0 = np.select([is_top, is_w | is_topb, is_wkid, is_taulep], [0, 2, 4, 6], 2).astype(np.int64)
-
-    src = np.concatenate([np.arange(m), np.flatnonzero(two_copies)])
-    copy = np.concatenate([np.zeros(m, np.int8), np.ones(int(two_copies.sum()), np.int8)])
-    level = level0[src] + copy
-    order = np.lexsort((copy, src, level, ev[src]))
-    src, copy, level = src[order], copy[order], level[order]
-    n_out = len(src)
-    out_ev = ev[src]
-    position = np.arange(n_out)
-
-    def locate(select: np.ndarray, keys: np.ndarray) -> np.ndarray:
-        """Output position of the row ``select`` (a mask over outputs) with each of ``keys``
-        (groups), -1 where the group has none."""
-        cand = np.flatnonzero(select)
-        cand_keys = group[src[cand]]
-        sort = np.argsort(cand_keys, kind="stable")
-        cand, cand_keys = cand[sort], cand_keys[sort]
-        where = np.searchsorted(cand_keys, keys)
-        where = np.minimum(where, max(len(cand) - 1, 0))
-        found = (len(cand) > 0) & (cand_keys[where] == keys) if len(cand) else np.zeros(len(keys), bool)
-        return np.where(found, cand[where] if len(cand) else -1, -1)
-
-    last_copy = (copy == 1) | ~two_copies[src]
-    mother = np.full(n_out, -1, dtype=np.int64)
-    first = copy == 0
-    # last copies hang on their first copy (same source row)
-    first_position = np.empty(m, dtype=np.int64)
-    first_position[src[first]] = position[first]
-    mother[~first] = first_position[src[~first]]
-    g = group[src]
-    top_last = is_top[src] & last_copy
-    w_last = is_w[src] & last_copy
-    for mask, parent in (
-        (first & is_w[src] & (top_sign[src] != 0), top_last),
-        (first & is_topb[src], top_last),
-        (first & is_wkid[src], w_last),
-        (first & is_taulep[src], is_tau[src]),
-    ):
-        idx = np.flatnonzero(mask)
-        mother[idx] = locate(parent, g[idx])
-    out_counts = np.bincount(out_ev, minlength=n).astype(np.int64)
-    start = offsets_of(out_counts)[:-1]
-    local_mother = np.where(mother >= 0, mother - start[out_ev], -1).astype(np.int32)
-
-    status = status_in[src].copy()
-    a = apdg[src]
-    status[(copy == 0) & two_copies[src]] = np.where(a[(copy == 0) & two_copies[src]] <= 5, 23, 22)
-    last_status = np.where(a == 6, LAST_COPY_STATUS[6], np.where(a == 24, LAST_COPY_STATUS[24], 71))
-    status[copy == 1] = last_status[copy == 1]
-    flags = np.where(copy == 1, LAST_COPY_FLAGS, np.where(two_copies[src], FIRST_COPY_FLAGS, SINGLE_COPY_FLAGS))
-    flags = np.where(is_taulep[src], TAU_PRODUCT_FLAGS, flags).astype(np.int32)
-    fields = {
-        "pt": record.fields["pt"][src].astype(np.float32),
-        "eta": record.fields["eta"][src].astype(np.float32),
-        "phi": record.fields["phi"][src].astype(np.float32),
-        "mass": record.fields["mass"][src].astype(np.float32),
-        "pdgId": pdg[src],
-        "genPartIdxMother": local_mother,
-        "status": status.astype(np.int32),
-        "statusFlags": flags,
-    }
-    return Jagged(out_counts.astype(np.int32), fields)
 
 
 # --------------------------------------------------------------------------------------------
@@ -460,52 +242,6 @@ def to_nanoaod(batch: EventBatch, rng: np.random.Generator, run: int, first_even
     return NanoEvents(n, collections, scalars)
 
 
-# --------------------------------------------------------------------------------------------
-# filler
-# --------------------------------------------------------------------------------------------
-_H_P = np.linspace(0.0, 0.5, 501)
-with np.errstate(divide="ignore", invalid="ignore"):
-    _H = np.nan_to_num(-(_H_P * np.log2(_H_P) + (1 - _H_P) * np.log2(1 - _H_P)))
-
-
-def _bernoulli_p(bits: float) -> float:
-    """p of a coin whose entropy is ``bits`` (< 1)."""
-    return float(np.interp(min(bits, 1.0), _H, _H_P))
-
-
-def filler_values(rng: np.random.Generator, dtype: np.dtype, size: int, bits: float) -> np.ndarray:
-    """``size`` values of ``dtype`` carrying about ``bits`` random bits each (0 bits: constant)."""
-    width = 1 if dtype == np.bool_ else (23 if dtype.kind == "f" else min(8 * dtype.itemsize - (dtype.kind == "i"), 62))
-    bits = float(min(max(bits, 0.0), width))
-    if bits < 1.0:
-        values = (rng.random(size) < _bernoulli_p(bits)).astype(np.int64)
-    else:
-        levels = round(2.0**bits)
-        values = rng.integers(0, levels, size, dtype=np.int64)
-    if dtype.kind == "f":
-        scale = 2.0 ** -max(math.ceil(bits), 1)
-        return ((values + 0.5) * scale).astype(dtype)
-    return values.astype(dtype)
-
-
-def _compressed_bytes(arrays: list[np.ndarray]) -> int:
-    return sum(len(zlib.compress(np.ascontiguousarray(a).tobytes(), 1)) for a in arrays)
-
-
-#: lengths of the per-event weight lists (as in the real files)
-FIXED_LENGTHS = {"LHEPdfWeight": 102, "LHEScaleWeight": 9, "PSWeight": 1, "LHEReweightingWeight": 0}
-#: mean multiplicities of the filler collections in ttbar events (Poisson)
-FILLER_MULTIPLICITY = {
-    "CorrT1METJet": 4.0, "FatJet": 0.6, "FsrPhoton": 0.05, "GenJetAK8": 1.2, "GenVisTau": 0.2,
-    "LHEPart": 8.0, "Photon": 1.0, "GenDressedLepton": 1.0, "GenIsolatedPhoton": 0.1,
-    "SoftActivityJet": 6.0, "Tau": 1.0, "OtherPV": 3.0, "SV": 1.5,
-}  # fmt: skip
-
-# Measured ratio of deflate output to the random bits the filler draws (per-value overheads of
-# byte-wise Huffman coding), so that the filler's compressed size meets its target.
-FILLER_EFFICIENCY = 1.0
-
-
 def chunk_branches(nano: NanoEvents, layout: Layout, rng: np.random.Generator) -> dict[str, np.ndarray | ak.Array]:
     """All branches of the layout for one chunk (collections as records of lists), in file
     order: physics where :func:`to_nanoaod` has it, filler elsewhere."""
@@ -520,12 +256,12 @@ def chunk_branches(nano: NanoEvents, layout: Layout, rng: np.random.Generator) -
         coll, field = name.split("_", 1)
         io.append(nano.collections[coll][1][field])
     io_share = sum(layout.by_name[b].share for b in IO_BRANCHES)
-    total_bytes = _compressed_bytes(io) / io_share
+    total_bytes = compressed_bytes(io) / io_share
 
     def bits_for(spec: BranchSpec, values_per_event: float) -> float:
         if values_per_event <= 0:
             return 0.0
-        return 8.0 * spec.share * total_bytes / n / values_per_event / FILLER_EFFICIENCY
+        return 8.0 * spec.share * total_bytes / n / values_per_event
 
     counts_of: dict[str, np.ndarray] = {}
     for coll, (counts, _) in nano.collections.items():
@@ -565,23 +301,6 @@ def chunk_branches(nano: NanoEvents, layout: Layout, rng: np.random.Generator) -
             record = ak.contents.RecordArray(list(contents.values()), list(contents), length=total)
             out[name] = ak.Array(ak.contents.ListOffsetArray(offsets, record))
     return out
-
-
-def branch_types(layout: Layout) -> dict[str, np.dtype | ak.types.Type]:
-    """``mktree`` types in file order: records of lists for collections (uproot names their
-    fields ``<collection>_<field>`` and writes the counter ``n<collection>``)."""
-    types: dict[str, np.dtype | ak.types.Type] = {}
-    for name, is_collection in layout.groups():
-        if not is_collection:
-            types[name] = layout.by_name[name].dtype
-            continue
-        fields_spec = layout.collection_fields(name)
-        prim = [ak.types.NumpyType(ak.types.numpytype.dtype_to_primitive(s.dtype)) for s in fields_spec]
-        if len(fields_spec) == 1 and not fields_spec[0].field:
-            types[name] = ak.types.ListType(prim[0])
-        else:
-            types[name] = ak.types.ListType(ak.types.RecordType(prim, [s.field for s in fields_spec]))
-    return types
 
 
 # --------------------------------------------------------------------------------------------
@@ -669,13 +388,9 @@ def generate_nanoaod_file(
 __all__ = [
     "INPUT_FORMAT",
     "IO_BRANCHES",
-    "LAYOUT_PATH",
     "NANOAOD_WRITER_VERSION",
     "TREE_NAME",
-    "BranchSpec",
-    "Layout",
     "NanoEvents",
-    "branch_types",
     "chunk_branches",
     "generate_nanoaod_file",
     "genpart_chains",
