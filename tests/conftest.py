@@ -27,6 +27,14 @@ def tiny_dataset() -> Path:
 
 
 @pytest.fixture(scope="session")
+def tiny_nanoaod() -> Path:
+    """The tiny embedded dataset in NanoAOD (generated once, cached under data/embedded/tiny-nanoaod)."""
+    from utils.datasets.embedded import ensure_dataset
+
+    return ensure_dataset("tiny", workers=2, input_format="nanoaod")
+
+
+@pytest.fixture(scope="session")
 def poet_file() -> Path:
     if not POET_FILE.is_file():
         pytest.skip(f"real POET file not available at {POET_FILE} (../shared/realdata is absent)")

@@ -23,6 +23,15 @@ import click
     default=None,
     help="Root folder of generated datasets [default: <repo>/data/embedded].",
 )
+@click.option(
+    "--format",
+    "input_format",
+    type=click.Choice(["ntuple", "nanoaod"]),
+    default="ntuple",
+    show_default=True,
+    help="File format: the 2015 POET ntuples, or CMS NanoAOD (the AGC main line; written into "
+    "<preset>-nanoaod, used as DATASET='embedded:<preset>-nanoaod'). The events are the same.",
+)
 @click.option("--seed", type=int, default=None, help="Base random seed [default: the preset's].")
 @click.option(
     "--workers",
@@ -60,8 +69,9 @@ def generate(
     mu: float | None,
     force: bool,
     presets_path: Path | None,
+    input_format: str,
 ) -> None:
-    """Generate the embedded stand-in for the 2015 CMS ttbar ntuples."""
+    """Generate the embedded stand-in for the 2015 CMS ttbar ntuples (or NanoAOD)."""
     from utils.datasets.embedded.dataset import build_dataset
 
     def progress(result) -> None:
@@ -70,7 +80,9 @@ def generate(
             f"{result.n_bytes / 1e6:.1f} MB, {result.n_events / max(result.cpu_seconds, 1e-9):,.0f} events/s per core"
         )
 
-    res = build_dataset(preset, output_root, seed, workers, with_data, mu, force, presets_path, progress)
+    res = build_dataset(
+        preset, output_root, seed, workers, with_data, mu, force, presets_path, progress, input_format=input_format
+    )
     click.echo(f"dataset JSON: {res.fileset_path}")
     if not res.generated:
         click.echo(f"cached and complete: {res.n_files} files, {res.n_events:,} events, {res.n_bytes / 1e9:.2f} GB")

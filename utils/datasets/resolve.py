@@ -11,6 +11,7 @@ from utils.errors import ConfigError
 
 REAL_DATASET_NAME = "cms-open-data-2015"
 REAL_NANOAOD_NAME = "cms-open-data-2015-nanoaod"
+NANOAOD_SUFFIX = "-nanoaod"  # embedded:<preset>-nanoaod: the generated dataset in NanoAOD
 
 
 def resolve_dataset(spec: str, workers: int = 1) -> Path:
@@ -19,7 +20,8 @@ def resolve_dataset(spec: str, workers: int = 1) -> Path:
     if spec.startswith("embedded:"):
         from utils.datasets.embedded import ensure_dataset
 
-        return ensure_dataset(spec.split(":", 1)[1], workers=workers)
+        preset, input_format = embedded_preset(spec)
+        return ensure_dataset(preset, workers=workers, input_format=input_format)
     if spec == REAL_DATASET_NAME:
         return REAL_DATASET
     if spec == REAL_NANOAOD_NAME:
@@ -35,9 +37,48 @@ def resolve_dataset(spec: str, workers: int = 1) -> Path:
     return path
 
 
+def embedded_preset(spec: str) -> tuple[str, str]:
+    """(preset, input format) of ``embedded:<preset>`` (ntuples) or ``embedded:<preset>-nanoaod``."""
+    name = spec.split(":", 1)[1]
+    if name.endswith(NANOAOD_SUFFIX):
+        return name.removesuffix(NANOAOD_SUFFIX), "nanoaod"
+    return name, "ntuple"
+
+
+def recorded_input_format(path: Path) -> str | None:
+    """The ``input_format`` a dataset description records (generated datasets do), else None."""
+    import json
+
+    try:
+        with open(path) as f:
+            data = json.load(f)
+    except (OSError, json.JSONDecodeError):
+        return None
+    formats = {
+        str(entry["input_format"])
+        for variations in (data.values() if isinstance(data, dict) else ())
+        if isinstance(variations, dict)
+        for entry in variations.values()
+        if isinstance(entry, dict) and entry.get("input_format") is not None
+    }
+    if len(formats) > 1:
+        raise ConfigError(f"{path}: entries record different input formats {sorted(formats)}; use one per dataset")
+    return formats.pop() if formats else None
+
+
 def dataset_input_format(spec: str) -> str:
-    """The input format of a dataset name: ``nanoaod`` for the real NanoAOD list, else ``ntuple``."""
-    return "nanoaod" if spec == REAL_NANOAOD_NAME else "ntuple"
+    """The input format of a dataset name: ``nanoaod`` for the real NanoAOD list and
+    ``embedded:<preset>-nanoaod``, what a dataset JSON records, else ``ntuple``."""
+    if spec == REAL_NANOAOD_NAME:
+        return "nanoaod"
+    if spec.startswith("embedded:"):
+        return embedded_preset(spec)[1]
+    if spec != REAL_DATASET_NAME:
+        path = Path(spec)
+        path = path if path.is_absolute() or path.is_file() else REPO_ROOT / path
+        if path.is_file():
+            return recorded_input_format(path) or "ntuple"
+    return "ntuple"
 
 
 def dataset_tag(spec: str) -> str:

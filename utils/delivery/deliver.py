@@ -257,11 +257,13 @@ def _check_choice(name: str, value: str, allowed: tuple[str, ...]) -> None:
         raise ConfigError(f"{name}={value!r}: expected one of {list(allowed)}")
 
 
-def _prepare(fileset, query_language: str, output_format: str, analysis_config: AnalysisConfig | None):
+def _prepare(
+    fileset, query_language: str, output_format: str, analysis_config: AnalysisConfig | None, input_format: str
+):
     _check_choice("query_language", query_language, QUERY_LANGUAGES)
     _check_choice("output_format", output_format, OUTPUT_FORMATS)
     samples = normalise_fileset(fileset)
-    skim = skim_definition(analysis_config)
+    skim = skim_definition(analysis_config, input_format)
     queries = {s.name: build_query(skim, query_language, s.tree) for s in samples}
     codegen = CODEGEN[query_language]
     requests = {s.name: _transform_request(s, queries[s.name], codegen, output_format) for s in samples}
@@ -274,10 +276,11 @@ def transform_requests(
     output_format: str = "root",
     *,
     analysis_config: AnalysisConfig | None = None,
+    input_format: str = "ntuple",
 ) -> dict[str, Any]:
     """The ``servicex.models.TransformRequest`` that :func:`deliver_fileset` submits per sample
     (what the client's cache hashes): to inspect a query, or to find a request in the cache."""
-    return _prepare(fileset, query_language, output_format, analysis_config)[2]
+    return _prepare(fileset, query_language, output_format, analysis_config, input_format)[2]
 
 
 def deliver_fileset(
@@ -290,14 +293,16 @@ def deliver_fileset(
     *,
     analysis_config: AnalysisConfig | None = None,
     progress: bool = False,
+    input_format: str = "ntuple",
 ) -> DeliveryResult:
     """Skim ``fileset`` through ServiceX and return the delivered files as a new fileset.
 
     ``query_language``: ``uproot-raw`` or ``func-adl``; ``output_format``: ``root`` or ``parquet``;
     ``servicex_config``: a servicex.yaml (None: the local endpoint, started when silent);
-    ``allow_incomplete``: skip (and report) inputs whose transform failed instead of raising.
+    ``allow_incomplete``: skip (and report) inputs whose transform failed instead of raising;
+    ``input_format``: ``ntuple`` or ``nanoaod``, the skim's object definitions and branches.
     """
-    samples, queries, requests = _prepare(fileset, query_language, output_format, analysis_config)
+    samples, queries, requests = _prepare(fileset, query_language, output_format, analysis_config, input_format)
     target = ensure_reachable(resolve_target(servicex_config))
 
     import servicex
@@ -348,7 +353,7 @@ def deliver_fileset(
     wall = time.perf_counter() - start
     fingerprints.record([(requests[s.name], s) for s in samples if s.name in raw and raw[s.name].valid()])
 
-    keep = skim_definition(analysis_config).keep
+    keep = skim_definition(analysis_config, input_format).keep
     return _collect(samples, raw, cached, target, query_language, output_format, allow_incomplete, wall, keep)
 
 

@@ -19,6 +19,9 @@ from dataclasses import dataclass
 
 from utils.config import AnalysisConfig, load_analysis_config
 from utils.errors import ConfigError
+from utils.processing.nanoaod import READ_BRANCHES as NANOAOD_READ_BRANCHES
+from utils.processing.nanoaod import SCHEMA_BRANCHES as NANOAOD_SCHEMA_BRANCHES
+from utils.processing.nanoaod import nanoaod_cuts
 from utils.processing.selection import READ_BRANCHES
 
 QUERY_LANGUAGES = ("uproot-raw", "func-adl")
@@ -31,15 +34,18 @@ FUNC_ADL_TREE = "servicex"
 """Tree name the ``uproot`` (func_adl) code generator writes; ``uproot-raw`` keeps the input's."""
 
 _OPS = (">", ">=", "<", "<=", "==", "!=")
+BIT_TEST = "&"  # ObjectCut op: (<field> & <value>) != 0, for bit-mask fields such as Jet_jetId
 
 
 @dataclass(frozen=True)
 class ObjectCut:
-    """``<collection>_<field> <op> <value>`` for each object of a collection."""
+    """``<collection>_<field> <op> <value>`` for each object of a collection (``abs(...)`` of the
+    field when ``absolute``; op ``&``: any of the bits of ``value`` set)."""
 
     field: str
     op: str
     value: float
+    absolute: bool = False
 
 
 @dataclass(frozen=True)
@@ -79,22 +85,32 @@ class SkimDefinition:
                 if not count.cuts:
                     raise ConfigError(f"object count of {count.collection!r} needs at least one cut")
                 for cut in count.cuts:
-                    if cut.op not in _OPS:
-                        raise ConfigError(f"object cut operator {cut.op!r} is not one of {_OPS}")
+                    if cut.op not in (*_OPS, BIT_TEST):
+                        raise ConfigError(f"object cut operator {cut.op!r} is not one of {(*_OPS, BIT_TEST)}")
+                    if cut.op == BIT_TEST and (cut.absolute or not isinstance(cut.value, int)):
+                        raise ConfigError(f"bit test on {cut.field!r} needs an integer mask, got {cut.value!r}")
         for name in self.keep:
-            if "_" not in name:
-                raise ConfigError(f"kept branch {name!r} is not named <collection>_<field>")
+            if not name.isidentifier():  # <collection>_<field>, or an event scalar (run, event)
+                raise ConfigError(f"kept branch {name!r} is not a branch name")
 
     def cut_branches(self) -> tuple[str, ...]:
         names = (b for req in self.requirements for count in req.counts for b in count.branches())
         return tuple(dict.fromkeys(names))
 
 
-def skim_definition(config: AnalysisConfig | None = None) -> SkimDefinition:
+INPUT_FORMATS = ("ntuple", "nanoaod")
+
+
+def skim_definition(config: AnalysisConfig | None = None, input_format: str = "ntuple") -> SkimDefinition:
     """The delivery skim of the analysis: exactly ``n_leptons`` electrons+muons above
     ``lepton_pt_min``, at least ``min_jets`` jets above ``loosest_jet_pt`` and at least
-    ``min_btags`` of those with ``btag > btag_threshold``; keep :data:`READ_BRANCHES`."""
+    ``min_btags`` of those with ``btag > btag_threshold``; keep :data:`READ_BRANCHES`.
+    ``input_format="nanoaod"``: :func:`nanoaod_skim_definition`."""
     cfg = config if config is not None else load_analysis_config()
+    if input_format == "nanoaod":
+        return nanoaod_skim_definition(cfg)
+    if input_format != "ntuple":
+        raise ConfigError(f"input_format={input_format!r}: allowed {list(INPUT_FORMATS)}")
     lepton_cut = (ObjectCut("pt", ">", cfg.lepton_pt_min),)
     jet_pt = ObjectCut("pt", ">", cfg.loosest_jet_pt)
     requirements = (
@@ -104,11 +120,55 @@ def skim_definition(config: AnalysisConfig | None = None) -> SkimDefinition:
             (ObjectCount("jet", (jet_pt, ObjectCut("btag", ">", cfg.btag_threshold))),), ">=", cfg.min_btags
         ),
     )
-    skim = SkimDefinition(requirements=requirements, keep=tuple(READ_BRANCHES))
+    return _keeping(requirements, READ_BRANCHES)
+
+
+def _keeping(requirements: tuple[CountRequirement, ...], keep: tuple[str, ...]) -> SkimDefinition:
+    skim = SkimDefinition(requirements=requirements, keep=tuple(keep))
     missing = set(skim.cut_branches()) - set(skim.keep)
     if missing:  # the cuts read them anyway; keeping them makes the skim reproducible downstream
         skim = SkimDefinition(requirements, tuple(skim.keep) + tuple(sorted(missing)))
     return skim
+
+
+def nanoaod_skim_definition(config: AnalysisConfig) -> SkimDefinition:
+    """The delivery skim of NanoAOD inputs, from the processor's object definitions (the
+    ``nanoaod`` section): exactly ``n_leptons`` selected electrons + muons with the full lepton
+    definition (pT, |eta|, ``cutBased``, ``sip3d``; muons also ``tightId`` and
+    ``pfRelIso04_all``: the reference's skim drops the muon ``sip3d`` cut), at least ``min_jets``
+    jets passing |eta|, jet ID and pT above the loosest pT any jet variation could lift over the
+    cut, and at least ``min_btags`` of them b-tagged. Keeps the processor's NanoAOD branches and
+    those its schema needs."""
+    cuts = nanoaod_cuts(config)
+    electron = [
+        ObjectCut("pt", ">", cuts.electron_pt_min),
+        ObjectCut("eta", "<", cuts.electron_abs_eta_max, absolute=True),
+        ObjectCut("cutBased", ">=", cuts.electron_cut_based),
+        ObjectCut("sip3d", "<", cuts.electron_sip3d_max),
+    ]
+    muon = [
+        ObjectCut("pt", ">", cuts.muon_pt_min),
+        ObjectCut("eta", "<", cuts.muon_abs_eta_max, absolute=True),
+        ObjectCut("sip3d", "<", cuts.muon_sip3d_max),
+        ObjectCut("pfRelIso04_all", "<", cuts.muon_iso_max),
+    ]
+    if cuts.muon_tight_id:
+        muon.insert(2, ObjectCut("tightId", "==", 1))
+    max_factor = config.jet_pt_min / config.loosest_jet_pt  # the largest jet-pT variation factor
+    jet = [
+        ObjectCut("pt", ">", cuts.jet_pt_min / max_factor),
+        ObjectCut("eta", "<", cuts.jet_abs_eta_max, absolute=True),
+    ]
+    if cuts.jet_id_mask:
+        jet.append(ObjectCut("jetId", BIT_TEST, int(cuts.jet_id_mask)))
+    btagged = (*jet, ObjectCut("btagCSVV2", ">", config.btag_threshold))
+    requirements = (
+        CountRequirement((ObjectCount("Electron", tuple(electron)), ObjectCount("Muon", tuple(muon))), "==",
+                         config.n_leptons),
+        CountRequirement((ObjectCount("Jet", tuple(jet)),), ">=", config.min_jets),
+        CountRequirement((ObjectCount("Jet", btagged),), ">=", config.min_btags),
+    )  # fmt: skip
+    return _keeping(requirements, NANOAOD_READ_BRANCHES + NANOAOD_SCHEMA_BRANCHES)
 
 
 # -- uproot-raw ----------------------------------------------------------------------------------
@@ -118,8 +178,16 @@ def _number(value: float | int) -> str:
     return repr(float(value)) if isinstance(value, float) else repr(int(value))
 
 
+def _term(cut: ObjectCut, name: str) -> str:
+    """One object cut on the value ``name`` (a branch, or a func_adl attribute)."""
+    value = f"abs({name})" if cut.absolute else name
+    if cut.op == BIT_TEST:
+        return f"(({value} & {int(cut.value)}) != 0)"
+    return f"({value} {cut.op} {_number(cut.value)})"
+
+
 def _uproot_raw_count(count: ObjectCount) -> str:
-    masks = [f"({count.collection}_{c.field} {c.op} {_number(c.value)})" for c in count.cuts]
+    masks = [_term(c, f"{count.collection}_{c.field}") for c in count.cuts]
     # explicit axis=1: per-event reductions on every uproot-raw transformer version
     return f"count_nonzero({' & '.join(masks)}, axis=1)"
 
@@ -153,7 +221,7 @@ _PY_OPS = {">": ">", ">=": ">=", "<": "<", "<=": "<=", "==": "==", "!=": "!="}
 def _func_adl_count(count: ObjectCount) -> str:
     fields = tuple(dict.fromkeys(c.field for c in count.cuts))
     record = ", ".join(f"{f!r}: e.{count.collection}_{f}" for f in fields)
-    predicate = " and ".join(f"(o.{c.field} {_PY_OPS[c.op]} {_number(c.value)})" for c in count.cuts)
+    predicate = " and ".join(_term(c, f"o.{c.field}") for c in count.cuts)
     return f"{{{record}}}.Zip().Where(lambda o: {predicate}).Count()"
 
 

@@ -38,6 +38,13 @@ READ_BRANCHES: tuple[str, ...] = (
 )  # fmt: skip
 
 
+#: branches coffea's NanoAODSchema needs besides those to build the lepton collections
+#: (candidates carry a charge and four-momentum); a skim keeps them so its files read the same
+SCHEMA_BRANCHES: tuple[str, ...] = (
+    "Electron_phi", "Electron_mass", "Electron_charge", "Muon_phi", "Muon_mass", "Muon_charge",
+)  # fmt: skip
+
+
 #: the I/O-only branch set of NanoAOD (about 4 % of a file's bytes, as the ntuples' 4 % set)
 IO_BRANCHES: tuple[str, ...] = (
     "Jet_pt", "Jet_eta", "Jet_phi", "Jet_btagCSVV2", "Jet_mass", "Muon_pt", "Electron_pt",

@@ -94,6 +94,7 @@ def deliver(params: RunParameters, fileset: dict[str, Any], config: AnalysisConf
         query_language=params.servicex_query_language,
         ignore_cache=params.servicex_ignore_cache,
         analysis_config=config,
+        input_format=params.resolved_input_format,
     )
     return Delivered(result.fileset, result)
 

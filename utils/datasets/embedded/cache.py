@@ -23,13 +23,13 @@ BYTES_PER_EVENT_ESTIMATE = 3200  # upper end of the measured 2.3-2.9 kB/event, f
 _SAMPLE_DIR = re.compile(r"^[A-Za-z0-9_]+__[A-Za-z0-9_]+$")
 
 
-def file_is_whole(path: Path, n_events: int) -> bool:
+def file_is_whole(path: Path, n_events: int, tree_name: str = TREE_NAME) -> bool:
     """A file left by an interrupted run of the same request: readable, with all its events."""
     if not path.is_file():
         return False
     try:
         with uproot.open(path) as f:
-            return f[TREE_NAME].num_entries == n_events
+            return f[tree_name].num_entries == n_events
     except Exception:  # any unreadable file is simply generated again
         log.warning("%s: unreadable, generating it again", path)
         return False

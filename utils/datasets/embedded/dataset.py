@@ -46,6 +46,9 @@ from utils.datasets.embedded.generator import (
     model_fingerprint,
     seed_sequence,
 )
+from utils.datasets.embedded.nanoaod import INPUT_FORMAT as NANOAOD
+from utils.datasets.embedded.nanoaod import NANOAOD_WRITER_VERSION, generate_nanoaod_file
+from utils.datasets.embedded.nanoaod import TREE_NAME as NANOAOD_TREE
 from utils.datasets.embedded.preselection import Preselection, record, split_evenly
 from utils.datasets.embedded.presets import (
     Preset,
@@ -56,6 +59,7 @@ from utils.datasets.embedded.presets import (
     process_cross_sections,
 )
 from utils.datasets.embedded.processes import get_process
+from utils.datasets.embedded.schema import TREE_NAME
 from utils.datasets.fileset import load_cross_sections
 from utils.errors import ConfigError
 from utils.io import write_json_atomic
@@ -68,6 +72,7 @@ MANIFEST_NAME = "manifest.json"
 PRESELECTED_FRACTION_ESTIMATE = 0.05  # above the measured 1 % of preselected data, for the disk check
 #: bump when the way preselected data is generated changes (part of the cache key)
 PRESELECTED_DATA_VERSION = 1
+INPUT_FORMATS = ("ntuple", NANOAOD)
 
 
 @dataclass(frozen=True)
@@ -85,6 +90,8 @@ class FileTask:
     #: preselected data: the preselection, and the events to generate per process
     preselection: Preselection | None = None
     yields: tuple[tuple[str, int], ...] | None = None
+
+    input_format: str = "ntuple"  # ntuple | nanoaod (the writer; the events are the same)
 
     @property
     def expected_output_events(self) -> int:
@@ -136,9 +143,15 @@ class DatasetResult:
 
 
 def plan_dataset(
-    preset: Preset, seed: int | None = None, with_data: bool | None = None, mu: float | None = None
+    preset: Preset,
+    seed: int | None = None,
+    with_data: bool | None = None,
+    mu: float | None = None,
+    input_format: str = "ntuple",
 ) -> DatasetPlan:
     """The files a preset asks for, and the key that identifies this request in the cache."""
+    if input_format not in INPUT_FORMATS:
+        raise ConfigError(f"input format {input_format!r}: allowed {list(INPUT_FORMATS)}")
     seed = preset.seed if seed is None else int(seed)
     data = preset.data
     with_data = (data is not None and data.enabled) if with_data is None else bool(with_data)
@@ -152,6 +165,7 @@ def plan_dataset(
         "events_per_basket": preset.events_per_basket,
         "compression_level": preset.compression_level,
         "compressor": preset.compressor,
+        "input_format": input_format,
     }
     tasks = [
         FileTask(s.process, s.variation, i, s.events_per_file, f"{s.key}/{i}.root", **common)
@@ -197,6 +211,8 @@ def plan_dataset(
             **(
                 {"preselection": [preselection.to_dict(), PRESELECTED_DATA_VERSION]} if preselection is not None else {}
             ),
+            # ntuple keys stay as they were
+            **({"input_format": input_format, "writer": NANOAOD_WRITER_VERSION} if input_format != "ntuple" else {}),
         }
     )
     return DatasetPlan(
@@ -265,11 +281,16 @@ def is_complete(directory: Path, plan: DatasetPlan) -> bool:
     return True
 
 
+def _tree_of(task: FileTask) -> str:
+    return NANOAOD_TREE if task.input_format == NANOAOD else TREE_NAME
+
+
 # --------------------------------------------------------------------------------------------
 # generation
 # --------------------------------------------------------------------------------------------
 def _run_task(task: FileTask, directory: str) -> FileResult:
-    return generate_file(
+    write = generate_nanoaod_file if task.input_format == NANOAOD else generate_file
+    return write(
         task.process,
         task.variation,
         task.n_events,
@@ -322,6 +343,7 @@ def _fileset(
         "preset": plan.preset.name,
         "seed": plan.seed,
     }
+    input_format = plan.tasks[0].input_format if plan.tasks else "ntuple"
     out: dict[str, dict[str, Any]] = {}
     for task in plan.tasks:
         entry = out.setdefault(task.process, {}).setdefault(task.variation, {"files": [], "nevts_total": 0})
@@ -330,6 +352,7 @@ def _fileset(
     for process, variations in out.items():
         for entry in variations.values():
             entry["generator"] = generator
+            entry["input_format"] = input_format  # read by INPUT_FORMAT="auto"
             if process == DATA_PROCESS:
                 assert plan.preset.data is not None and plan.data_mixture is not None
                 entry.update(
@@ -356,11 +379,15 @@ def build_dataset(
     force: bool = False,
     presets_path: Path | None = None,
     progress: Callable[[FileResult], None] | None = None,
+    input_format: str = "ntuple",
 ) -> DatasetResult:
-    """Generate the dataset of ``preset`` unless the cache already holds it; see the module doc."""
+    """Generate the dataset of ``preset`` unless the cache already holds it; see the module doc.
+    ``input_format="nanoaod"`` writes the same events as CMS NanoAOD into ``<preset>-nanoaod``."""
     start = time.perf_counter()
-    plan = plan_dataset(get_preset(preset, presets_path), seed, with_data, mu)
-    directory = Path(output_root if output_root is not None else DEFAULT_OUTPUT_ROOT) / preset
+    plan = plan_dataset(get_preset(preset, presets_path), seed, with_data, mu, input_format)
+    directory = Path(output_root if output_root is not None else DEFAULT_OUTPUT_ROOT) / dataset_folder(
+        preset, input_format
+    )
     fileset_path = directory / FILESET_NAME
     with locked(directory):
         if not force and is_complete(directory, plan):
@@ -379,7 +406,9 @@ def build_dataset(
         todo = [
             t
             for t in plan.tasks
-            if not (resumable and t.preselection is None and file_is_whole(directory / t.relpath, t.n_events))
+            if not (
+                resumable and t.preselection is None and file_is_whole(directory / t.relpath, t.n_events, _tree_of(t))
+            )
         ]
         check_disk_space(directory, sum(t.expected_output_events for t in todo))
         header = {
@@ -445,14 +474,23 @@ def ensure_dataset(
     with_data: bool | None = None,
     mu: float | None = None,
     force: bool = False,
+    input_format: str = "ntuple",
 ) -> Path:
     """Path of the dataset JSON of ``preset`` under ``output_root`` (default
     ``<repo>/data/embedded``), generating the files only if the cache lacks them.
 
     ``seed`` (default: the preset's), ``with_data`` (default: the preset's ``data.enabled``) and
-    ``mu`` (signal strength of the generated data) are part of the cache key.
+    ``mu`` (signal strength of the generated data) are part of the cache key; ``input_format``
+    (``ntuple`` or ``nanoaod``) chooses the writer and the folder (:func:`dataset_folder`).
     """
-    return build_dataset(preset, output_root, seed, workers, with_data, mu, force).fileset_path
+    return build_dataset(
+        preset, output_root, seed, workers, with_data, mu, force, input_format=input_format
+    ).fileset_path
+
+
+def dataset_folder(preset: str, input_format: str = "ntuple") -> str:
+    """The folder of a generated dataset: ``<preset>`` (ntuples) or ``<preset>-nanoaod``."""
+    return preset if input_format == "ntuple" else f"{preset}-{input_format}"
 
 
 def sample_paths(fileset_path: Path) -> dict[str, list[Path]]:
@@ -477,6 +515,7 @@ __all__ = [
     "DatasetResult",
     "FileTask",
     "build_dataset",
+    "dataset_folder",
     "ensure_dataset",
     "is_complete",
     "plan_dataset",

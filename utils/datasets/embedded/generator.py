@@ -215,6 +215,58 @@ def write_batches(
     return total
 
 
+def preselection_counts(
+    path: str | Path,
+    process: str,
+    n_events: int,
+    mixture: DataMixture | None,
+    preselection: Preselection | None,
+    yields: tuple[tuple[str, int], ...] | None,
+) -> dict[str, list[int]] | None:
+    """Check a file request; for preselected data, the (empty) per-process counts that
+    :func:`file_batches` fills while it generates."""
+    if n_events <= 0:
+        raise ValueError(f"{path}: n_events must be positive, got {n_events}")
+    if process == DATA_PROCESS and preselection is not None:
+        if yields is None or sum(n for _, n in yields) != n_events:
+            raise ValueError(f"{path}: preselected data needs the events per process (yields) summing to n_events")
+        return {}
+    if process == DATA_PROCESS and mixture is None:
+        raise ValueError("the data sample needs a DataMixture")
+    return None
+
+
+def file_batches(
+    process: str,
+    variation: str,
+    n_events: int,
+    seed: int,
+    file_index: int,
+    events_per_basket: int,
+    mixture: DataMixture | None,
+    preselection: Preselection | None,
+    yields: tuple[tuple[str, int], ...] | None,
+    preselected: dict[str, list[int]] | None,
+) -> Iterator[EventBatch]:
+    """The event batches of one file, whatever its writer (the ntuple's or NanoAOD's)."""
+    if preselected is not None:
+        assert preselection is not None and yields is not None  # checked by preselection_counts
+        yield from preselected_data_batches(
+            yields,
+            preselection,
+            events_per_basket,
+            lambda proc, chunk: seed_sequence(seed, DATA_PROCESS, "preselected", proc, file_index, chunk),
+            preselected,
+        )
+        return
+    for chunk, size in enumerate(chunk_sizes(n_events, events_per_basket)):
+        if process == DATA_PROCESS:
+            assert mixture is not None  # checked by preselection_counts
+            yield generate_data_events(size, seed, mixture, file_index, chunk)
+        else:
+            yield generate_events(process, variation, size, seed, file_index, chunk)
+
+
 def generate_file(
     process: str,
     variation: str,
@@ -235,37 +287,13 @@ def generate_file(
     Preselected data (``process='data'``, a ``preselection`` and the events to generate per
     process, ``yields``, summing to ``n_events``): only the passing events are written
     (:mod:`utils.datasets.embedded.preselection`)."""
-    if n_events <= 0:
-        raise ValueError(f"{path}: n_events must be positive, got {n_events}")
-    preselected: dict[str, list[int]] | None = None
-    if process == DATA_PROCESS and preselection is not None:
-        if yields is None or sum(n for _, n in yields) != n_events:
-            raise ValueError(f"{path}: preselected data needs the events per process (yields) summing to n_events")
-        preselected = {}
-    elif process == DATA_PROCESS and mixture is None:
-        raise ValueError("the data sample needs a DataMixture")
+    preselected = preselection_counts(path, process, n_events, mixture, preselection, yields)
     start, cpu_start = time.perf_counter(), time.process_time()
-
-    def batches() -> Iterator[EventBatch]:
-        if preselected is not None:
-            assert preselection is not None and yields is not None  # checked above
-            yield from preselected_data_batches(
-                yields,
-                preselection,
-                events_per_basket,
-                lambda proc, chunk: seed_sequence(seed, DATA_PROCESS, "preselected", proc, file_index, chunk),
-                preselected,
-            )
-            return
-        for chunk, size in enumerate(chunk_sizes(n_events, events_per_basket)):
-            if process == DATA_PROCESS:
-                assert mixture is not None  # checked above
-                yield generate_data_events(size, seed, mixture, file_index, chunk)
-            else:
-                yield generate_events(process, variation, size, seed, file_index, chunk)
-
+    batches = file_batches(
+        process, variation, n_events, seed, file_index, events_per_basket, mixture, preselection, yields, preselected
+    )
     key = f"{seed}/{process}/{variation}/{file_index}"
-    written = write_batches(path, batches(), compression_level, key, compressor)
+    written = write_batches(path, batches, compression_level, key, compressor)
     make_readable(path)
     seconds, cpu = time.perf_counter() - start, time.process_time() - cpu_start
     size = Path(path).stat().st_size

@@ -237,7 +237,10 @@ def _genpart(n: int, record: ParticleTable) -> Jagged:
     order = np.argsort(record.event, kind="stable")
     kin = {k: v[order] for k, v in kin.items()}
     extra = {k: v[order] for k, v in extra.items()}
-    jag = _finish(n, "GenPart", record.event[order], kin, extra, sort_by_pt=False)
+    # origin and top_sign stay beside the record as truth (not written): the NanoAOD writer
+    # rebuilds the decay chains (mother indices) from them
+    truth = {"origin": record.origin[order], "top_sign": record.top_sign[order]}
+    jag = _finish(n, "GenPart", record.event[order], kin, extra, truth, sort_by_pt=False)
     # keep the generator's own momenta (exact for boosted massive particles)
     for comp in ("px", "py", "pz"):
         jag.fields[comp] = getattr(p4, comp)[order].astype(np.float32)

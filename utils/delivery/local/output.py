@@ -1,8 +1,9 @@
 """Writing transformed arrays: ROOT TTrees (via ``uproot`` ``mktree``, never RNTuple) and parquet.
 
 Flat branches named ``<collection>_<field>`` whose jagged lengths agree are written as one
-collection with a single ``number<collection>`` int32 counter, the layout of the 2015 ntuples, so a
-delivered file reads like an input file with fewer branches and events.
+collection with a single int32 counter named as in the input: ``number<collection>`` (the 2015
+ntuples) or ``n<collection>`` (NanoAOD), so a delivered file reads like an input file with fewer
+branches and events.
 """
 
 from __future__ import annotations
@@ -11,6 +12,17 @@ from pathlib import Path
 from typing import Any
 
 COUNTER_PREFIX = "number"
+NANOAOD_COUNTER_PREFIX = "n"
+
+
+def counter_prefix_of(branch_names: Any) -> str:
+    """The collection-counter prefix of an input tree: ``number`` for the 2015 ntuples (their
+    ``number<collection>`` counters), ``n`` for NanoAOD (``nJet`` beside ``Jet_pt``)."""
+    names = set(branch_names)
+    if any(n.startswith(COUNTER_PREFIX) for n in names):
+        return COUNTER_PREFIX
+    collections = {n.split("_", 1)[0] for n in names if "_" in n}
+    return NANOAOD_COUNTER_PREFIX if any(NANOAOD_COUNTER_PREFIX + c in names for c in collections) else COUNTER_PREFIX
 
 
 def _is_jagged(array: Any) -> bool:
@@ -51,16 +63,22 @@ def _branch_types(columns: dict[str, Any]) -> dict[str, Any]:
     return {name: column.type.content for name, column in columns.items()}
 
 
-def write_root(path: str | Path, trees: dict[str, Any], histograms: dict[str, Any] | None = None) -> int:
+def write_root(
+    path: str | Path,
+    trees: dict[str, Any],
+    histograms: dict[str, Any] | None = None,
+    counter_prefix: str = COUNTER_PREFIX,
+) -> int:
     """Write each array of ``trees`` as a TTree (empty arrays give empty, fully typed trees) and
-    copy ``histograms``. Return the total number of entries written."""
+    copy ``histograms``; collections get ``<counter_prefix><collection>`` counters. Return the
+    total number of entries written."""
     import uproot
 
     entries = 0
     with uproot.recreate(str(path)) as out:
         for tree_name, array in trees.items():
             columns = group_collections(array)
-            tree = out.mktree(tree_name, _branch_types(columns), counter_name=lambda c: COUNTER_PREFIX + c)
+            tree = out.mktree(tree_name, _branch_types(columns), counter_name=lambda c: counter_prefix + c)
             if len(array):
                 tree.extend(columns)
             entries += len(array)

@@ -59,10 +59,18 @@ def warm_up() -> None:
     import uproot  # noqa: F401
 
 
+def _input_branches(path: str) -> list[str]:
+    """The branch names of the input's trees (their counters name the output's counters)."""
+    import uproot
+
+    with uproot.open(path) as f:
+        return [b.name for key, cls in f.classnames(cycle=False).items() if cls == "TTree" for b in f[key].branches]
+
+
 def run_file(task: FileTask) -> FileOutcome:
     """Transform ``task.input_path``; the output appears at ``task.output_path`` only when complete."""
     from utils.delivery.local.codegen import run_query
-    from utils.delivery.local.output import write_parquet, write_root
+    from utils.delivery.local.output import counter_prefix_of, write_parquet, write_root
 
     if "://" not in task.input_path and not Path(task.input_path).is_file():
         raise FileNotFoundError(f"input file not found: {task.input_path}")
@@ -73,7 +81,7 @@ def run_file(task: FileTask) -> FileOutcome:
                 raise ValueError(f"parquet output holds exactly one tree; the query produced {sorted(trees)}")
             events = write_parquet(tmp, next(iter(trees.values())))
         else:
-            events = write_root(tmp, trees, histograms)
+            events = write_root(tmp, trees, histograms, counter_prefix_of(_input_branches(task.input_path)))
     size = Path(task.output_path).stat().st_size
     log.debug("%s -> %s (%d events, %d bytes)", task.input_path, task.output_path, events, size)
     return FileOutcome(task.request_id, task.index, task.output_path, size, events)
