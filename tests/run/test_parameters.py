@@ -56,7 +56,9 @@ def test_processing_options_carry_exactly_what_processing_needs():
     assert params.processing_options() == ProcessingOptions(
         executor="dask", workers=3, chunksize=1234, systematics=False, on_bad_input="skip"
     )
-    assert {f.name for f in fields(ProcessingOptions)} < {f.name for f in fields(RunParameters)} | {"workers"}
+    # keep_workers is the caller's choice (a notebook or a benchmark keeping its pool), not a parameter
+    not_parameters = {"workers", "keep_workers"}
+    assert {f.name for f in fields(ProcessingOptions)} < {f.name for f in fields(RunParameters)} | not_parameters
     with pytest.raises(ConfigError, match="workers=0"):
         ProcessingOptions(workers=0)
 
