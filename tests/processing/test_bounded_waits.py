@@ -7,6 +7,7 @@ import socket
 import threading
 
 import dask.config
+import distributed  # noqa: F401 (its defaults registered before dask.config.set, which restores by deleting)
 import pytest
 
 from utils.errors import ConfigError

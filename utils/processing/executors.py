@@ -82,17 +82,18 @@ class ExecutorHandle:
 
 
 def warm_worker(modules: tuple[str, ...] = WARM_MODULES, warm: Callable[[], object] | None = None,
-                linger_s: float = 0.0) -> int:  # fmt: skip
+                linger_s: float = 0.0, ca_file: str | None = None) -> int:  # fmt: skip
     """Import ``modules`` and call ``warm`` (e.g. load the ML models) in this worker process;
     returns its pid. ``linger_s`` keeps the worker busy a moment so that a pool hands the next
-    warm-up task to another worker."""
+    warm-up task to another worker. ``ca_file``: the parent's ``AGC_CA_FILE`` when the pool was
+    made (a worker forked from the fork server has the server's environment, not the parent's)."""
     import importlib
     import os
     import time
 
     from utils.datasets.urls import configure_https_trust
 
-    configure_https_trust()  # AGC_CA_FILE of the parent, for https:// inputs
+    configure_https_trust(ca_file)  # for https:// inputs; None: this process's AGC_CA_FILE
     for name in modules:
         importlib.import_module(name)
     if warm is not None:
@@ -116,10 +117,18 @@ def numba_cache_stats() -> dict[str, int]:
     return {"hits": hits, "misses": misses}
 
 
-def _warm_task(warm: Callable[[], object] | None, linger_s: float) -> tuple[int, dict[str, int]]:
+def parent_ca_file() -> str | None:
+    """The CA file this process trusts for https:// inputs (``AGC_CA_FILE``), for its workers."""
+    from utils.datasets.urls import CA_FILE_ENV
+
+    return os.environ.get(CA_FILE_ENV) or None
+
+
+def _warm_task(warm: Callable[[], object] | None, linger_s: float, ca_file: str | None
+               ) -> tuple[int, dict[str, int]]:  # fmt: skip
     """One warm-up task of a pool: ``warm`` in the worker that takes it; its pid and numba
     cache statistics."""
-    return warm_worker((), warm, linger_s), numba_cache_stats()
+    return warm_worker((), warm, linger_s, ca_file), numba_cache_stats()
 
 
 def warm_processor(
@@ -191,7 +200,10 @@ def _new_pool(workers: int):
     from loky import ProcessPoolExecutor
 
     pool = ProcessPoolExecutor(
-        max_workers=workers, context=worker_context(), initializer=warm_worker, initargs=(WARM_MODULES,)
+        max_workers=workers,
+        context=worker_context(),
+        initializer=warm_worker,
+        initargs=(WARM_MODULES, None, 0.0, parent_ca_file()),
     )
 
     def start() -> None:  # blocks until the fork server has preloaded: off the caller's thread
@@ -253,7 +265,7 @@ def _futures_pool(
         # one warm-up task per worker: each lingers so that the pool hands the next one to
         # another worker; a worker that got none (still starting) gets one in the next round
         for _ in range(3):
-            tasks = [pool.submit(_warm_task, warm, 0.2) for _ in range(workers - len(stats))]
+            tasks = [pool.submit(_warm_task, warm, 0.2, parent_ca_file()) for _ in range(workers - len(stats))]
             stats.update(f.result() for f in tasks)
             if len(stats) >= workers:
                 break
@@ -469,7 +481,7 @@ def make_executor(
         return
     log.info("Dask: starting or joining the cluster (%s)", scheduler_address or f"{workers} local worker(s)")
     with dask_client(workers, scheduler_address, af_name) as (client, n_workers):
-        client.run(warm_worker, WARM_MODULES, warm)
+        client.run(warm_worker, WARM_MODULES, warm, 0.0, parent_ca_file())
         cache = _summed(client.run(numba_cache_stats).values())
         startup = time.monotonic() - t0
         log.info("%d Dask worker%s ready in %.1f s (%s)", n_workers, "s" if n_workers > 1 else "", startup, client)
