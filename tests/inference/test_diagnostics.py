@@ -139,7 +139,7 @@ def tiny_histograms(tiny_dataset, config, tmp_path_factory):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("categories", [False], ids=["regions"])  # ML categories: see docs/inference.md
+@pytest.mark.parametrize("categories", [False, True], ids=["regions", "ml"])
 def test_tiny_poi_uncertainty_is_stable(tiny_histograms, categories, tmp_path):
     import cabinetry
 

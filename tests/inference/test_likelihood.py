@@ -84,7 +84,10 @@ def test_every_modifier_matches_pyhf_at_random_points(model_and_data):
             np.testing.assert_allclose(fast.expected(pars), model.expected_actualdata(pars), rtol=1e-12)
             step = 1e-6
             numeric = [
-                (float(-2 * model.logpdf(pars + step * e, data)[0]) - float(-2 * model.logpdf(pars - step * e, data)[0]))
+                (
+                    float(-2 * model.logpdf(pars + step * e, data)[0])
+                    - float(-2 * model.logpdf(pars - step * e, data)[0])
+                )
                 / (2 * step)
                 for e in np.eye(len(pars))
             ]

@@ -97,8 +97,12 @@ def central_hessian(func, x: np.ndarray, steps: np.ndarray, bounds: list[tuple[f
     f_minus = np.array([func(x - step[i]) for i in range(n)])
     hess = np.zeros((n, n))
     for i in range(n):
+        if h[i] == 0:  # a fixed parameter (no step): no row
+            continue
         hess[i, i] = (f_plus[i] - 2 * f0 + f_minus[i]) / h[i] ** 2
         for j in range(i):
+            if h[j] == 0:
+                continue
             value = (
                 func(x + step[i] + step[j])
                 - func(x + step[i] - step[j])

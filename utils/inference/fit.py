@@ -105,8 +105,8 @@ def _quiet(level: int, *loggers: str) -> Iterator[None]:
 def _impact_row(model, data, fit_results, i, prefit_unc, init, fixed, strategies, fast=None) -> list[float]:
     """POI shifts with parameter ``i`` held at best-fit +/- pre-fit and +/- post-fit uncertainty.
 
-    Refits are ``fast(i, value)`` (:class:`_FastRefits`) when given, else :func:`fit_model`
-    from ``init`` with parameter ``i`` moved and held.
+    Refits are ``fast(i, value)`` (:class:`_FastRefits`) when given and it converges, else
+    :func:`fit_model` from ``init`` with parameter ``i`` moved and held.
     """
     label = model.config.par_names[i]
     poi_index = model.config.poi_index
@@ -119,9 +119,9 @@ def _impact_row(model, data, fit_results, i, prefit_unc, init, fixed, strategies
         if fast is not None:
             try:
                 row.append(float(fast(i, float(value))[poi_index] - fit_results.bestfit[poi_index]))
+                continue
             except StatisticsError as err:
-                raise StatisticsError(f"ranking: the refit with {label} = {value:.4g} failed: {err}") from err
-            continue
+                log.info("ranking: fast refit with %s = %.4g failed (%s); refitting with pyhf", label, value, err)
         init_i, fixed_i = list(init), list(fixed)
         init_i[i], fixed_i[i] = float(value), True
         for attempt, strategy in enumerate(strategies):
@@ -170,8 +170,9 @@ def rank_parameters(
     implements, each refit is a MIGRAD minimisation with the exact gradient, started at the
     linear prediction of the conditional minimum from the fit's covariance, in coordinates
     whitened by the conditional covariance (see :func:`_fast_refit`): about 20 ms per refit on
-    the AGC model instead of about 0.8 s. Otherwise (or ``fast=False``) every refit is
-    :func:`fit_model` from the suggested initial values. Either way a MINUIT refit that fails is
+    the AGC model instead of about 0.8 s. Otherwise (``fast=False``, a model it does not
+    implement, or a refit it does not converge) the refit is :func:`fit_model` from the suggested
+    initial values. Either way a MINUIT refit that fails is
     retried with strategy 2 (with strategy 1, the default, a staterror refit of the AGC model
     fails), so one bad refit does not lose the whole ranking.
     """
@@ -227,7 +228,7 @@ class _FastRefits:
         self.bounds = [tuple(b) for b in bounds]
         self.strategies = strategies
 
-    def __call__(self, i: int, value: float) -> float:
+    def __call__(self, i: int, value: float) -> np.ndarray:
         """The parameters at the minimum with parameter ``i`` held at ``value``."""
         return _fast_refit(self, i, value)
 

@@ -56,7 +56,7 @@ _SUPPORTED = {"normfactor", "shapefactor", "lumi", "staterror", "normsys", "hist
 _LINEAR = {"normfactor", "shapefactor", "lumi", "staterror"}
 
 
-class UnsupportedModel(ValueError):
+class UnsupportedModelError(ValueError):
     """The model has a modifier or setting :class:`FastLikelihood` does not implement."""
 
 
@@ -84,7 +84,7 @@ class FastLikelihood:
         """The fast likelihood of ``model``, or None (logged) when it has unsupported parts."""
         try:
             return cls._build(model)
-        except UnsupportedModel as err:
+        except UnsupportedModelError as err:
             log.info("fast likelihood not available (%s); using pyhf", err)
             return None
 
@@ -95,7 +95,7 @@ class FastLikelihood:
         codes = {"normsys": "code4", "histosys": "code4p"}
         for kind, code in codes.items():
             if settings.get(kind, {}).get("interpcode", code) != code:
-                raise UnsupportedModel(f"{kind} interpolation {settings[kind]['interpcode']}, not {code}")
+                raise UnsupportedModelError(f"{kind} interpolation {settings[kind]['interpcode']}, not {code}")
         offsets, start = {}, 0
         for channel in config.channels:
             offsets[channel] = start
@@ -122,7 +122,7 @@ class FastLikelihood:
             for mod in sample.get("modifiers", []):
                 kind, name = mod["type"], mod["name"]
                 if kind not in _SUPPORTED:
-                    raise UnsupportedModel(f"modifier type {kind!r} ({name})")
+                    raise UnsupportedModelError(f"modifier type {kind!r} ({name})")
                 index = par_index(name)
                 if kind in _LINEAR:
                     slot = next((s for s in linear if np.all(s[r, lo : lo + nb] < 0)), None)
@@ -131,28 +131,33 @@ class FastLikelihood:
                         linear.append(slot)
                     slot[r, lo : lo + nb] = index
                 elif kind == "histosys":
-                    up, dn = hs.setdefault(int(index), (np.zeros((n_rows, n_bins)), np.zeros((n_rows, n_bins))))  # type: ignore[call-overload]
+                    assert isinstance(index, int)  # histosys and normsys have one parameter
+                    up, dn = hs.setdefault(index, (np.zeros((n_rows, n_bins)), np.zeros((n_rows, n_bins))))
                     up[r, lo : lo + nb] += np.asarray(mod["data"]["hi_data"], dtype=float) - nom
                     dn[r, lo : lo + nb] += nom - np.asarray(mod["data"]["lo_data"], dtype=float)
                 else:  # normsys
-                    hi_k, lo_k = ns.setdefault(int(index), (np.ones(n_rows), np.ones(n_rows)))  # type: ignore[call-overload]
+                    assert isinstance(index, int)
+                    hi_k, lo_k = ns.setdefault(index, (np.ones(n_rows), np.ones(n_rows)))
                     if hi_k[r] != 1 or lo_k[r] != 1:
-                        raise UnsupportedModel(f"two normsys {name!r} on one sample")
+                        raise UnsupportedModelError(f"two normsys {name!r} on one sample")
                     hi_k[r], lo_k[r] = float(mod["data"]["hi"]), float(mod["data"]["lo"])
         ns_keys = sorted(ns)
         ns_hi = np.array([ns[k][0] for k in ns_keys]).reshape(len(ns_keys), n_rows)
         ns_lo = np.array([ns[k][1] for k in ns_keys]).reshape(len(ns_keys), n_rows)
         if np.any(ns_hi <= 0) or np.any(ns_lo <= 0):
-            raise UnsupportedModel("a normsys with a non-positive factor")
+            raise UnsupportedModelError("a normsys with a non-positive factor")
         b = np.stack([ns_hi - 1, ns_lo - 1, np.log(ns_hi) * ns_hi, -np.log(ns_lo) * ns_lo,
                       np.log(ns_hi) ** 2 * ns_hi, np.log(ns_lo) ** 2 * ns_lo])  # fmt: skip
         hs_keys = sorted(hs)
 
-        gauss_index, gauss_sigma, aux_slots, position = [], [], [], 0
+        gauss_index: list[int] = []
+        gauss_sigma: list[float] = []
+        aux_slots: list[int] = []
+        position = 0
         for name in config.auxdata_order:
             pset = config.param_set(name)
             if getattr(pset, "pdf_type", None) != "normal":
-                raise UnsupportedModel(f"constraint {getattr(pset, 'pdf_type', '?')!r} of {name!r}")
+                raise UnsupportedModelError(f"constraint {getattr(pset, 'pdf_type', '?')!r} of {name!r}")
             s = config.par_slice(name)
             gauss_index.extend(range(s.start, s.stop))
             gauss_sigma.extend(float(w) for w in pset.width())
@@ -263,7 +268,7 @@ class Objective:
         lk = self.likelihood
         pars = np.asarray(pars, dtype=float)
         lam, parts = lk._evaluate(pars, gradient=True)
-        h, dh, g, dg, base, norm, factors, lin, per_row = parts
+        _, dh, g, dg, base, norm, factors, lin, _ = parts
         n_ext = lk.n_pars + 1
         with np.errstate(divide="ignore", invalid="ignore"):
             w = 2 * (1 - np.where(self.filled, self.counts / lam, 0.0))  # d(-2 ln L)/d lam, (bins,)

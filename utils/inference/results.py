@@ -236,7 +236,8 @@ def run_inference(
     ``ml_categories``: split every region into its ML-score categories (the model of a run with the
     classifier, histograms saved with ``ml_categories=True``). ``analysis``: the analysis configuration
     the histograms were made with (the model is checked against it; default ``analysis_config.yml``).
-    ``ranking`` refits the model four times per parameter (about two minutes for the AGC model).
+    ``ranking`` refits the model four times per parameter (a few seconds for the AGC model, see
+    :func:`~utils.inference.fit.rank_parameters`).
     """
     from utils.inference import figures as inference_figures
 

@@ -210,9 +210,7 @@ def _drop_empty_bins(refs: list[TemplateRef], binned: dict[str, HistogramData]) 
     for ref in refs:
         regions.setdefault(ref.region["Name"], []).append(ref)
     for region_name, region_refs in regions.items():
-        nominal = [
-            binned[r.name].values for r in region_refs if r.template is None and not r.sample.get("Data", False)
-        ]
+        nominal = [binned[r.name].values for r in region_refs if r.template is None and not r.sample.get("Data", False)]
         if not nominal:
             continue
         empty = np.sum(nominal, axis=0) <= 0

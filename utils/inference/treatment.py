@@ -249,7 +249,7 @@ def guard_non_negative(
             notes.append(
                 (
                     "capped",
-                    f"shape effect scaled by {keep:.3g} so that the symmetrised down template is non-negative "
+                    f"shape effect scaled by {keep:.4g} so that the symmetrised down template is non-negative "
                     f"(it was negative in bins {_bins(over)})",
                 )
             )
