@@ -326,7 +326,7 @@ def test_ranking_retries_a_failed_refit_with_strategy_2(weak_model, tmp_path, mo
 
     monkeypatch.setattr(statistics, "fit_model", flaky_fit)
     with caplog.at_level(logging.WARNING, logger="utils.inference"):
-        ranking = statistics.rank_parameters(model, data, fit_results, parameters=["JES"])
+        ranking = statistics.rank_parameters(model, data, fit_results, parameters=["JES"], fast=False)
     assert ranking.labels == ["JES"]
     assert strategies == [None, 2] * 4  # four refits, each retried once
     assert "retrying with MINUIT strategy 2" in caplog.text

@@ -104,3 +104,124 @@ def test_bad_treatment_settings_name_the_key(raw_config):
     bad["TemplateTreatment"]["Systematics"] = {"Jet energy scale": {"Smoothing": "gauss"}}
     with pytest.raises(ConfigError, match="Smoothing"):
         parse_cabinetry_config(bad, source="cfg.yml")
+
+
+# -- NonNegative and DropEmptyBins: hand-made templates with empty and over-large bins ------------------
+
+
+def test_variation_in_an_empty_nominal_bin_is_zeroed():
+    nominal = np.array([0.0, 10.0, 20.0])
+    up = np.array([5.0, 12.0, 22.0])
+    out, records = treat_templates(
+        (nominal, nominal), {"Up": (up, up)}, TreatmentSettings(non_negative=True), True, WHERE
+    )
+    np.testing.assert_array_equal(out["Up"], [0.0, 12.0, 22.0])
+    assert [r.action for r in records] == ["zeroed"] and "Up bins [1]" in records[0].reason
+
+
+def test_mirrored_template_is_kept_non_negative_with_the_normalisation():
+    # shape = up * 900 / 1100: bin 1 is 2700/11, its effect 1600/11 exceeds the nominal 100, so the
+    # whole shape effect is scaled by 100 / (1600/11) = 0.6875 and the mirror's bin 1 becomes 0
+    up = NOM * np.array([3.0, 1, 1, 1, 1])
+    out, records = treat(up, TreatmentSettings(non_negative=True))
+    n = 1100 / 900
+    shape = up / n
+    expected = (NOM + 0.6875 * (shape - NOM)) * n
+    np.testing.assert_allclose(out["Up"], expected, rtol=1e-8)
+    assert out["Up"].sum() == pytest.approx(1100)
+    mirror = 2 * NOM - out["Up"] / n  # cabinetry's symmetrised down template
+    assert mirror.min() >= 0 and mirror[0] == pytest.approx(0, abs=1e-5)
+    assert [r.action for r in records] == ["capped"] and "scaled by 0.6875" in records[0].reason
+    # without the rule the mirror is negative there
+    plain, _ = treat(up, TreatmentSettings())
+    assert (2 * NOM - plain["Up"] / n)[0] < 0
+
+
+def test_negative_bins_and_vanishing_normalisations_are_capped():
+    down = NOM * 0.05
+    down[0] = -5.0
+    up = NOM * 1.2
+    out, records = treat(up, TreatmentSettings(non_negative=True), down=down, symmetrized=False)
+    np.testing.assert_array_equal(out["Up"], up)
+    # bin 1 clipped to 0, then the yield (0.05 * 800 = 40 of 900) raised to 0.1 of the nominal
+    clipped = np.concatenate([[0.0], NOM[1:] * 0.05])
+    np.testing.assert_allclose(out["Down"], clipped * 90 / clipped.sum())
+    assert [r.action for r in records] == ["capped", "capped"]
+    assert "Down bins [1]" in records[0].reason and "limited to 0.1" in records[1].reason
+    # symmetrised: a mirror of 2 - 1.95 = 0.05 is limited to 0.1 too
+    out, records = treat(NOM * 1.95, TreatmentSettings(non_negative=True))
+    np.testing.assert_allclose(out["Up"], NOM * 1.9)
+    assert "mirrored 0.05" in records[0].reason
+
+
+DROP_MODEL = """
+General: {Measurement: drop, POI: ttbar_norm, HistogramFolder: unused,
+          InputPath: "histograms.root:{RegionPath}_{SamplePath}{VariationPath}"}
+Regions: [{Name: SR, RegionPath: 4j2b, Variable: "m_bjj [GeV]", Binning: [110, 190, 270, 350, 550]}]
+Samples:
+  - {Name: Pseudodata, SamplePath: pseudodata, Data: true}
+  - {Name: ttbar, SamplePath: ttbar}
+  - {Name: W+jets, SamplePath: wjets}
+NormFactors: [{Name: ttbar_norm, Samples: ttbar, Nominal: 1.0, Bounds: [0, 10]}]
+Systematics:
+  - {Name: JES, Type: NormPlusShape, Up: {VariationPath: _pt_scale_up}, Down: {Symmetrize: true}}
+"""
+
+
+def test_bins_without_prediction_leave_the_fit(tmp_path):
+    """MC empty in 270-350 GeV (the third bin of the model), pseudo-data not: the likelihood is zero
+    for every parameter value unless DropEmptyBins takes the bin out."""
+    import hist
+    import uproot
+
+    from utils.errors import StatisticsError
+    from utils.inference.diagnostics import fit_with_diagnostics
+    from utils.inference.fit import numpy_backend
+    from utils.inference.results import prepare_workspace
+
+    edges = np.linspace(50, 550, 26)
+    x = 0.5 * (edges[1:] + edges[:-1])
+    empty = (x > 270) & (x < 350)
+    wjets = np.where(empty, 0.0, 400 * np.exp(-x / 200))
+    ttbar = np.where(empty, 0.0, 50 * np.exp(-(((x - 175) / 60) ** 2)))
+
+    def h(values):
+        out = hist.Hist(hist.axis.Variable(edges), storage=hist.storage.Weight())
+        out.view(flow=False)["value"] = values
+        out.view(flow=False)["variance"] = values * 0.1
+        return out
+
+    with uproot.recreate(tmp_path / "histograms.root") as f:
+        f["4j2b_wjets"], f["4j2b_ttbar"] = h(wjets), h(ttbar)
+        f["4j2b_wjets_pt_scale_up"], f["4j2b_ttbar_pt_scale_up"] = h(wjets * 1.02), h(ttbar * 1.03)
+        f["4j2b_pseudodata"] = h(wjets + ttbar + 7.0 * empty)  # 4 bins of 7 events: 28 in the empty bin
+    plain = tmp_path / "plain.yml"
+    plain.write_text(DROP_MODEL)
+    dropping = tmp_path / "dropping.yml"
+    dropping.write_text(DROP_MODEL + "TemplateTreatment: {DropEmptyBins: true}\n")
+    import cabinetry
+
+    with numpy_backend():
+        _, ws, _ = prepare_workspace(tmp_path / "histograms.root", tmp_path / "a", plain, keep_templates=False)
+        model, data = cabinetry.model_utils.model_and_data(ws)
+        assert data[2] == pytest.approx(28.0) and model.expected_actualdata(model.config.suggested_init())[2] == 0
+        with pytest.raises(StatisticsError, match="no valid minimum"):
+            fit_with_diagnostics(model, data, minos=False)
+        records = []
+        _, ws, _ = prepare_workspace(
+            tmp_path / "histograms.root", tmp_path / "b", dropping, keep_templates=False, treatment=records
+        )
+        model, data = cabinetry.model_utils.model_and_data(ws)
+        assert data[:4] == pytest.approx([*data[:2], 0.0, data[3]]) and data[2] == 0
+        fit, diagnostics = fit_with_diagnostics(model, data, minos=False)
+    assert fit.bestfit[model.config.poi_index] == pytest.approx(1.0, abs=0.01)  # data = prediction elsewhere
+    assert diagnostics.minuit_valid
+    assert [r.to_dict() for r in records] == [
+        {
+            "systematic": "",
+            "region": "SR",
+            "sample": "all samples",
+            "action": "bins dropped",
+            "reason": "bins [3] have no nominal prediction; every template set to zero there (data removed: 28)",
+        }
+    ]

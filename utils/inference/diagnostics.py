@@ -70,6 +70,7 @@ class FitDiagnostics:
     constrained: dict[str, float] = field(default_factory=dict)  # name -> post-fit / pre-fit uncertainty
     pulled: dict[str, float] = field(default_factory=dict)  # name -> pull in pre-fit units
     negative_yields: int = 0  # bins with a negative expected yield at the minimum
+    at_bound: tuple[str, ...] = ()  # parameters at a bound, held there for the covariance
     problems: tuple[str, ...] = ()
 
     @property
@@ -81,6 +82,7 @@ class FitDiagnostics:
         out["poi_minos_symmetric"] = self.poi_minos_symmetric
         out["thresholds"] = {"constraint": CONSTRAINT_THRESHOLD, "pull": PULL_THRESHOLD}
         out["problems"] = list(self.problems)
+        out["at_bound"] = list(self.at_bound)
         return out
 
 
@@ -95,8 +97,12 @@ def central_hessian(func, x: np.ndarray, steps: np.ndarray, bounds: list[tuple[f
     f_minus = np.array([func(x - step[i]) for i in range(n)])
     hess = np.zeros((n, n))
     for i in range(n):
+        if h[i] == 0:  # a fixed parameter (no step): no row
+            continue
         hess[i, i] = (f_plus[i] - 2 * f0 + f_minus[i]) / h[i] ** 2
         for j in range(i):
+            if h[j] == 0:
+                continue
             value = (
                 func(x + step[i] + step[j])
                 - func(x + step[i] - step[j])
@@ -169,6 +175,17 @@ def likelihood_hessian(
     return hess + central_hessian(constraint, x, h, bounds)
 
 
+#: a parameter closer to a bound than this fraction of its range is "at the bound"
+AT_BOUND = 1e-6
+
+
+def _at_bound(value: float, limits: tuple[float, float]) -> bool:
+    lo, hi = limits
+    if not (np.isfinite(lo) and np.isfinite(hi)):
+        return False
+    return bool(min(value - lo, hi - value) <= AT_BOUND * (hi - lo))
+
+
 def _covariance_status(fmin) -> str:
     if not fmin.has_covariance or fmin.hesse_failed:
         return "failed"
@@ -236,6 +253,10 @@ def fit_with_diagnostics(
     hesse_errors = np.where(m.fixed, 0.0, np.asarray(m.errors, dtype=float))
 
     hess = likelihood_hessian(model, data, bestfit, HESSIAN_STEP * hesse_errors, list(m.limits))
+    # a parameter at one of its bounds (a staterror driven to zero by an empty data bin) is a
+    # boundary of the minimum, not a curvature: it is held there for the covariance
+    at_bound = [i for i in free if _at_bound(bestfit[i], m.limits[i])]
+    free = [i for i in free if i not in at_bound]
     sub = hess[np.ix_(free, free)]
     eigen = np.linalg.eigvalsh(0.5 * (sub + sub.T)) if free else np.array([1.0])
     positive = bool(np.all(eigen > 0))
@@ -291,6 +312,7 @@ def fit_with_diagnostics(
         constrained=constrained,
         pulled=pulled,
         negative_yields=int(np.sum(expected < 0)),
+        at_bound=tuple(names[i] for i in at_bound),
     )
     diagnostics = _with_problems(diagnostics, names[poi] if poi is not None else "POI")
     fit_results = FitResults(bestfit, uncertainty, names, corr, float(m.fval))

@@ -269,7 +269,8 @@ def run_inference(
     ``ml_categories``: split every region into its ML-score categories (the model of a run with the
     classifier, histograms saved with ``ml_categories=True``). ``analysis``: the analysis configuration
     the histograms were made with (the model is checked against it; default ``analysis_config.yml``).
-    ``ranking`` refits the model four times per parameter (about two minutes for the AGC model).
+    ``ranking`` refits the model four times per parameter (a few seconds for the AGC model, see
+    :func:`~utils.inference.fit.rank_parameters`).
     ``fit_data``: the observed data, ``"pseudodata"`` (``{region}_pseudodata``) or the dataset's
     ``"data"`` sample (``{region}_data``); recorded in ``fit_results.json``.
     """

@@ -216,7 +216,7 @@ def _treat(refs: list[TemplateRef], binned: dict[str, HistogramData], rules: Tre
     """Smooth and prune the NormPlusShape variation templates in ``binned`` (in place)."""
     import cabinetry
 
-    records: list[TreatmentRecord] = []
+    records: list[TreatmentRecord] = _drop_empty_bins(refs, binned) if rules.drop_empty_bins else []
     groups: dict[tuple[str, str, str], dict[str, TemplateRef]] = {}
     for ref in refs:
         if ref.template is not None and ref.systematic.get("Type") == "NormPlusShape":
@@ -236,4 +236,39 @@ def _treat(refs: list[TemplateRef], binned: dict[str, HistogramData], rules: Tre
         for k, r in templates.items():
             binned[r.name] = binned[r.name]._replace(values=new[k])
         records.extend(decisions)
+    return records
+
+
+def _drop_empty_bins(refs: list[TemplateRef], binned: dict[str, HistogramData]) -> list[TreatmentRecord]:
+    """``DropEmptyBins``: zero every template of a region (data included) in the bins where the
+    summed nominal prediction is empty (in place); one record per region that has such bins."""
+    records: list[TreatmentRecord] = []
+    regions: dict[str, list[TemplateRef]] = {}
+    for ref in refs:
+        regions.setdefault(ref.region["Name"], []).append(ref)
+    for region_name, region_refs in regions.items():
+        nominal = [binned[r.name].values for r in region_refs if r.template is None and not r.sample.get("Data", False)]
+        if not nominal:
+            continue
+        empty = np.sum(nominal, axis=0) <= 0
+        if not empty.any():
+            continue
+        data = [binned[r.name].values[empty].sum() for r in region_refs if r.sample.get("Data", False)]
+        for r in region_refs:
+            hist = binned[r.name]
+            values, variances = hist.values.copy(), hist.variances.copy()
+            values[empty] = variances[empty] = 0.0
+            binned[r.name] = hist._replace(values=values, variances=variances)
+        bins = [int(b) + 1 for b in np.flatnonzero(empty)]
+        records.append(
+            TreatmentRecord(
+                "",
+                region_name,
+                "all samples",
+                "bins dropped",
+                f"bins {bins} have no nominal prediction; every template set to zero there "
+                f"(data removed: {sum(data):.6g})",
+            )
+        )
+        log.info("%s: bins %s have no nominal prediction and leave the fit", region_name, bins)
     return records

@@ -1,0 +1,290 @@
+"""A fast evaluation of a pyhf model's likelihood with its analytic gradient, for the many refits
+of the impact ranking.
+
+pyhf's numpy backend evaluates ``logpdf`` in about 0.1-0.2 ms for the AGC model (34 parameters),
+and MINUIT, differencing it numerically, needs over a thousand calls per refit: the ranking's
+132 refits took about 100 s. :class:`FastLikelihood` reads the same model (its specification and
+pyhf's parameter sets) into a few dense arrays and evaluates twice the negative log-likelihood
+*and its gradient* in tens of microseconds; MIGRAD with the exact gradient converges in a few
+dozen calls.
+
+It implements the modifiers of HistFactory models built by cabinetry: ``normfactor``,
+``shapefactor``, ``lumi``, ``staterror`` (multiplicative), ``normsys`` (interpolation code 4) and
+``histosys`` (code 4p), with Gaussian constraints, exactly as pyhf 0.7 defines them (the test
+compares with ``model.logpdf`` at random points). A model with anything else (``shapesys``'s
+Poisson constraints, other interpolation codes) is not supported: :meth:`FastLikelihood.from_model`
+returns None and the caller uses pyhf.
+
+Definitions (``lam``: expected main-measurement yields; ``n``: data; per sample ``s`` and bin ``b``)::
+
+    lam_b = sum_s (nom_sb + sum_k histosys_k(alpha_k)_sb) * prod_k normsys_k(alpha_k)_s * prod_j theta_j
+    -2 ln L = 2 sum_b (lam_b - n_b ln lam_b + lgamma(n_b + 1)) + sum_i ((a_i - theta_i) / sigma_i)^2
+              + 2 sum_i ln(sigma_i sqrt(2 pi))
+
+with code 4p ``histosys(a) = a (hi - nom)`` for a > 1, ``a (nom - lo)`` for a < -1 and
+``a S + a^2 (15 + a^2 (3 a^2 - 10)) A`` in between (``S = (hi - lo) / 2``,
+``A = (hi + lo - 2 nom) / 16``), and code 4 ``normsys(a) = hi^a`` for a >= 1, ``lo^-a`` for
+a <= -1 and a sixth-order polynomial in between that matches value, first and second derivative
+at +/-1.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from scipy.special import gammaln
+
+log = logging.getLogger(__name__)
+
+#: pyhf's interpolation-code-4 coefficients (alpha0 = 1): ``coefficients = A_INV @ b`` with
+#: ``b = [hi - 1, lo - 1, ln(hi) hi, -ln(lo) lo, ln(hi)^2 hi, ln(lo)^2 lo]``
+_CODE4_A_INV = np.array(
+    [
+        [15 / 16, -15 / 16, -7 / 16, -7 / 16, 1 / 16, -1 / 16],
+        [3 / 2, 3 / 2, -9 / 16, 9 / 16, 1 / 16, 1 / 16],
+        [-5 / 8, 5 / 8, 5 / 8, 5 / 8, -1 / 8, 1 / 8],
+        [-3 / 2, -3 / 2, 7 / 8, -7 / 8, -1 / 8, -1 / 8],
+        [3 / 16, -3 / 16, -3 / 16, -3 / 16, 1 / 16, -1 / 16],
+        [1 / 2, 1 / 2, -5 / 16, 5 / 16, 1 / 16, 1 / 16],
+    ]
+)
+_SUPPORTED = {"normfactor", "shapefactor", "lumi", "staterror", "normsys", "histosys"}
+_LINEAR = {"normfactor", "shapefactor", "lumi", "staterror"}
+
+
+class UnsupportedModelError(ValueError):
+    """The model has a modifier or setting :class:`FastLikelihood` does not implement."""
+
+
+@dataclass(frozen=True)
+class FastLikelihood:
+    """Twice the negative log-likelihood of a pyhf model and its gradient (see the module)."""
+
+    n_pars: int
+    nominal: np.ndarray  # (rows, bins): one row per (channel, sample), zero outside the channel
+    hs_index: np.ndarray  # (K,) parameter of each histosys
+    hs_up: np.ndarray  # (K, rows, bins) hi - nom
+    hs_dn: np.ndarray  # (K, rows, bins) nom - lo
+    ns_index: np.ndarray  # (L,) parameter of each normsys
+    ns_hi: np.ndarray  # (L, rows)
+    ns_lo: np.ndarray  # (L, rows)
+    ns_coef: np.ndarray  # (6, L, rows) code-4 polynomial coefficients
+    linear: np.ndarray  # (J, rows, bins) parameter index of each multiplicative factor, -1: none
+    gauss_index: np.ndarray  # (G,) Gaussian-constrained parameters
+    gauss_sigma: np.ndarray  # (G,)
+    aux_slots: np.ndarray  # (G,) position of each one's auxiliary datum in the aux part of the data
+    n_main: int
+
+    @classmethod
+    def from_model(cls, model: Any) -> FastLikelihood | None:
+        """The fast likelihood of ``model``, or None (logged) when it has unsupported parts."""
+        try:
+            return cls._build(model)
+        except UnsupportedModelError as err:
+            log.info("fast likelihood not available (%s); using pyhf", err)
+            return None
+
+    @classmethod
+    def _build(cls, model: Any) -> FastLikelihood:
+        config = model.config
+        settings = getattr(config, "modifier_settings", {})
+        codes = {"normsys": "code4", "histosys": "code4p"}
+        for kind, code in codes.items():
+            if settings.get(kind, {}).get("interpcode", code) != code:
+                raise UnsupportedModelError(f"{kind} interpolation {settings[kind]['interpcode']}, not {code}")
+        offsets, start = {}, 0
+        for channel in config.channels:
+            offsets[channel] = start
+            start += config.channel_nbins[channel]
+        n_bins = start
+        rows: list[tuple[str, dict]] = []
+        for channel_spec in model.spec["channels"]:
+            for sample in channel_spec["samples"]:
+                rows.append((channel_spec["name"], sample))
+        n_rows = len(rows)
+        nominal = np.zeros((n_rows, n_bins))
+        hs: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+        ns: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+        linear: list[np.ndarray] = []
+
+        def par_index(name: str) -> int | list[int]:
+            s = config.par_slice(name)
+            return list(range(s.start, s.stop)) if config.param_set(name).n_parameters > 1 else s.start
+
+        for r, (channel, sample) in enumerate(rows):
+            lo, nb = offsets[channel], config.channel_nbins[channel]
+            nom = np.asarray(sample["data"], dtype=float)
+            nominal[r, lo : lo + nb] = nom
+            for mod in sample.get("modifiers", []):
+                kind, name = mod["type"], mod["name"]
+                if kind not in _SUPPORTED:
+                    raise UnsupportedModelError(f"modifier type {kind!r} ({name})")
+                index = par_index(name)
+                if kind in _LINEAR:
+                    slot = next((s for s in linear if np.all(s[r, lo : lo + nb] < 0)), None)
+                    if slot is None:
+                        slot = -np.ones((n_rows, n_bins), dtype=int)
+                        linear.append(slot)
+                    slot[r, lo : lo + nb] = index
+                elif kind == "histosys":
+                    assert isinstance(index, int)  # histosys and normsys have one parameter
+                    up, dn = hs.setdefault(index, (np.zeros((n_rows, n_bins)), np.zeros((n_rows, n_bins))))
+                    up[r, lo : lo + nb] += np.asarray(mod["data"]["hi_data"], dtype=float) - nom
+                    dn[r, lo : lo + nb] += nom - np.asarray(mod["data"]["lo_data"], dtype=float)
+                else:  # normsys
+                    assert isinstance(index, int)
+                    hi_k, lo_k = ns.setdefault(index, (np.ones(n_rows), np.ones(n_rows)))
+                    if hi_k[r] != 1 or lo_k[r] != 1:
+                        raise UnsupportedModelError(f"two normsys {name!r} on one sample")
+                    hi_k[r], lo_k[r] = float(mod["data"]["hi"]), float(mod["data"]["lo"])
+        ns_keys = sorted(ns)
+        ns_hi = np.array([ns[k][0] for k in ns_keys]).reshape(len(ns_keys), n_rows)
+        ns_lo = np.array([ns[k][1] for k in ns_keys]).reshape(len(ns_keys), n_rows)
+        if np.any(ns_hi <= 0) or np.any(ns_lo <= 0):
+            raise UnsupportedModelError("a normsys with a non-positive factor")
+        b = np.stack([ns_hi - 1, ns_lo - 1, np.log(ns_hi) * ns_hi, -np.log(ns_lo) * ns_lo,
+                      np.log(ns_hi) ** 2 * ns_hi, np.log(ns_lo) ** 2 * ns_lo])  # fmt: skip
+        hs_keys = sorted(hs)
+
+        gauss_index: list[int] = []
+        gauss_sigma: list[float] = []
+        aux_slots: list[int] = []
+        position = 0
+        for name in config.auxdata_order:
+            pset = config.param_set(name)
+            if getattr(pset, "pdf_type", None) != "normal":
+                raise UnsupportedModelError(f"constraint {getattr(pset, 'pdf_type', '?')!r} of {name!r}")
+            s = config.par_slice(name)
+            gauss_index.extend(range(s.start, s.stop))
+            gauss_sigma.extend(float(w) for w in pset.width())
+            aux_slots.extend(range(position, position + pset.n_parameters))
+            position += pset.n_parameters
+        return cls(
+            n_pars=int(config.npars),
+            nominal=nominal,
+            hs_index=np.array(hs_keys, dtype=int),
+            hs_up=np.array([hs[k][0] for k in hs_keys]).reshape(len(hs_keys), n_rows, n_bins),
+            hs_dn=np.array([hs[k][1] for k in hs_keys]).reshape(len(hs_keys), n_rows, n_bins),
+            ns_index=np.array(ns_keys, dtype=int),
+            ns_hi=ns_hi,
+            ns_lo=ns_lo,
+            ns_coef=np.einsum("rc,clm->rlm", _CODE4_A_INV, b),
+            linear=np.array(linear, dtype=int).reshape(len(linear), n_rows, n_bins),
+            gauss_index=np.array(gauss_index, dtype=int),
+            gauss_sigma=np.array(gauss_sigma, dtype=float),
+            aux_slots=np.array(aux_slots, dtype=int),
+            n_main=n_bins,
+        )
+
+    # -- pieces --------------------------------------------------------------------------------
+
+    def _histosys(self, pars: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Additive deltas (K, rows, bins) and their derivatives."""
+        a = pars[self.hs_index][:, None, None]
+        s = 0.5 * (self.hs_up + self.hs_dn)
+        big_a = 0.0625 * (self.hs_up - self.hs_dn)
+        a2 = a * a
+        poly = a2 * (a2 * (3 * a2 - 10) + 15)
+        dpoly = a * (a2 * (18 * a2 - 40) + 30)
+        inside = a * s + poly * big_a
+        dinside = s + dpoly * big_a
+        value = np.where(a > 1, a * self.hs_up, np.where(a < -1, a * self.hs_dn, inside))
+        deriv = np.where(a > 1, self.hs_up, np.where(a < -1, self.hs_dn, dinside))
+        return value, deriv
+
+    def _normsys(self, pars: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Factors (L, rows) and their derivatives."""
+        a = pars[self.ns_index][:, None]
+        powers = np.stack([a**k for k in range(1, 7)])
+        dpowers = np.stack([k * a ** (k - 1) for k in range(1, 7)])
+        inside = 1 + np.sum(self.ns_coef * powers, axis=0)
+        dinside = np.sum(self.ns_coef * dpowers, axis=0)
+        abs_a = np.abs(a)
+        up, lo = self.ns_hi**abs_a, self.ns_lo**abs_a
+        value = np.where(a >= 1, up, np.where(a <= -1, lo, inside))
+        deriv = np.where(a >= 1, np.log(self.ns_hi) * up, np.where(a <= -1, -np.log(self.ns_lo) * lo, dinside))
+        return value, deriv
+
+    def expected(self, pars: np.ndarray) -> np.ndarray:
+        """Expected main-measurement yields (pyhf's ``expected_actualdata``)."""
+        return self._evaluate(np.asarray(pars, dtype=float), gradient=False)[0]
+
+    def _evaluate(self, pars: np.ndarray, gradient: bool):
+        h, dh = self._histosys(pars)
+        g, dg = self._normsys(pars)
+        base = self.nominal + h.sum(axis=0)  # (rows, bins)
+        norm = np.prod(g, axis=0) if len(g) else np.ones(len(self.nominal))  # (rows,)
+        ext = np.append(pars, 1.0)  # index -1: no factor
+        factors = ext[self.linear]  # (J, rows, bins)
+        lin = np.prod(factors, axis=0) if len(factors) else np.ones_like(base)
+        per_row = base * norm[:, None] * lin
+        lam = per_row.sum(axis=0)
+        if not gradient:
+            return lam, None
+        return lam, (h, dh, g, dg, base, norm, factors, lin, per_row)
+
+    def objective(self, data: Any) -> Objective:
+        """``-2 log L`` of ``data`` and its gradient, as functions of the parameters."""
+        return Objective(self, np.asarray(data, dtype=float))
+
+    def twice_nll(self, pars: Any, data: Any) -> float:
+        """``-2 log L`` as pyhf's ``-2 * model.logpdf(pars, data)[0]``."""
+        return self.objective(data)(pars)
+
+    def gradient(self, pars: Any, data: Any) -> np.ndarray:
+        """Gradient of :meth:`twice_nll` with respect to every parameter."""
+        return self.objective(data).gradient(pars)
+
+
+class Objective:
+    """:class:`FastLikelihood` bound to one data set (constant terms computed once)."""
+
+    def __init__(self, likelihood: FastLikelihood, data: np.ndarray) -> None:
+        self.likelihood = lk = likelihood
+        self.counts = data[: lk.n_main]
+        self.filled = self.counts > 0
+        self.aux = data[lk.n_main :][lk.aux_slots]
+        self.inv_var = 1.0 / lk.gauss_sigma**2
+        self.constant = float(
+            2 * np.sum(gammaln(self.counts + 1))
+            + 2 * np.sum(np.log(lk.gauss_sigma))
+            + len(lk.gauss_sigma) * math.log(2 * math.pi)
+        )
+
+    def __call__(self, pars: Any) -> float:
+        lk = self.likelihood
+        pars = np.asarray(pars, dtype=float)
+        lam = lk._evaluate(pars, gradient=False)[0]
+        with np.errstate(divide="ignore", invalid="ignore"):
+            log_lam = np.where(self.filled, self.counts * np.log(lam), 0.0)
+        z = self.aux - pars[lk.gauss_index]
+        return float(2 * np.sum(lam - log_lam) + z @ (z * self.inv_var) + self.constant)
+
+    def gradient(self, pars: Any) -> np.ndarray:
+        lk = self.likelihood
+        pars = np.asarray(pars, dtype=float)
+        lam, parts = lk._evaluate(pars, gradient=True)
+        _, dh, g, dg, base, norm, factors, lin, _ = parts
+        n_ext = lk.n_pars + 1
+        with np.errstate(divide="ignore", invalid="ignore"):
+            w = 2 * (1 - np.where(self.filled, self.counts / lam, 0.0))  # d(-2 ln L)/d lam, (bins,)
+        grad = np.zeros(n_ext)
+        if len(dh):
+            scale = norm[:, None] * lin  # (rows, bins)
+            np.add.at(grad, lk.hs_index, np.einsum("krb,rb,b->k", dh, scale, w))
+        if len(dg):
+            # d lam / d alpha_l = base * lin * prod_{m != l} g_m * dg_l
+            others = np.array([np.prod(np.delete(g, i, axis=0), axis=0) for i in range(len(g))])
+            row_w = (base * lin) @ w  # (rows,)
+            np.add.at(grad, lk.ns_index, np.sum(others * dg * row_w[None, :], axis=1))
+        for j in range(len(factors)):
+            rest = np.prod(np.delete(factors, j, axis=0), axis=0) if len(factors) > 1 else 1.0
+            contribution = base * norm[:, None] * rest * w[None, :]
+            grad += np.bincount(lk.linear[j].ravel() % n_ext, contribution.ravel(), n_ext)
+        grad = grad[: lk.n_pars]
+        np.add.at(grad, lk.gauss_index, -2 * (self.aux - pars[lk.gauss_index]) * self.inv_var)
+        return grad
