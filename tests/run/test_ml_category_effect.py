@@ -1,6 +1,6 @@
 """The classifier's effect on the fit, as the notebook shows it: the run's histograms fitted in
-their ML-score categories beside the regions' fit, or not fitted where a category has empty
-bins; and its figure."""
+their ML-score categories beside the regions' fit (empty category bins dropped by the template
+treatment, or not fitted without that rule); and its figure."""
 
 from __future__ import annotations
 
@@ -75,15 +75,42 @@ def test_the_figure_shows_both_fits_side_by_side(effect, tmp_path):
     plt.close(fig)
 
 
-def test_categories_with_empty_bins_are_not_fitted(config, tmp_path):
-    """The tiny dataset's case: a category with fit bins without simulated events."""
-
+def _sparse_histograms(config):
     def sparse(process, x):  # nothing above 470 GeV: the last two fit bins (470-550) are empty
         return np.where(x > 470.0, 0.0, _shape(process, x))
 
-    histograms = handmade_histograms(config, sparse, SIGNAL_SHARE.__getitem__)
+    return handmade_histograms(config, sparse, SIGNAL_SHARE.__getitem__)
+
+
+def test_categories_with_empty_bins_are_fitted_without_those_bins(config, tmp_path):
+    """The tiny dataset's case: categories with fit bins without simulated events. The template
+    treatment's DropEmptyBins (on in cabinetry_config.yml) takes those bins out of the fit."""
+    histograms = _sparse_histograms(config)
     assert empty_category_bins(histograms, config) == {f"{r}_ML{c}": 2 for r in config.region_names for c in (0, 1)}
-    result = ml_category_effect(histograms, config, tmp_path, without_ml=None)  # never fitted
+    save_histograms(histograms, tmp_path / "regions.root", config)
+    without_ml = run_inference(tmp_path / "regions.root", tmp_path / "regions", figures=False, analysis=config)
+    result = ml_category_effect(histograms, config, tmp_path, without_ml=without_ml)
+    assert result.comparison is not None, result.not_fitted
+    with_ml = result.comparison.with_ml
+    dropped = [r for r in with_ml.template_treatment if r.action == "bins dropped"]
+    assert dropped and not with_ml.failures
+    assert abs(with_ml.bestfit - 1.0) < 3 * with_ml.uncertainty
+
+
+def test_categories_with_empty_bins_are_not_fitted_without_the_rule(config, tmp_path, monkeypatch):
+    """Without DropEmptyBins the fit is ill-posed there: not fitted, nothing written."""
+    import dataclasses
+
+    import utils.inference.config as model_config
+
+    load = model_config.load_model_config
+
+    def without_rule(*args, **kwargs):
+        model, rules = load(*args, **kwargs)
+        return model, dataclasses.replace(rules, drop_empty_bins=False)
+
+    monkeypatch.setattr(model_config, "load_model_config", without_rule)
+    result = ml_category_effect(_sparse_histograms(config), config, tmp_path, without_ml=None)  # never fitted
     assert result.comparison is None and "4j1b_ML0 2" in result.not_fitted
     assert result.summary().startswith("ML categories not fitted: bins without simulated events")
     assert list(tmp_path.iterdir()) == []

@@ -115,7 +115,8 @@ def empty_category_bins(histograms: AnalysisHistograms, config: AnalysisConfig) 
     """Per ML-score category (``4j1b_ML0``, ...), the bins of its fit binning (``Binning`` of
     ``cabinetry_config.yml``) with no simulated event or no pseudo-data: there the fit is ill-posed
     (variations drive the expected yield negative where the Poisson term of a bin without data is
-    unbounded; docs/inference.md, "Known limitation"). Categories without such bins are left out."""
+    unbounded; docs/inference.md, "The tiny dataset with the ML-score categories"). Categories
+    without such bins are left out."""
     import numpy as np
 
     from utils.datasets.fileset import DATA_PROCESS
@@ -166,16 +167,22 @@ def ml_category_effect(
     """The classifier's effect on a run's fit: its histograms (filled with the classifier) saved
     with the ML-score category templates to ``output_dir/histograms_ml.root`` and fitted with each
     region split into its categories (into ``output_dir/ml_categories/``), beside the run's own
-    fit of the regions as they are (``without_ml``, not refitted). Not fitted (and nothing
-    written) when a category has fit bins without simulated events or pseudo-data
-    (:func:`empty_category_bins`: the tiny dataset)."""
+    fit of the regions as they are (``without_ml``, not refitted). Categories with fit bins
+    without simulated events (:func:`empty_category_bins`: the tiny dataset) are fitted when the
+    model's template treatment drops such bins (``DropEmptyBins``, on in ``cabinetry_config.yml``);
+    else they are not fitted, and nothing is written."""
+    from utils.inference.config import load_model_config
+
     empty = empty_category_bins(histograms, config)
     if empty:
         where = ", ".join(f"{name} {n}" for name, n in empty.items())
-        reason = (f"bins without simulated events or pseudo-data ({where}): too few events for the "
-                  "categories (docs/inference.md, Known limitation)")  # fmt: skip
-        log.info("ML categories not fitted: %s", reason)
-        return CategoryEffect(None, reason)
+        _, rules = load_model_config(analysis=config)
+        if not rules.drop_empty_bins:
+            reason = (f"bins without simulated events or pseudo-data ({where}) and no DropEmptyBins in the "
+                      "template treatment (docs/inference.md)")  # fmt: skip
+            log.info("ML categories not fitted: %s", reason)
+            return CategoryEffect(None, reason)
+        log.info("ML categories: bins without simulated events or pseudo-data (%s); DropEmptyBins applies", where)
     output_dir = Path(output_dir)
     path = output_dir / ML_HISTOGRAMS_NAME
     save_histograms(histograms, path, config, ml_categories=True)
