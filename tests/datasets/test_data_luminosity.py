@@ -90,3 +90,39 @@ def test_data_without_recorded_luminosity_stands_for_the_full_luminosity(tmp_pat
 def test_no_data_sample_has_no_luminosity(tmp_path):
     fileset = build_fileset(_write(tmp_path, DESCRIPTION), processes=["ttbar"], cross_sections={"ttbar": 1.0})
     assert data_luminosity(fileset, 3378.0) is None
+
+
+def test_processing_normalises_to_the_data_read_when_a_file_is_skipped(tiny_dataset, config, tmp_path):
+    """Real processing: of two data files recorded at 200 /pb together, one is missing and skipped
+    under ON_BAD_INPUT='skip'; the MC is normalised to the other file's 100 /pb."""
+    from utils.processing.run import ProcessingOptions, process_fileset
+
+    tiny = json.loads(tiny_dataset.read_text())["data"]["nominal"]["files"][0]
+    n = tiny["nevts"]
+    desc = {
+        "data": {"nominal": {"files": [{"path": str(tiny_dataset.parent / tiny["path"]), "nevts": n},
+                                       {"path": "missing.root", "nevts": n}],
+                             "nevts_total": 2 * n, "lumi": 200.0}},
+    }  # fmt: skip
+    fileset = build_fileset(_write(tmp_path, desc))
+    options = ProcessingOptions(executor="iterative", on_bad_input="skip", disable_processing=True)
+    result = process_fileset(fileset, options, config, luminosity_from_data=True)
+    assert result.mc_luminosity == pytest.approx(100.0)
+    assert [b.path for b in result.input_report.bad] == [str(tmp_path / "missing.root")]
+    # the same fileset with the configured luminosity when FIT_DATA is not 'data'
+    assert process_fileset(fileset, options, config).mc_luminosity == pytest.approx(config.luminosity)
+
+
+def test_processing_with_no_data_left_is_an_error(tiny_dataset, config, tmp_path):
+    from utils.processing.run import ProcessingOptions, process_fileset
+
+    ttbar = json.loads(tiny_dataset.read_text())["ttbar"]["nominal"]["files"][0]
+    desc = {
+        "data": {"nominal": {"files": [{"path": "missing.root", "nevts": 10}], "nevts_total": 10, "lumi": 5.0}},
+        "ttbar": {"nominal": {"files": [{"path": str(tiny_dataset.parent / ttbar["path"]), "nevts": ttbar["nevts"]}],
+                              "nevts_total": ttbar["nevts"]}},
+    }  # fmt: skip
+    fileset = build_fileset(_write(tmp_path, desc), cross_sections={"ttbar": 1.0})
+    options = ProcessingOptions(executor="iterative", on_bad_input="skip", disable_processing=True)
+    with pytest.raises(ConfigError, match="no data events were processed"):
+        process_fileset(fileset, options, config, luminosity_from_data=True)
