@@ -126,3 +126,28 @@ def test_processing_with_no_data_left_is_an_error(tiny_dataset, config, tmp_path
     options = ProcessingOptions(executor="iterative", on_bad_input="skip", disable_processing=True)
     with pytest.raises(ConfigError, match="no data events were processed"):
         process_fileset(fileset, options, config, luminosity_from_data=True)
+
+
+@pytest.mark.parametrize("preset", ["quickstart", "benchmark"])
+def test_the_generator_records_each_data_files_share(preset, tmp_path):
+    """The quick start's preselected data (and the benchmark's plain data) in 2 files: each file's
+    'lumi' is the sample's times its share of the generated events, and a one-file subset has it.
+    Only the plan and the description are made here; no event is generated."""
+    from utils.datasets.embedded.dataset import _fileset, plan_dataset
+    from utils.datasets.embedded.presets import get_preset
+
+    plan = plan_dataset(get_preset(preset))
+    data_tasks = [t for t in plan.tasks if t.process == "data"]
+    assert len(data_tasks) == 2
+    generated = [t.n_events for t in data_tasks]
+    # written events: for preselected data a tenth of the generated (any number would do)
+    nevts = {t.relpath: t.n_events // (10 if t.preselection is not None else 1) for t in plan.tasks}
+    description = _fileset(plan, nevts, {})
+    files = description["data"]["nominal"]["files"]
+    assert plan.data_lumi is not None
+    expected = [plan.data_lumi * g / sum(generated) for g in generated]
+    assert [f["lumi"] for f in files] == pytest.approx(expected)
+    assert sum(f["lumi"] for f in files) == pytest.approx(description["data"]["nominal"]["lumi"])
+    path = _write(tmp_path, description)
+    assert data_luminosity(build_fileset(path)) == pytest.approx(plan.data_lumi)
+    assert data_luminosity(build_fileset(path, n_files_max_per_sample=1)) == pytest.approx(expected[0])
