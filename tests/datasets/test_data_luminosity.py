@@ -151,3 +151,13 @@ def test_the_generator_records_each_data_files_share(preset, tmp_path):
     path = _write(tmp_path, description)
     assert data_luminosity(build_fileset(path)) == pytest.approx(plan.data_lumi)
     assert data_luminosity(build_fileset(path, n_files_max_per_sample=1)) == pytest.approx(expected[0])
+
+
+def test_delivered_files_keep_the_subsets_luminosity(tmp_path):
+    """A delivered fileset (ServiceX skims: other files, the metadata unchanged) keeps the
+    luminosity of the inputs taken, scaled by events lost on the way."""
+    fileset = build_fileset(_write(tmp_path, DESCRIPTION), n_files_max_per_sample=1, cross_sections={"ttbar": 1.0})
+    delivered = {s: {"files": {"/skims/0.parquet": None}, "metadata": dict(e["metadata"])} for s, e in fileset.items()}
+    assert data_luminosity(delivered) == pytest.approx(75.0)
+    delivered["data__nominal"]["metadata"]["nevts"] -= 3
+    assert data_luminosity(delivered) == pytest.approx(75.0 * 27 / 30)

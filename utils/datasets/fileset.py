@@ -166,6 +166,7 @@ def _add_data_luminosity(
 
     ``metadata["nevts_full"]``: the events of the whole sample (all files of the description),
     ``metadata["lumi"]`` (when the description records one): the luminosity of the files taken,
+    which hold ``metadata["lumi_nevts"]`` events,
     ``file_lumi``: each taken file's luminosity, its own ``"lumi"`` where every file of the
     sample records one, else the sample's luminosity times the file's share of the events (the
     embedded generator splits each process's events evenly over the files, so the share of the
@@ -192,6 +193,7 @@ def _add_data_luminosity(
         by_path = {_resolve(f["path"], base): lumi * int(f["nevts"]) / nevts_full for f in all_files}
     sample["file_lumi"] = {p: by_path[p] for p in sample["files"]}
     sample["metadata"]["lumi"] = float(sum(sample["file_lumi"].values()))
+    sample["metadata"]["lumi_nevts"] = sample["metadata"]["nevts"]
 
 
 def data_luminosity(fileset: dict[str, dict[str, Any]], full_luminosity: float | None = None) -> float | None:
@@ -200,7 +202,8 @@ def data_luminosity(fileset: dict[str, dict[str, Any]], full_luminosity: float |
     It follows the files kept (a subset by ``n_files_max_per_sample`` or
     ``max_events_per_sample``, a file the input checks dropped under ``ON_BAD_INPUT="skip"``):
     the kept files' luminosity, times the events left (``metadata["nevts"]``, after entries
-    lost in unreadable chunks) over the kept files' events. A sample without a recorded
+    lost in unreadable chunks) over the kept files' events. Files that are not the described
+    ones (a delivered skim) scale the metadata's ``lumi`` by the events left. A sample without a recorded
     luminosity (the real CMS list) is taken to hold ``full_luminosity`` over all its events
     (``metadata["nevts_full"]``), and scales the same way; ``None`` when neither is known or
     there is no data sample."""
@@ -211,12 +214,16 @@ def data_luminosity(fileset: dict[str, dict[str, Any]], full_luminosity: float |
         kept_files = entry["files"]
         file_nevts = entry.get("file_nevts", {})
         nevts = int(meta["nevts"])
-        if "file_lumi" in entry:
-            lumi = sum(entry["file_lumi"][p] for p in kept_files)
+        file_lumi = entry.get("file_lumi", {})
+        if kept_files and all(p in file_lumi and p in file_nevts for p in kept_files):
+            lumi = sum(file_lumi[p] for p in kept_files)
             in_files = sum(file_nevts[p] for p in kept_files)
             return float(lumi * nevts / in_files) if in_files else 0.0
-        if meta.get("lumi") is not None and "nevts_full" not in meta:
-            return float(meta["lumi"])  # a fileset made elsewhere: the luminosity as recorded
+        if meta.get("lumi") is not None:
+            # the files are not the described ones (delivered skims): the metadata's luminosity,
+            # for the events it was recorded with
+            lumi_nevts = int(meta.get("lumi_nevts", nevts))
+            return float(meta["lumi"]) * nevts / lumi_nevts if lumi_nevts else 0.0
         if full_luminosity is None or not meta.get("nevts_full"):
             return None
         return float(full_luminosity * nevts / meta["nevts_full"])
