@@ -181,13 +181,16 @@ def fileset_paths(fileset_path: Path) -> dict[str, list[Path]]:
 
 
 def check_dataset_structure(data: dict) -> None:
-    """The real list's structure: {process: {variation: {"files": [{"path", "nevts"}], "nevts_total"}}}."""
+    """The real list's structure: {process: {variation: {"files": [{"path", "nevts"}], "nevts_total"}}}
+    (a generated data file also records its luminosity, "lumi")."""
     assert data
-    for variations in data.values():
+    for process, variations in data.items():
         for entry in variations.values():
             assert isinstance(entry["files"], list) and entry["files"]
             for f in entry["files"]:
-                assert set(f) == {"path", "nevts"} and isinstance(f["path"], str) and f["nevts"] > 0
+                extra = set(f) - {"path", "nevts"}
+                assert extra == set() or (process == "data" and "lumi" in entry and extra == {"lumi"})
+                assert isinstance(f["path"], str) and f["nevts"] > 0
             assert entry["nevts_total"] == sum(f["nevts"] for f in entry["files"])
 
 

@@ -1,7 +1,9 @@
 """Filesets from dataset descriptions: the real 2015 CMS file list or the embedded stand-in.
 
 A dataset description is JSON ``{process: {variation: {"files": [{"path", "nevts"}, ...],
-"nevts_total": N, ...}}}``. Relative paths are resolved against the JSON file's folder, so one
+"nevts_total": N, ...}}}``. A data sample may record its integrated luminosity (``"lumi"``, /pb,
+for all its files) and each data file its own share (``{"path", "nevts", "lumi"}``); without
+per-file values the share of a file is its fraction of the sample's events. Relative paths are resolved against the JSON file's folder, so one
 function serves the real list (https URLs) and generated datasets (local files).
 """
 
@@ -138,7 +140,7 @@ def build_fileset(
                     f"{where}: no cross-section for process {process!r}; "
                     f"add it to {CROSS_SECTIONS} or give 'xsec' in the description"
                 )
-            fileset[f"{process}__{variation}"] = {
+            sample: dict[str, Any] = {
                 "files": {_resolve(f["path"], path.parent): treename for f in files},
                 # per-file event counts of the description (checked before processing)
                 "file_nevts": {_resolve(f["path"], path.parent): int(f["nevts"]) for f in files},
@@ -147,19 +149,84 @@ def build_fileset(
                     "variation": variation,
                     "nevts": int(sum(f["nevts"] for f in files)),
                     "xsec": xsec,
-                    **({"lumi": positive_number(entry["lumi"], f"{where}['lumi']")} if "lumi" in entry else {}),
                 },
             }
+            if process == DATA_PROCESS:
+                _add_data_luminosity(sample, entry, files, where, path.parent)
+            fileset[f"{process}__{variation}"] = sample
     if not fileset:
         raise ConfigError(f"{path}: no samples selected (processes={processes})")
     return fileset
 
 
-def data_luminosity(fileset: dict[str, dict[str, Any]]) -> float | None:
-    """The integrated luminosity (/pb) of the fileset's data sample, if it records one."""
+def _add_data_luminosity(
+    sample: dict[str, Any], entry: dict[str, Any], taken: list[dict[str, Any]], where: str, base: Path
+) -> None:
+    """Record the luminosity of a data sample's files in its fileset entry.
+
+    ``metadata["nevts_full"]``: the events of the whole sample (all files of the description),
+    ``metadata["lumi"]`` (when the description records one): the luminosity of the files taken,
+    which hold ``metadata["lumi_nevts"]`` events,
+    ``file_lumi``: each taken file's luminosity, its own ``"lumi"`` where every file of the
+    sample records one, else the sample's luminosity times the file's share of the events (the
+    embedded generator splits each process's events evenly over the files, so the share of the
+    events is the share of the luminosity)."""
+    all_files = entry["files"]
+    nevts_full = int(sum(f["nevts"] for f in all_files))
+    sample["metadata"]["nevts_full"] = nevts_full
+    if "lumi" not in entry:
+        return
+    lumi = positive_number(entry["lumi"], f"{where}['lumi']")
+    if all("lumi" in f for f in all_files):
+        per_file = [positive_number(f["lumi"], f"{where}['files'][{i}]['lumi']") for i, f in enumerate(all_files)]
+        if not math.isclose(sum(per_file), lumi, rel_tol=1e-6):
+            raise ConfigError(
+                f"{where}: the files' 'lumi' add up to {sum(per_file):.6g} /pb but the sample's 'lumi' is "
+                f"{lumi:.6g} /pb; correct one of them"
+            )
+        by_path = {_resolve(f["path"], base): v for f, v in zip(all_files, per_file, strict=True)}
+    elif any("lumi" in f for f in all_files):
+        raise ConfigError(f"{where}['files']: 'lumi' given for some files only; give it for every file or none")
+    elif nevts_full == 0:
+        raise ConfigError(f"{where}: a data sample with a luminosity but no events")
+    else:
+        by_path = {_resolve(f["path"], base): lumi * int(f["nevts"]) / nevts_full for f in all_files}
+    sample["file_lumi"] = {p: by_path[p] for p in sample["files"]}
+    sample["metadata"]["lumi"] = float(sum(sample["file_lumi"].values()))
+    sample["metadata"]["lumi_nevts"] = sample["metadata"]["nevts"]
+
+
+def data_luminosity(fileset: dict[str, dict[str, Any]], full_luminosity: float | None = None) -> float | None:
+    """The integrated luminosity (/pb) of the data the fileset's data sample holds now.
+
+    It follows the files kept (a subset by ``n_files_max_per_sample`` or
+    ``max_events_per_sample``, a file the input checks dropped under ``ON_BAD_INPUT="skip"``):
+    the kept files' luminosity, times the events left (``metadata["nevts"]``, after entries
+    lost in unreadable chunks) over the kept files' events. Files that are not the described
+    ones (a delivered skim) scale the metadata's ``lumi`` by the events left. A sample without a recorded
+    luminosity (the real CMS list) is taken to hold ``full_luminosity`` over all its events
+    (``metadata["nevts_full"]``), and scales the same way; ``None`` when neither is known or
+    there is no data sample."""
     for entry in fileset.values():
-        if entry["metadata"]["process"] == DATA_PROCESS and entry["metadata"].get("lumi") is not None:
-            return float(entry["metadata"]["lumi"])
+        meta = entry["metadata"]
+        if meta["process"] != DATA_PROCESS:
+            continue
+        kept_files = entry["files"]
+        file_nevts = entry.get("file_nevts", {})
+        nevts = int(meta["nevts"])
+        file_lumi = entry.get("file_lumi", {})
+        if kept_files and all(p in file_lumi and p in file_nevts for p in kept_files):
+            lumi = sum(file_lumi[p] for p in kept_files)
+            in_files = sum(file_nevts[p] for p in kept_files)
+            return float(lumi * nevts / in_files) if in_files else 0.0
+        if meta.get("lumi") is not None:
+            # the files are not the described ones (delivered skims): the metadata's luminosity,
+            # for the events it was recorded with
+            lumi_nevts = int(meta.get("lumi_nevts", nevts))
+            return float(meta["lumi"]) * nevts / lumi_nevts if lumi_nevts else 0.0
+        if full_luminosity is None or not meta.get("nevts_full"):
+            return None
+        return float(full_luminosity * nevts / meta["nevts_full"])
     return None
 
 

@@ -19,7 +19,7 @@ from coffea.nanoevents import NanoAODSchema
 from coffea.processor.executor import FileMeta
 
 from utils.config import AnalysisConfig
-from utils.datasets.fileset import TREE_NAME, normalisation
+from utils.datasets.fileset import DATA_PROCESS, TREE_NAME, data_luminosity, normalisation
 from utils.datasets.inputs import POLICIES, BadInput, InputReport, preflight, remote_problem
 from utils.errors import AGCError, ConfigError, InputFileError
 from utils.histograms.accumulate import AnalysisHistograms, HistogramAccumulator
@@ -89,6 +89,8 @@ class ProcessingResult:
     fileset: dict[str, Any] | None = None
     #: the jet-assignment feature histograms (NanoAOD with a jet assigner), for histograms_ml.root
     feature_histograms: FeatureHistograms | None = None
+    #: the luminosity (/pb) the MC was normalised to
+    mc_luminosity: float | None = None
 
 
 def process_fileset(
@@ -98,17 +100,22 @@ def process_fileset(
     classifier: Classifier | None = None,
     luminosity: float | None = None,
     jet_assigner: Scorer | None = None,
+    luminosity_from_data: bool = False,
 ) -> ProcessingResult:
     """Run the processor over a fileset with the executor the options choose.
 
     Input files are checked first (:func:`utils.datasets.inputs.preflight`); with ``on_bad_input="skip"``
     bad files and unreadable chunks are left out, reported in ``input_report``, and the
     normalisation uses the events actually processed. ``luminosity`` overrides the configured
-    luminosity for the MC normalisation (e.g. a data sample's, see ``fileset.data_luminosity``).
+    luminosity for the MC normalisation. ``luminosity_from_data`` (when ``luminosity`` is not
+    given): normalise the MC to the luminosity of the data actually processed
+    (:func:`utils.datasets.fileset.data_luminosity` of the fileset after the input checks and
+    the chunks lost; the configured luminosity stands for a data sample that records none).
     ``jet_assigner`` (NanoAOD): the jet-parton assignment, whose feature histograms come back in
     ``feature_histograms``.
     """
     expected = {p: n for e in fileset.values() for p, n in e.get("file_nevts", {}).items()}
+    had_data = any(e["metadata"]["process"] == DATA_PROCESS for e in fileset.values())
     nanoaod = options.input_format == "nanoaod"
     schema = NanoAODSchema if nanoaod else AGCSchema
     treename = NANOAOD_TREE if nanoaod else TREE_NAME
@@ -186,6 +193,8 @@ def process_fileset(
     report.bad.extend(bad_chunks.bad)
     for sample, lost in bad_chunks.lost_by_sample().items():
         fileset[sample]["metadata"]["nevts"] -= lost
+    if luminosity is None and luminosity_from_data:
+        luminosity = _processed_data_luminosity(fileset, config, had_data)
     histograms = None
     if not options.disable_processing:
         accumulators: dict[str, HistogramAccumulator] = output.get("hists", {})
@@ -200,7 +209,27 @@ def process_fileset(
     metrics["input_report"] = report.to_dict()
     metrics["merging_s"] = time.monotonic() - t_merge
     return ProcessingResult(histograms, metrics, dict(output.get("nevents", {})), dict(output.get("selected", {})),
-                            report, fileset, feature_histograms)  # fmt: skip
+                            report, fileset, feature_histograms,
+                            config.luminosity if luminosity is None else luminosity)  # fmt: skip
+
+
+def _processed_data_luminosity(fileset: dict[str, dict[str, Any]], config: AnalysisConfig, had_data: bool) -> float:
+    """The luminosity of the data processed (see :func:`process_fileset`): the configured one
+    for a fileset without data (or whose data records no luminosity nor event counts); an error
+    when a data sample was given but none of its events were processed."""
+    lumi = data_luminosity(fileset, config.luminosity)
+    if lumi is None and not had_data:
+        return config.luminosity
+    if lumi is None and any(e["metadata"]["process"] == DATA_PROCESS for e in fileset.values()):
+        return config.luminosity
+    if lumi is None or lumi <= 0:
+        raise ConfigError(
+            "FIT_DATA='data': no data events were processed (no data sample in the fileset, or all its "
+            "files or entries were left out), so there is no luminosity to normalise the MC to; "
+            "check the dataset's data sample and the input report, or use FIT_DATA='pseudodata'"
+        )
+    log.info("MC normalised to the luminosity of the data processed, %.6g /pb", lumi)
+    return lumi
 
 
 def coffea_metadata_cache(fileset: dict[str, dict[str, Any]], report: InputReport) -> dict[FileMeta, dict]:

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from utils.config import AnalysisConfig
-from utils.datasets.fileset import TREE_NAME, build_fileset, data_luminosity
+from utils.datasets.fileset import TREE_NAME, build_fileset
 from utils.datasets.resolve import resolve_dataset
 from utils.datasets.urls import load_url_rules, rewrite_fileset
 from utils.processing.nanoaod import TREE_NAME as NANOAOD_TREE
@@ -132,10 +132,15 @@ def process(
 ) -> ProcessingResult:
     """The processing stage with the options of ``params`` (``jet_assigner``: see
     :func:`make_jet_assigner`). With ``FIT_DATA = "data"`` the MC is
-    normalised to the data sample's luminosity (the fileset's, when it records one; the embedded
-    quick start's is the analysis luminosity), unless ``luminosity`` is given."""
-    if luminosity is None and params.fit_data == "data":
-        luminosity = data_luminosity(fileset)
-        if luminosity is not None:
-            log.info("FIT_DATA='data': MC normalised to the data luminosity, %.4g /pb", luminosity)
-    return process_fileset(fileset, params.processing_options(), config, classifier, luminosity, jet_assigner)
+    normalised to the luminosity of the data actually processed (the files the subset and the
+    input checks kept, see :func:`utils.datasets.fileset.data_luminosity`; a data sample that
+    records none stands for the analysis luminosity), unless ``luminosity`` is given."""
+    return process_fileset(
+        fileset,
+        params.processing_options(),
+        config,
+        classifier,
+        luminosity,
+        jet_assigner,
+        luminosity_from_data=params.fit_data == "data",
+    )

@@ -345,9 +345,14 @@ def _fileset(
     }
     input_format = plan.tasks[0].input_format if plan.tasks else "ntuple"
     out: dict[str, dict[str, Any]] = {}
+    # a data file's luminosity: its share of the generated events (before any preselection)
+    data_generated = sum(t.n_events for t in plan.tasks if t.process == DATA_PROCESS)
     for task in plan.tasks:
         entry = out.setdefault(task.process, {}).setdefault(task.variation, {"files": [], "nevts_total": 0})
-        entry["files"].append({"path": task.relpath, "nevts": nevts[task.relpath]})
+        fentry: dict[str, Any] = {"path": task.relpath, "nevts": nevts[task.relpath]}
+        if task.process == DATA_PROCESS and plan.data_lumi is not None:
+            fentry["lumi"] = plan.data_lumi * task.n_events / data_generated
+        entry["files"].append(fentry)
         entry["nevts_total"] += nevts[task.relpath]
     for process, variations in out.items():
         for entry in variations.values():
