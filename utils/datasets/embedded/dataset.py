@@ -71,7 +71,7 @@ FILESET_NAME = "fileset.json"
 MANIFEST_NAME = "manifest.json"
 PRESELECTED_FRACTION_ESTIMATE = 0.05  # above the measured 1 % of preselected data, for the disk check
 #: bump when the way preselected data is generated changes (part of the cache key)
-PRESELECTED_DATA_VERSION = 1
+PRESELECTED_DATA_VERSION = 2  # 2: data files record their luminosity
 INPUT_FORMATS = ("ntuple", NANOAOD)
 
 
