@@ -141,13 +141,16 @@ def build_templates(
     config: Mapping[str, Any],
     histograms_path: str | Path | None = None,
     rules: TreatmentRules | None = None,
+    other_nominal: Mapping[str, np.ndarray] | None = None,
 ) -> tuple[list[TemplateRef], list[TreatmentRecord]]:
     """Write every template (rebinned to its region's Binning) into ``HistogramFolder``.
 
     ``histograms_path`` defaults to the file part of ``InputPath``. All needed histograms are
     checked before anything is written. ``rules`` (the configuration's ``TemplateTreatment``)
     smooth and prune the variation templates (see :mod:`utils.inference.treatment`); returns
-    the templates and every treatment decision.
+    the templates and every treatment decision. ``other_nominal``: per region, the nominal
+    prediction of samples of the model that ``config`` leaves out (a signal patch built beside a
+    published background model), added to this configuration's for ``DropEmptyBins``.
     """
     import cabinetry
 
@@ -163,7 +166,7 @@ def build_templates(
         if ref.region.get("Binning") is not None:
             hist = rebin(hist, ref.region["Binning"], name=f"{histograms_path}:{ref.histogram}")
         binned[ref.name] = hist
-    records = _treat(refs, binned, rules) if rules is not None and rules.enabled else []
+    records = _treat(refs, binned, rules, other_nominal or {}) if rules is not None and rules.enabled else []
     empty = 0
     for ref in refs:
         hist = binned[ref.name]
@@ -212,11 +215,12 @@ def _check_template(name: str, yields: np.ndarray, stdev: np.ndarray) -> bool:
     return bool(empty.size)
 
 
-def _treat(refs: list[TemplateRef], binned: dict[str, HistogramData], rules: TreatmentRules) -> list[TreatmentRecord]:
+def _treat(refs: list[TemplateRef], binned: dict[str, HistogramData], rules: TreatmentRules,
+           other_nominal: Mapping[str, np.ndarray]) -> list[TreatmentRecord]:  # fmt: skip
     """Smooth and prune the NormPlusShape variation templates in ``binned`` (in place)."""
     import cabinetry
 
-    records: list[TreatmentRecord] = _drop_empty_bins(refs, binned) if rules.drop_empty_bins else []
+    records: list[TreatmentRecord] = _drop_empty_bins(refs, binned, other_nominal) if rules.drop_empty_bins else []
     groups: dict[tuple[str, str, str], dict[str, TemplateRef]] = {}
     for ref in refs:
         if ref.template is not None and ref.systematic.get("Type") == "NormPlusShape":
@@ -239,15 +243,19 @@ def _treat(refs: list[TemplateRef], binned: dict[str, HistogramData], rules: Tre
     return records
 
 
-def _drop_empty_bins(refs: list[TemplateRef], binned: dict[str, HistogramData]) -> list[TreatmentRecord]:
+def _drop_empty_bins(refs: list[TemplateRef], binned: dict[str, HistogramData],
+                     other_nominal: Mapping[str, np.ndarray]) -> list[TreatmentRecord]:  # fmt: skip
     """``DropEmptyBins``: zero every template of a region (data included) in the bins where the
-    summed nominal prediction is empty (in place); one record per region that has such bins."""
+    summed nominal prediction (with ``other_nominal`` of the region) is empty (in place); one
+    record per region that has such bins."""
     records: list[TreatmentRecord] = []
     regions: dict[str, list[TemplateRef]] = {}
     for ref in refs:
         regions.setdefault(ref.region["Name"], []).append(ref)
     for region_name, region_refs in regions.items():
         nominal = [binned[r.name].values for r in region_refs if r.template is None and not r.sample.get("Data", False)]
+        if region_name in other_nominal:
+            nominal.append(np.asarray(other_nominal[region_name], dtype=float))
         if not nominal:
             continue
         empty = np.sum(nominal, axis=0) <= 0

@@ -29,8 +29,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from utils.config import REPO_ROOT, AnalysisConfig, load_analysis_config, read_yaml, validate_against_schema
 from utils.errors import ConfigError, StatisticsError
+from utils.inference.treatment import TreatmentRules
 
 log = logging.getLogger(__name__)
 
@@ -206,9 +209,12 @@ def signal_patch(
     name: str,
     parameters: Mapping[str, float] | None = None,
     xsec: float | None = None,
+    rules: TreatmentRules | None = None,
 ) -> SignalPatch:
     """The patch adding the signal of ``signal_histograms`` (its templates, read as sample
-    ``signal.sample_path``) to ``background_ws``.
+    ``signal.sample_path``) to ``background_ws``. ``rules``: the model's template treatment,
+    applied to the signal's templates as in the full model (``DropEmptyBins`` with the background
+    prediction of ``background_ws``), so that the patched workspace is the full model's.
 
     ``sb_config``: the parsed signal-plus-background configuration
     (:func:`utils.inference.fit.parse_cabinetry_config` of :func:`signal_plus_background_config`).
@@ -224,7 +230,11 @@ def signal_patch(
     only_signal["Samples"] = [s for s in only_signal["Samples"] if s["Name"] == signal.sample_name]
     with tempfile.TemporaryDirectory(prefix="agc-signal-templates-") as tmp:
         config = with_paths(only_signal, signal_histograms, tmp)
-        build_templates(config, signal_histograms)
+        background = {
+            c["name"]: np.sum([np.asarray(smp["data"], dtype=float) for smp in c["samples"]], axis=0)
+            for c in background_ws["channels"]
+        }
+        build_templates(config, signal_histograms, rules, other_nominal=background)
         builder = cabinetry.workspace.WorkspaceBuilder(config)
         channels = builder.channels()
         measurement = builder.measurements()[0]

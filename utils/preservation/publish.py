@@ -34,6 +34,7 @@ import yaml
 
 from utils.config import AnalysisConfig, load_analysis_config, read_yaml
 from utils.errors import ConfigError
+from utils.inference.treatment import TreatmentRules
 from utils.io import write_json_atomic, write_text_atomic
 from utils.preservation import hepdata
 from utils.preservation.evaluation import PointResult, evaluate
@@ -124,6 +125,13 @@ class PreservedModel:
             "signal_config": Path(signal.source),
         }
         return cls(analysis, signal, sb_raw, sb_config, paths)
+
+    @property
+    def treatment(self) -> TreatmentRules:
+        """The template treatment of the signal-plus-background model (its ``TemplateTreatment``)."""
+        from utils.inference.config import treatment_rules
+
+        return treatment_rules(self.sb_raw, str(self.paths["cabinetry_config"]))
 
     def write(self, folder: Path) -> dict[str, Path]:
         """Copy the configuration into ``folder`` (with the signal-plus-background model)."""
@@ -293,7 +301,9 @@ def publish_analysis(
 
     processed = [processed_signal(s, output / "signals", model, params) for s in signals]
     patches = [
-        signal_patch(p.histograms, model.sb_config, model.signal, background_ws, p.name, p.parameters, p.xsec)
+        signal_patch(
+            p.histograms, model.sb_config, model.signal, background_ws, p.name, p.parameters, p.xsec, model.treatment
+        )
         for p in processed
     ]
     if patches:
@@ -428,7 +438,14 @@ def reinterpret_signal(
     timings["processing"] = round(time.perf_counter() - start, 3)
     start = time.perf_counter()
     patch = signal_patch(
-        histograms, model.sb_config, model.signal, preserved.background_ws, signal.name, signal.parameters, signal.xsec
+        histograms,
+        model.sb_config,
+        model.signal,
+        preserved.background_ws,
+        signal.name,
+        signal.parameters,
+        signal.xsec,
+        model.treatment,
     )
     ws = patch.apply(preserved.background_ws)
     write_text_atomic(output / PATCH_NAME, _canonical(list(patch.operations)))
