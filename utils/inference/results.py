@@ -261,6 +261,7 @@ def run_inference(
     ml_categories: bool = False,
     analysis: AnalysisConfig | None = None,
     fit_data: str = "pseudodata",
+    minos: bool = True,
 ) -> InferenceResult:
     """Run the whole inference stage on one ``histograms.root``; write everything to ``output_dir``.
 
@@ -271,6 +272,7 @@ def run_inference(
     the histograms were made with (the model is checked against it; default ``analysis_config.yml``).
     ``ranking`` refits the model four times per parameter (a few seconds for the AGC model, see
     :func:`~utils.inference.fit.rank_parameters`).
+    ``minos``: MINOS errors of the POI in the diagnostics (off: the Hessian's only).
     ``fit_data``: the observed data, ``"pseudodata"`` (``{region}_pseudodata``) or the dataset's
     ``"data"`` sample (``{region}_data``); recorded in ``fit_results.json``.
     """
@@ -297,7 +299,7 @@ def run_inference(
             fit_data=fit_data,
         )
         with timer("fit"):
-            model, data, fit_results, diagnostics = _fit(ws, strategy)
+            model, data, fit_results, diagnostics = _fit(ws, strategy, minos)
         # the fit stands without the optional extras: a failed one is recorded, not raised
         if significance:
             with timer("significance"), _recorded(failures, "significance"):
@@ -384,12 +386,12 @@ def model_and_data(ws: dict[str, Any]):
     return model, workspace.data(model, include_auxdata=True)
 
 
-def _fit(ws: dict[str, Any], strategy: int | None):
+def _fit(ws: dict[str, Any], strategy: int | None, minos: bool = True):
     """Model, data, cabinetry FitResults (with goodness of fit) and diagnostics of a workspace."""
     from cabinetry.fit import _goodness_of_fit
 
     model, data = model_and_data(ws)
-    fit_results, diagnostics = fit_with_diagnostics(model, data, strategy=strategy)
+    fit_results, diagnostics = fit_with_diagnostics(model, data, strategy=strategy, minos=minos)
     gof = _goodness_of_fit(model, data, fit_results.best_twice_nll)
     return model, data, fit_results._replace(goodness_of_fit=gof), diagnostics
 

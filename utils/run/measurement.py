@@ -186,7 +186,8 @@ def ml_category_effect(
     output_dir = Path(output_dir)
     path = output_dir / ML_HISTOGRAMS_NAME
     save_histograms(histograms, path, config, ml_categories=True)
-    options = {"figures": False, "keep_templates": False, "analysis": config, **inference_options}
+    # a comparison of best fits and Hessian uncertainties: no figures, no MINOS
+    options = {"figures": False, "keep_templates": False, "minos": False, "analysis": config, **inference_options}
     with_ml = run_inference(path, output_dir / ML_FIT_DIRNAME, ml_categories=True, **options)
     effect = CategoryEffect(CategoryComparison(path, without_ml, with_ml))
     log.info("%s", effect.summary())
