@@ -1,15 +1,17 @@
 """The dataset cache's file handling: leftover files of an interrupted or another request, the
-per-folder lock, and the disk-space check (the cache rule itself: ``dataset.is_complete``)."""
+per-folder lock, the disk-space check, and the cache rule itself (:func:`is_complete`)."""
 
 from __future__ import annotations
 
 import contextlib
 import fcntl
+import json
 import logging
 import re
 import shutil
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
+from typing import Any
 
 import uproot
 
@@ -18,6 +20,8 @@ from utils.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
+FILESET_NAME = "fileset.json"
+MANIFEST_NAME = "manifest.json"
 LOCK_NAME = ".lock"
 BYTES_PER_EVENT_ESTIMATE = 3200  # upper end of the measured 2.3-2.9 kB/event, for the disk check
 _SAMPLE_DIR = re.compile(r"^[A-Za-z0-9_]+__[A-Za-z0-9_]+$")
@@ -72,3 +76,29 @@ def check_disk_space(directory: Path, n_events: int) -> None:
             f"{directory}: generating {n_events:,} events needs about {need / 1e9:.1f} GB, only "
             f"{free / 1e9:.1f} GB are free; choose another --output folder or a smaller preset"
         )
+
+
+def read_json(path: Path) -> dict[str, Any] | None:
+    try:
+        with open(path) as f:
+            data = json.load(f)
+    except (OSError, json.JSONDecodeError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def is_complete(directory: Path, key: str, relpaths: Iterable[str]) -> bool:
+    """The cache rule: True when ``directory`` holds the complete dataset of the request ``key``
+    with the files ``relpaths`` (see :mod:`utils.datasets.embedded.dataset`)."""
+    manifest = read_json(directory / MANIFEST_NAME)
+    if manifest is None or not (directory / FILESET_NAME).is_file():
+        return False
+    if not manifest.get("complete") or manifest.get("key") != key:
+        return False
+    files = manifest.get("files", {})
+    for relpath in relpaths:
+        path = directory / relpath
+        recorded = files.get(relpath, {})
+        if not path.is_file() or path.stat().st_size != recorded.get("bytes"):
+            return False
+    return True

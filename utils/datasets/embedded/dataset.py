@@ -14,7 +14,6 @@ never taken for a complete one; a rerun with the same request keeps the files al
 from __future__ import annotations
 
 import datetime
-import json
 import logging
 import time
 from collections.abc import Callable
@@ -28,9 +27,13 @@ import numpy as np
 
 from utils.config import REPO_ROOT, load_analysis_config
 from utils.datasets.embedded.cache import (
+    FILESET_NAME,
+    MANIFEST_NAME,
     check_disk_space,
     file_is_whole,
+    is_complete,
     locked,
+    read_json,
     remove_stale,
     remove_temporaries,
 )
@@ -67,11 +70,8 @@ from utils.io import write_json_atomic
 log = logging.getLogger(__name__)
 
 DEFAULT_OUTPUT_ROOT = REPO_ROOT / "data" / "embedded"
-FILESET_NAME = "fileset.json"
-MANIFEST_NAME = "manifest.json"
 PRESELECTED_FRACTION_ESTIMATE = 0.05  # above the measured 1 % of preselected data, for the disk check
-#: bump when the way preselected data is generated changes (part of the cache key)
-PRESELECTED_DATA_VERSION = 2  # 2: data files record their luminosity
+PRESELECTED_DATA_VERSION = 2  # in the cache key; bump when preselected data changes (2: per-file luminosity)
 INPUT_FORMATS = ("ntuple", NANOAOD)
 
 
@@ -253,34 +253,6 @@ def _preselected_data_tasks(
     return tasks
 
 
-# --------------------------------------------------------------------------------------------
-# cache state
-# --------------------------------------------------------------------------------------------
-def _read_json(path: Path) -> dict[str, Any] | None:
-    try:
-        with open(path) as f:
-            data = json.load(f)
-    except (OSError, json.JSONDecodeError):
-        return None
-    return data if isinstance(data, dict) else None
-
-
-def is_complete(directory: Path, plan: DatasetPlan) -> bool:
-    """True when ``directory`` holds the complete dataset of ``plan`` (see the module doc)."""
-    manifest = _read_json(directory / MANIFEST_NAME)
-    if manifest is None or not (directory / FILESET_NAME).is_file():
-        return False
-    if not manifest.get("complete") or manifest.get("key") != plan.key:
-        return False
-    files = manifest.get("files", {})
-    for task in plan.tasks:
-        path = directory / task.relpath
-        recorded = files.get(task.relpath, {})
-        if not path.is_file() or path.stat().st_size != recorded.get("bytes"):
-            return False
-    return True
-
-
 def _tree_of(task: FileTask) -> str:
     return NANOAOD_TREE if task.input_format == NANOAOD else TREE_NAME
 
@@ -395,14 +367,14 @@ def build_dataset(
     )
     fileset_path = directory / FILESET_NAME
     with locked(directory):
-        if not force and is_complete(directory, plan):
+        if not force and is_complete(directory, plan.key, [t.relpath for t in plan.tasks]):
             log.info("dataset %s is complete (key %s): nothing to generate", fileset_path, plan.key[:12])
             n_bytes = sum((directory / t.relpath).stat().st_size for t in plan.tasks)
             return DatasetResult(
                 fileset_path, False, len(plan.tasks), plan.n_events, n_bytes, 0, 0, time.perf_counter() - start, 0.0
             )
         fileset_path.unlink(missing_ok=True)
-        manifest = _read_json(directory / MANIFEST_NAME)
+        manifest = read_json(directory / MANIFEST_NAME)
         resumable = not force and manifest is not None and manifest.get("key") == plan.key
         if not resumable:
             remove_stale(directory)
@@ -501,7 +473,7 @@ def dataset_folder(preset: str, input_format: str = "ntuple") -> str:
 def sample_paths(fileset_path: Path) -> dict[str, list[Path]]:
     """``{"process__variation": [absolute file paths]}`` of a generated fileset.json."""
     fileset_path = Path(fileset_path)
-    data = _read_json(fileset_path)
+    data = read_json(fileset_path)
     if data is None:
         raise ConfigError(f"{fileset_path}: missing or not valid JSON; run `agc generate` to create it")
     root = fileset_path.parent
