@@ -2,10 +2,14 @@
 
 At each scanned value the parameter is held and every other free parameter is fitted again with
 MINUIT (MIGRAD, strategy 0, tolerance :data:`SCAN_TOLERANCE`), starting where the Gaussian
-approximation of the fit's covariance puts the conditional minimum, with the conditional
-uncertainties as first steps: about 900 calls a point for the 34 parameters of the AGC model,
-against about 1250 from the neighbouring point and 2000-2700 with strategy 1. Strategy 0 leaves
--2 ln L within 0.04 of strategy 1's at 2.5 sigma and within 0.003 at 1 sigma (AGC model).
+approximation of the fit's covariance puts the conditional minimum. Where the model has a
+:class:`~utils.inference.likelihood.FastLikelihood`, MIGRAD follows its exact gradient in the
+coordinates whitened by the conditional covariance (:func:`~utils.inference.likelihood.whitened_migrad`:
+a few dozen calls a point); else, or where that finds no valid minimum, it differences the
+likelihood with the conditional uncertainties as first steps: about 900 calls a point for the 34
+parameters of the AGC model, against about 1250 from the neighbouring point and 2000-2700 with
+strategy 1. Strategy 0 leaves -2 ln L within 0.04 of strategy 1's at 2.5 sigma and within 0.003
+at 1 sigma (AGC model).
 The reported curve is ``-2 ln L(point) - (-2 ln L(best fit))``;
 its crossings of 1 are the 68 % CL profile-likelihood interval (the one MINOS finds).
 """
@@ -99,6 +103,7 @@ def profile_scan(
     is 1 there by MINOS's definition, so they join the scan as two points that need no refit
     (:data:`MINOS_SCAN_STEPS` then gives the curve at 1 and about 6 at the ends with two refits)."""
     from utils.inference.diagnostics import _minuit
+    from utils.inference.likelihood import FastLikelihood, whitened_migrad
 
     names = list(model.config.par_names)
     parameter = parameter or model.config.poi_name
@@ -127,13 +132,28 @@ def profile_scan(
     if minos is not None:
         points.update({centre + float(minos[0]): 1.0, centre + float(minos[1]): 1.0})
     calls = 0
+    fast = FastLikelihood.from_model(model)
+    objective = fast.objective(data) if fast is not None else None
+    free = [k for k in range(len(best)) if not fixed[k]]
+    try:
+        cond = cov[np.ix_(free, free)] - np.outer(cov[free, index], cov[free, index]) / cov[index, index]
+        chol = np.linalg.cholesky(cond)
+    except np.linalg.LinAlgError:
+        chol = None
     with numpy_backend():
         for value in centre + np.concatenate([-offsets, offsets]):
             if not low_bound <= value <= high_bound:
                 continue
             start = best + slope * (value - centre)
             start[index] = value
-            m, _ = _minuit(model, data, 0, start.tolist(), fixed, None)
+            found = None
+            if objective is not None and chol is not None:
+                found = whitened_migrad(objective, start, free, chol, SCAN_TOLERANCE)
+            if found is not None and np.isfinite(objective(found[0])):
+                calls += found[1]
+                points[float(value)] = float(objective(found[0]) - fit_results.best_twice_nll)
+                continue
+            m, _ = _minuit(model, data, 0, start.tolist(), fixed, None, fast)
             m.errors = steps.tolist()
             m.tol = SCAN_TOLERANCE
             m.migrad(ncall=100_000)
