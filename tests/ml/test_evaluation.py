@@ -15,7 +15,21 @@ from utils.ml.inference import MLClassifier
 
 
 def test_score_figures_of_the_tiny_dataset(tiny_dataset, config, tmp_path):
-    figures = score_figures(MLClassifier.from_directory(config=config), build_fileset(tiny_dataset), config, tmp_path)
+    from concurrent.futures import ProcessPoolExecutor
+
+    from utils.ml.features import build_feature_table, start_feature_table
+
+    fileset = build_fileset(tiny_dataset)
+    # the notebook selects the events in the processing workers, while it draws other figures:
+    # the same table as the training's selection, without the files' checksums
+    with ProcessPoolExecutor(max_workers=2) as pool:
+        table = start_feature_table(fileset, config, pool).result()
+    reference = build_feature_table(fileset, config)
+    for name in ("features", "region", "process", "weight", "entry", "split"):
+        np.testing.assert_array_equal(getattr(table, name), getattr(reference, name), err_msg=name)
+    assert [f.sha256 for f in table.files] == [""] * len(reference.files)
+    assert all(len(f.sha256) == 64 for f in reference.files)
+    figures = score_figures(MLClassifier.from_directory(config=config), table, config, tmp_path)
     assert set(figures) == set(config.ml_features)
     for region, fig in figures.items():
         assert (tmp_path / f"ml_scores_{region}.png").is_file()

@@ -400,18 +400,16 @@ def _pretty(process: str) -> str:
 
 
 def score_figures(
-    classifier: MLClassifier, fileset: Mapping[str, Any], config: AnalysisConfig, folder: str | Path | None = None,
-    workers: int = 1,
-) -> dict[str, plt.Figure]:  # fmt: skip
-    """Score the nominal MC events of a run's fileset per region and draw the signal against the
-    background (:func:`plot_signal_vs_background`, ``ml_scores_<region>.png`` in ``folder``),
-    with each model card's test AUC and its train and test score distributions (where the card
-    records them) for comparison. The events are those of the analysis dataset, which the models
-    were not trained on."""
+    classifier: MLClassifier, table: FeatureTable, config: AnalysisConfig, folder: str | Path | None = None
+) -> dict[str, plt.Figure]:
+    """Score the nominal MC events of a run's fileset per region (``table``: their
+    :func:`~utils.ml.features.build_feature_table` or :func:`~utils.ml.features.start_feature_table`)
+    and draw the signal against the background (:func:`plot_signal_vs_background`,
+    ``ml_scores_<region>.png`` in ``folder``), with each model card's test AUC and its train and
+    test score distributions (where the card records them) for comparison. The events are those
+    of the analysis dataset, which the models were not trained on."""
     from utils.ml.card import load_card
-    from utils.ml.features import build_feature_table
 
-    table = build_feature_table(fileset, config, workers=workers)
     figures = {}
     for region, evaluation in evaluate_classifier(classifier, table, config, split=None).items():
         model = next(m for m in classifier.models if m.region == region)
