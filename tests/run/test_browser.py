@@ -239,6 +239,8 @@ def test_main_notebook_runs_in_jupyterlab(tiny_dataset, tmp_path, screenshots_di
     use_ml = _models_present()
     overrides = {"DATASET": "embedded:tiny", "NUM_CORES": 1, "EXECUTOR": "iterative", "USE_ML": use_ml,
                  "OUTPUT_DIR": str(tmp_path / "outputs")}  # fmt: skip
+    if os.environ.get("AGC_BROWSER_DEFAULTS") == "1":  # the notebook's own executor and workers, as a user runs it
+        del overrides["NUM_CORES"], overrides["EXECUTOR"]
     notebook = write_notebook_copy(root, overrides)
 
     lab = JupyterLab(root, tmp_path / "jupyter")
@@ -262,10 +264,14 @@ def test_main_notebook_runs_in_jupyterlab(tiny_dataset, tmp_path, screenshots_di
                 # Run > Run All Cells, from the menu bar as a person would
                 page.get_by_role("menuitem", name="Run", exact=True).click()
                 page.get_by_role("menuitem", name="Run All Cells", exact=True).click()
+                clicked = time.monotonic()
                 try:
                     _wait_for_run_all(page, lab, RUN_TIMEOUT_S)
                 finally:
                     page.screenshot(path=str(tmp_path / "after_run_all.png"))
+                # reported, never asserted (performance is measured by benchmarks); within 1 s
+                # (the polling interval): click to the last cell's prompt
+                print(f"Run All in JupyterLab: {time.monotonic() - clicked:.1f} s ({overrides})")
 
                 # Ctrl+S saves; the saved notebook is checked through the Contents API
                 page.locator(".jp-Notebook").first.click(position={"x": 5, "y": 5})
