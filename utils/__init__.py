@@ -10,4 +10,4 @@ import sys
 # before jsonschema is imported, and jsonschema leaves the "iri" formats unchecked, as it does
 # wherever the package is not installed. A process that imported jsonschema first is unaffected.
 if "jsonschema" not in sys.modules:
-    sys.modules.setdefault("rfc3987_syntax", None)  # type: ignore[assignment]
+    sys.modules.setdefault("rfc3987_syntax", None)  # type: ignore[arg-type]

@@ -307,7 +307,7 @@ def expected_information(likelihood: FastLikelihood, pars: np.ndarray, free: lis
     weight = np.where(lam0 > 0, 1.0 / np.where(lam0 > 0, lam0, 1.0), 0.0)
     info = 2 * (jac * weight) @ jac.T
     position = {k: row for row, k in enumerate(free)}
-    for k, sigma in zip(likelihood.gauss_index, likelihood.gauss_sigma):
+    for k, sigma in zip(likelihood.gauss_index, likelihood.gauss_sigma, strict=True):
         if k in position:
             info[position[k], position[k]] += 2.0 / sigma**2
     return info
@@ -353,13 +353,18 @@ def whitened_migrad(
 
 
 def fast_minimum(
-    likelihood: FastLikelihood, data: Any, start: Any, fixed: list[bool], bounds: list[tuple[float, float]], tolerance: float
+    likelihood: FastLikelihood,
+    data: Any,
+    start: Any,
+    fixed: list[bool],
+    bounds: list[tuple[float, float]],
+    tolerance: float,
 ) -> tuple[np.ndarray, np.ndarray, int] | None:
     """The minimum of ``-2 ln L`` from ``start``, by :func:`whitened_migrad`: whitened with the
     expected information at the start, then once more with it at the first minimum (the
     information changes with the parameters; the second MIGRAD confirms the minimum in its own
-    metric). Returns the parameters, their approximate uncertainties (zero for fixed ones; MINUIT's
-first steps) and the calls, or None where it cannot: no positive-definite
+    metric). Returns the parameters, their approximate uncertainties (zero for fixed ones;
+    MINUIT's first steps) and the calls, or None where it cannot: no positive-definite
     information, MIGRAD not valid, or a minimum outside ``bounds`` (the caller then minimises
     with bounds)."""
     objective = likelihood.objective(data)
@@ -386,4 +391,3 @@ first steps) and the calls, or None where it cannot: no positive-definite
         if not (np.all(x >= lo) and np.all(x <= hi) and np.isfinite(objective(x))):
             return None
     return x, errors, calls
-

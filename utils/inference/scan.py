@@ -149,7 +149,7 @@ def profile_scan(
             found = None
             if objective is not None and chol is not None:
                 found = whitened_migrad(objective, start, free, chol, SCAN_TOLERANCE)
-            if found is not None and np.isfinite(objective(found[0])):
+            if found is not None and objective is not None and np.isfinite(objective(found[0])):
                 calls += found[1]
                 points[float(value)] = float(objective(found[0]) - fit_results.best_twice_nll)
                 continue
