@@ -1,185 +1,128 @@
-"""A reference-style processor, written the way the AGC ttbar notebook's processor is (awkward
-array operations on NanoEvents records, ``ak.combinations`` for the trijets, one ``hist`` fill per
-region, variation and weight), and a comparison of its per-core rate with the project's fused
-kernel (``TtbarAnalysis``) on the same files, with the same coffea Runner and executor.
+"""A reference-style processor, written the way the AGC ttbar notebook's processor is: awkward
+array operations on NanoEvents records per jet variation, ``ak.combinations`` for the trijets,
+one ``hist`` fill per region, variation and weight. It is the baseline the project's fused kernel
+(``utils.processing.processor.TtbarAnalysis``) is measured against, in the same benchmark grids.
 
-Same selection and systematics as ``analysis_config.yml`` (jet-pT scale and resolution,
-b-tag weight variations, flat weights are left out as the reference does them in the fit):
+The processing stage runs it with ``PROCESSOR = "reference"`` (notebook parameter, ``agc run -p
+PROCESSOR reference``, or a grid axis ``PROCESSOR: [fused, reference]``): same executors,
+chunking, input checks and metrics as the fused processor. ``utils.processing.reference_style``
+loads this file by its fixed path and class name (``ReferenceTtbarProcessor``), adds the entries
+read, the file UUID check and the peak memory, and converts its histograms to the project's
+``AnalysisHistograms`` (normalised per sample, ML classification 0), so the rest of the notebook
+(figures, ``histograms.root``, the fit) works on its output.
 
-    python benchmarks/reference_processor.py --dataset embedded:tiny --output benchmarks/results/reference_tiny
+Same selection, regions, binning and systematics as ``analysis_config.yml``, with the AGC
+notebook's choices where it made them:
 
-Writes ``comparison.json`` and ``summary.md`` (rates by processtime and wall time, the ratio,
-the machine's load average before and after every run).
+- jet-pT scale and resolution vary the jet pT only (the AGC does not propagate them to the jet
+  mass); the resolution smearing draws ``numpy`` normal numbers per chunk (seeded by
+  ``systematics.jet_pt_resolution.seed``), not the fused kernel's per-jet hash, so
+  ``pt_res_up`` differs from the fused one, and depends on the chunking;
+- values stay in the files' single precision;
+- no ML classification (the AGC's classifier is not part of this baseline; compare with the fused
+  processor with ``USE_ML = False``).
+
+Nominal histograms, the b-tag and flat weight variations and the 4j1b jet-pT scale variation agree
+with the fused processor's (``tests/processing/test_reference_style.py``).
 """
 
 from __future__ import annotations
-
-import argparse
-import logging
-import os
-import statistics
-import time
-from pathlib import Path
 
 import awkward as ak
 import hist
 import numpy as np
 from coffea import processor
 
-from utils.config import load_analysis_config
-from utils.datasets.fileset import build_fileset
-from utils.datasets.resolve import resolve_dataset
-from utils.io import write_json_atomic, write_text_atomic
-from utils.processing.executors import make_executor
-from utils.processing.processor import TtbarAnalysis
-from utils.processing.run import TREE_NAME
-from utils.processing.schema import AGCSchema
-from utils.runinfo import machine
+from utils.datasets.fileset import DATA_PROCESS
 
-log = logging.getLogger(__name__)
+#: the name ``utils.processing.reference_style`` loads
+__all__ = ["ReferenceTtbarProcessor"]
 
 
 class ReferenceTtbarProcessor(processor.ProcessorABC):
-    """The AGC notebook's processor style: high-level awkward operations per variation."""
+    """The AGC notebook's processor style: high-level awkward operations per variation.
 
-    def __init__(self, config) -> None:
+    ``config``: the :class:`utils.config.AnalysisConfig`; ``systematics``: fill the jet-pT and
+    weight variations of nominal samples. Returns per chunk ``{"hist": {dataset: hist.Hist},
+    "nevents": {dataset: n}}``; the histogram is unnormalised (weight 1 per event) over
+    observable, region, process and variation.
+    """
+
+    def __init__(self, config, systematics: bool = True) -> None:
         self.cfg = config
-        raw = config.raw
-        self.h = raw["histogram"]
-        self.obj = raw["objects"]
-        self.sys = raw["systematics"]
+        self.systematics = systematics
 
-    def _hist(self):
+    def _hist(self) -> hist.Hist:
+        cfg = self.cfg
         return (
-            hist.Hist.new.Reg(self.h["bins"], self.h["low"], self.h["high"], name="observable")
-            .StrCat(["4j1b", "4j2b"], name="region")
+            hist.Hist.new.Reg(cfg.hist_bins, cfg.hist_low, cfg.hist_high, name="observable")
+            .StrCat(list(cfg.region_names), name="region")
             .StrCat([], name="process", growth=True)
             .StrCat([], name="variation", growth=True)
             .Weight()
         )
 
+    def _jets(self, events, pt_var: str, rng: np.random.Generator):
+        cfg = self.cfg
+        jets = events.jet
+        if pt_var == cfg.pt_scale_name:
+            jets = ak.with_field(jets, jets.pt * cfg.pt_scale_factor, "pt")
+        elif pt_var == cfg.pt_res_name:
+            smear = rng.normal(1.0, cfg.pt_res_sigma, len(ak.flatten(jets.pt)))
+            jets = ak.with_field(jets, jets.pt * ak.unflatten(smear, ak.num(jets.pt)), "pt")
+        return jets
+
+    def _observable(self, region, jets):
+        if region.observable == "ht":
+            return ak.sum(jets.pt, axis=-1)
+        trijet = ak.combinations(jets, 3, fields=["j1", "j2", "j3"])
+        trijet["p4"] = trijet.j1 + trijet.j2 + trijet.j3
+        trijet["max_btag"] = np.maximum(trijet.j1.btag, np.maximum(trijet.j2.btag, trijet.j3.btag))
+        trijet = trijet[trijet.max_btag > self.cfg.btag_threshold]
+        best = ak.argmax(trijet.p4.pt, axis=1, keepdims=True)
+        return ak.flatten(trijet.p4[best].mass)
+
     def process(self, events):
+        cfg = self.cfg
         h = self._hist()
+        dataset = events.metadata["dataset"]
         process = events.metadata["process"]
         variation = events.metadata["variation"]
-        pt_variations = ["nominal", "pt_scale_up", "pt_res_up"] if variation == "nominal" else ["nominal"]
-        rng = np.random.default_rng(2015)
+        with_systematics = self.systematics and variation == "nominal" and process != DATA_PROCESS
+        pt_variations = cfg.jet_variations if with_systematics else ("nominal",)
+        rng = np.random.default_rng(cfg.pt_res_seed)
         for pt_var in pt_variations:
-            jets = events.jet
-            if pt_var == "pt_scale_up":
-                jets = ak.with_field(jets, jets.pt * self.sys["jet_pt_scale"]["factor"], "pt")
-            elif pt_var == "pt_res_up":
-                sigma = self.sys["jet_pt_resolution"]["sigma"]
-                smear = ak.unflatten(rng.normal(1.0, sigma, len(ak.flatten(jets.pt))), ak.num(jets.pt))
-                jets = ak.with_field(jets, jets.pt * smear, "pt")
-            electrons = events.electron[events.electron.pt > self.obj["lepton_pt_min"]]
-            muons = events.muon[events.muon.pt > self.obj["lepton_pt_min"]]
-            jets = jets[jets.pt > self.obj["jet_pt_min"]]
-            btagged = jets.btag > self.obj["btag_threshold"]
-            n_btag = ak.sum(btagged, axis=1)
-            selection = (ak.num(electrons) + ak.num(muons) == 1) & (ak.num(jets) >= 4) & (n_btag >= 1)
+            electrons = events.electron[events.electron.pt > cfg.lepton_pt_min]
+            muons = events.muon[events.muon.pt > cfg.lepton_pt_min]
+            n_leptons = ak.num(electrons) + ak.num(muons)
+            jets = self._jets(events, pt_var, rng)
+            jets = jets[jets.pt > cfg.jet_pt_min]
+            n_btag = ak.sum(jets.btag > cfg.btag_threshold, axis=1)
+            selection = (n_leptons == cfg.n_leptons) & (ak.num(jets) >= cfg.min_jets) & (n_btag >= cfg.min_btags)
             jets = jets[selection]
             n_btag = n_btag[selection]
-            for region in ("4j1b", "4j2b"):
-                if region == "4j1b":
-                    in_region = n_btag == 1
-                    region_jets = jets[in_region]
-                    observable = ak.sum(region_jets.pt, axis=-1)
-                else:
-                    in_region = n_btag >= 2
-                    region_jets = jets[in_region]
-                    trijet = ak.combinations(region_jets, 3, fields=["j1", "j2", "j3"])
-                    trijet["p4"] = trijet.j1 + trijet.j2 + trijet.j3
-                    trijet["max_btag"] = np.maximum(trijet.j1.btag, np.maximum(trijet.j2.btag, trijet.j3.btag))
-                    trijet = trijet[trijet.max_btag > self.obj["btag_threshold"]]
-                    best = ak.argmax(trijet.p4.pt, axis=1, keepdims=True)
-                    observable = ak.flatten(trijet.p4[best].mass)
-                name = variation if pt_var == "nominal" else pt_var
-                h.fill(observable=observable, region=region, process=process, variation=name, weight=1.0)
-                if pt_var == "nominal" and variation == "nominal":
-                    btag = self.sys["btag"]
-                    for i in range(btag["n_jets"]):
-                        pt_i = region_jets.pt[:, i]
-                        for direction, sign in (("up", 1.0), ("down", -1.0)):
-                            weight = 1.0 + sign * btag["magnitude"] * pt_i / btag["pt_reference"]
-                            h.fill(observable=observable, region=region, process=process,
-                                   variation=f"{btag['name']}_{i}_{direction}", weight=weight)  # fmt: skip
-        return {"nevents": {events.metadata["dataset"]: len(events)}, "hist": h}
+            name = variation if pt_var == "nominal" else pt_var
+            for region in cfg.regions:
+                in_region = n_btag >= region.min_btags
+                if region.max_btags is not None:
+                    in_region = in_region & (n_btag <= region.max_btags)
+                region_jets = jets[in_region]
+                observable = self._observable(region, region_jets)
+                h.fill(observable=observable, region=region.name, process=process, variation=name)
+                if pt_var != "nominal" or not with_systematics:
+                    continue
+                for i in range(cfg.btag_n_jets):
+                    shift = cfg.btag_magnitude * region_jets.pt[:, i] / cfg.btag_pt_reference
+                    for direction, weight in (("up", 1.0 + shift), ("down", 1.0 - shift)):
+                        h.fill(observable=observable, region=region.name, process=process,
+                               variation=f"{cfg.btag_name}_{i}_{direction}", weight=weight)  # fmt: skip
+                for flat in cfg.flat_weights:
+                    if process not in flat.processes:
+                        continue
+                    for direction, weight in (("up", 1.0 + flat.magnitude), ("down", 1.0 - flat.magnitude)):
+                        h.fill(observable=observable, region=region.name, process=process,
+                               variation=f"{flat.name}_{direction}", weight=np.full(len(observable), weight))  # fmt: skip
+        return {"hist": {dataset: h}, "nevents": {dataset: len(events)}}
 
     def postprocess(self, accumulator):
         return accumulator
-
-
-def _run(proc, fileset, executor: str, workers: int, chunksize: int) -> dict:
-    load_before = os.getloadavg()[0]
-    with make_executor(executor, workers) as ex:
-        runner = processor.Runner(executor=ex.executor, schema=AGCSchema, savemetrics=True, chunksize=chunksize)
-        t0 = time.monotonic()
-        _, metrics = runner(fileset, processor_instance=proc, treename=TREE_NAME)
-        wall = time.monotonic() - t0
-    return {
-        "entries": int(metrics["entries"]),
-        "processtime": float(metrics["processtime"]),
-        "walltime": wall,
-        "khz_per_core": metrics["entries"] / metrics["processtime"] / 1e3,
-        "khz_wall": metrics["entries"] / wall / 1e3,
-        "loadavg_1min": [load_before, os.getloadavg()[0]],
-    }
-
-
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--dataset", default="embedded:tiny")
-    ap.add_argument("--executor", default="iterative", choices=["iterative", "futures"])
-    ap.add_argument("--workers", type=int, default=1)
-    ap.add_argument("--chunksize", type=int, default=500_000)
-    ap.add_argument("--repeat", type=int, default=3)
-    ap.add_argument("--n-files", type=int, default=-1, help="files per sample (-1: all)")
-    ap.add_argument("--output", type=Path, required=True)
-    args = ap.parse_args()
-    logging.basicConfig(level=logging.INFO)
-    config = load_analysis_config()
-    fileset = build_fileset(resolve_dataset(args.dataset, workers=args.workers), args.n_files)
-    processors = {"fused (TtbarAnalysis)": TtbarAnalysis(config), "reference-style": ReferenceTtbarProcessor(config)}
-    runs: dict[str, list[dict]] = {name: [] for name in processors}
-    first = {s: {**e, "files": dict(list(e["files"].items())[:1])} for s, e in list(fileset.items())[:1]}
-    for proc in processors.values():  # untimed: imports, numba cache, first-use costs
-        _run(proc, first, "iterative", 1, args.chunksize)
-    for _ in range(args.repeat):  # interleaved
-        for name, proc in processors.items():
-            runs[name].append(_run(proc, fileset, args.executor, args.workers, args.chunksize))
-            log.info("%s: %s", name, runs[name][-1])
-    med = {n: {k: statistics.median(r[k] for r in rs) for k in ("khz_per_core", "khz_wall")} for n, rs in runs.items()}
-    fused, ref = med["fused (TtbarAnalysis)"], med["reference-style"]
-    result = {
-        "dataset": args.dataset, "executor": args.executor, "workers": args.workers, "repeat": args.repeat,
-        "runs": runs, "medians": med,
-        "ratio_per_core": fused["khz_per_core"] / ref["khz_per_core"],
-        "ratio_wall": fused["khz_wall"] / ref["khz_wall"],
-        "machine": machine(),
-    }  # fmt: skip
-    args.output.mkdir(parents=True, exist_ok=True)
-    write_json_atomic(args.output / "comparison.json", result)
-    loads = [x for rs in runs.values() for r in rs for x in r["loadavg_1min"]]
-    lines = [
-        f"# Fused kernel against a reference-style processor (`{args.dataset}`)",
-        "",
-        f"- {args.executor} executor, {args.workers} worker(s), medians over {args.repeat} interleaved repeats; "
-        f"same files, same coffea Runner, all systematics; both warmed by an untimed run first",
-        f"- machine: {result['machine']['cpu_model']}, {result['machine']['cores']} cores; 1-min load average "
-        f"around the runs: median {statistics.median(loads):.1f}, range {min(loads):.1f}-{max(loads):.1f}",
-        "",
-        "| processor | kHz per core (entries/processtime) | kHz wall |",
-        "|---|---|---|",
-        *(f"| {n} | {m['khz_per_core']:.0f} | {m['khz_wall']:.0f} |" for n, m in med.items()),
-        "",
-        f"Ratio fused / reference-style: {result['ratio_per_core']:.1f}x per core, {result['ratio_wall']:.1f}x "
-        "in wall time.",
-        "",
-    ]
-    write_text_atomic(args.output / "summary.md", "\n".join(lines))
-    log.info("\n%s", "\n".join(lines))
-
-
-if __name__ == "__main__":
-    main()

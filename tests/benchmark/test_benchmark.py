@@ -13,6 +13,7 @@ from click.testing import CliRunner
 
 from utils.benchmark.grid import grid_parameter_names, load_grid
 from utils.benchmark.runner import GridPoint, MetricsError, RunRecord, summarize, validate_metrics
+from utils.benchmark.summary import markdown_summary, summary_rows
 from utils.config import REPO_ROOT
 from utils.errors import ConfigError
 
@@ -240,6 +241,52 @@ def test_parallel_efficiency_comes_from_quiet_runs_only(real_metrics):
     assert busy[1].parallel_efficiency is None  # no quiet run: no efficiency claimed
 
 
+def test_fused_over_reference_style_on_the_same_files_executor_and_workers(real_metrics):
+    t = real_metrics
+
+    def point(index, workers, processor, use_ml=False, io_only=False, core_hz=1e5, wall_hz=1e5):
+        varied = {"NUM_CORES": workers, "DISABLE_PROCESSING": io_only, "USE_ML": use_ml, "PROCESSOR": processor}
+        r = _record(t, index, varied, workers=workers, io_only=io_only, wall_hz=wall_hz, core_hz=core_hz)
+        r.metrics["processor"] = processor
+        r.metrics["parameters"].update(use_ml=use_ml, processor=processor)
+        return r
+
+    records = [
+        point(0, 1, "fused", core_hz=600e3, wall_hz=400e3),
+        point(1, 1, "reference", core_hz=75e3, wall_hz=50e3),
+        point(2, 1, "fused", use_ml=True, core_hz=450e3),
+        point(3, 1, "fused", io_only=True, core_hz=900e3, wall_hz=800e3),
+        point(4, 2, "fused", core_hz=580e3, wall_hz=700e3),
+        point(5, 2, "reference", core_hz=80e3, wall_hz=140e3),
+    ]
+    s = summarize(records)
+    assert s[0].reference_ratio_per_core == pytest.approx(8.0) and s[0].reference_ratio_wall == pytest.approx(8.0)
+    assert s[0].reference_point == s[1].point.name
+    assert s[4].reference_ratio_per_core == pytest.approx(580 / 80) and s[4].reference_point == s[5].point.name
+    # the ML point, the I/O-only point and the reference points themselves get no ratio
+    assert [x.reference_ratio_per_core for x in (s[1], s[2], s[3], s[5])] == [None] * 4
+    assert s[1].mode == "processing (reference-style)" and s[0].mode == "processing" and s[2].mode == "processing + ML"
+    assert s[1].io_reference == s[3].point.name and s[1].io_ratio_per_core == pytest.approx(75 / 900)
+    assert s[5].parallel_efficiency is not None and s[5].efficiency_reference == s[1].point.name
+    rows = {r["point"]: r for r in summary_rows(s)}
+    assert rows[s[0].point.name]["fused_over_reference_per_core"] == pytest.approx(8.0)
+    grid = load_grid(BENCHMARKS / "tiny.yml")
+    md = markdown_summary(grid, s, records)
+    assert "fused / reference-style per core" in md and "## Fused against the reference-style processor" in md
+    assert f"| {s[0].point.name} | {s[1].point.name} | futures | 1 | 600 | 75 | 8.0 | 8.0 |" in md
+
+
+@pytest.mark.parametrize("name", ["quickstart.yml", "benchmark_subset.yml"])
+def test_committed_grids_pair_every_reference_point_with_a_fused_one_without_ml(name):
+    points = load_grid(BENCHMARKS / name).points()
+    refs = [p for p in points if p.parameters.get("PROCESSOR") == "reference"]
+    assert {p.parameters["NUM_CORES"] for p in refs} == {1, 2}
+    for ref in refs:
+        assert ref.parameters["USE_ML"] is False and ref.parameters["DISABLE_PROCESSING"] is False
+        twin = {**ref.varied, "PROCESSOR": "fused"}
+        assert any(p.varied == twin for p in points), ref.name
+
+
 def test_summary_carries_the_time_to_result_medians(real_metrics):
     t = real_metrics
     rs = [
@@ -344,6 +391,47 @@ def test_runner_executes_tiny_grid(tiny_dataset, tmp_path, monkeypatch):
         "stages.png",
     }
     assert "kHz per core" in result.output
+
+
+@pytest.mark.slow
+def test_runner_executes_a_grid_with_a_reference_style_point(tiny_dataset, tmp_path):
+    """The reference-style processor as a point of a grid: the same notebook, runner and metrics,
+    histograms.root written, and the summary's fused / reference-style ratio."""
+    import numpy as np
+    import uproot
+
+    from utils.cli import cli
+
+    grid_path = _write_grid(tmp_path, {
+        "name": "tiny_reference", "repeat": 1,
+        "base": {"DATASET": "embedded:tiny", "EXECUTOR": "iterative", "NUM_CORES": 1, "USE_ML": False,
+                 "N_FILES_MAX_PER_SAMPLE": 1},
+        "grid": {"PROCESSOR": ["fused", "reference"]},
+    })  # fmt: skip
+    out = tmp_path / "bench"
+    result = CliRunner().invoke(cli, ["benchmark", str(grid_path), "--output", str(out), "--noisy-retries", "0"])
+    assert result.exit_code == 0, result.output + repr(result.exception)
+    fused, reference = (out / "points" / p.name / "rep0" for p in load_grid(grid_path).points())
+    metrics = {}
+    for name, path in (("fused", fused), ("reference", reference)):
+        metrics[name] = json.loads((path / "metrics.json").read_text())
+        validate_metrics(metrics[name], str(path))
+        assert metrics[name]["processor"] == metrics[name]["parameters"]["processor"] == name
+        assert metrics[name]["processtime"] > 0 and metrics[name]["peak_memory_per_worker_mb"] > 0
+    assert metrics["reference"]["entries"] == metrics["fused"]["entries"] > 0
+    with uproot.open(fused / "histograms.root") as f, uproot.open(reference / "histograms.root") as r:
+        names = set(f.keys(cycle=False))
+        assert names == set(r.keys(cycle=False)) and "4j2b_pseudodata" in names
+        for name in sorted(n for n in names if "pt_scale" not in n and "pt_res" not in n):
+            np.testing.assert_allclose(r[name].values(flow=True), f[name].values(flow=True), rtol=1e-6, err_msg=name)
+    rows = list(csv.DictReader((out / "summary.csv").open()))
+    assert [r["mode"] for r in rows] == ["processing", "processing (reference-style)"]
+    ratio = float(rows[0]["fused_over_reference_per_core"])
+    core = [float(r["khz_per_core"]) for r in rows]
+    assert ratio == pytest.approx(core[0] / core[1], rel=0.01) and ratio > 0
+    assert rows[1]["fused_over_reference_per_core"] == ""
+    md = (out / "summary.md").read_text()
+    assert "fused / reference-style per core" in md and "## Fused against the reference-style processor" in md
 
 
 def test_input_size_from_the_input_check_opens_no_file(tiny_dataset, monkeypatch):

@@ -44,6 +44,10 @@ def test_from_notebook_reads_the_names_and_ignores_other_globals():
         ({"ON_BAD_INPUT": "ignore"}, "ON_BAD_INPUT='ignore'"),
         ({"N_FILES_MAX_PER_SAMPLE": 0}, "N_FILES_MAX_PER_SAMPLE=0"),
         ({"SERVICEX_QUERY_LANGUAGE": "sql"}, "SERVICEX_QUERY_LANGUAGE='sql'"),
+        ({"PROCESSOR": "agc"}, "PROCESSOR='agc': allowed ['fused', 'reference']"),
+        ({"PROCESSOR": "reference"}, "PROCESSOR='reference' with USE_ML=True"),
+        ({"PROCESSOR": "reference", "USE_ML": False, "DISABLE_PROCESSING": True}, "DISABLE_PROCESSING=True"),
+        ({"PROCESSOR": "reference", "USE_ML": False, "INPUT_FORMAT": "nanoaod"}, "INPUT_FORMAT='nanoaod'"),
     ],
 )
 def test_bad_values_are_named(values, message):
@@ -61,6 +65,12 @@ def test_processing_options_carry_exactly_what_processing_needs():
     assert {f.name for f in fields(ProcessingOptions)} < {f.name for f in fields(RunParameters)} | not_parameters
     with pytest.raises(ConfigError, match="workers=0"):
         ProcessingOptions(workers=0)
+
+
+def test_the_processor_reaches_the_processing_options():
+    assert RunParameters().processing_options().processor == "fused"
+    reference = RunParameters(processor="reference", use_ml=False, dataset="embedded:tiny")
+    assert reference.processing_options().processor == "reference" and reference.runs_fit
 
 
 def test_the_fit_runs_only_with_systematics_and_processing():

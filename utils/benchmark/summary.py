@@ -66,14 +66,24 @@ class PointSummary:
     quiet_runs: int = 0  # repeats with the load average at most the core count
     rate_wall_quiet_hz: float | None = None  # median wall rate over the quiet repeats only
     time_to_result_s: dict[str, float | None] = field(default_factory=dict)  # medians of each part
+    processor: str = "fused"  # PROCESSOR: fused | reference (the reference-style baseline)
+    #: fused processing point: its rates over the reference-style point's on the same files,
+    #: executor and workers (and the same grid values otherwise, USE_ML among them)
+    reference_ratio_per_core: float | None = None
+    reference_ratio_wall: float | None = None
+    reference_point: str | None = None
 
     @property
     def mode(self) -> str:
-        return f"I/O-only {self.io_file_percent}%" if self.io_only else "processing" + (" + ML" if self.use_ml else "")
+        if self.io_only:
+            return f"I/O-only {self.io_file_percent}%"
+        if self.processor == "reference":
+            return "processing (reference-style)"
+        return "processing" + (" + ML" if self.use_ml else "")
 
     @property
     def label(self) -> str:
-        skip = {*EXECUTOR_KEYS, "NUM_CORES", "DISABLE_PROCESSING", "IO_FILE_PERCENT", "USE_ML"}
+        skip = {*EXECUTOR_KEYS, "NUM_CORES", "DISABLE_PROCESSING", "IO_FILE_PERCENT", "USE_ML", "PROCESSOR"}
         extra = [f"{k.lower()}={_fmt_value(v)}" for k, v in self.point.varied.items() if k not in skip]
         return " ".join([self.executor, f"{self.workers}w", self.mode, *extra])
 
@@ -122,6 +132,7 @@ def summarize_point(
         quiet_runs=len(quiet),
         rate_wall_quiet_hz=_median(quiet),
         time_to_result_s={k: _median(m.get("time_to_result_s", {}).get(k) for m in ms) for k in ttr_parts},
+        processor=first.get("processor") or first["parameters"].get("processor") or "fused",
     )
 
 
@@ -129,7 +140,9 @@ def compare_points(summaries: Sequence[PointSummary]) -> None:
     """Fill parallel efficiency (wall-time rate over the quiet repeats only, against the
     fewest-worker point that differs only in NUM_CORES; none where either point had no quiet
     repeat) and the processing / I/O-only rate ratios (against the I/O-only point that
-    differs only in the keys of :data:`IO_INDEPENDENT_KEYS`; 4% preferred)."""
+    differs only in the keys of :data:`IO_INDEPENDENT_KEYS`; 4% preferred), and for each fused
+    processing point its rates over the reference-style point's that differs only in
+    ``PROCESSOR`` (same files, executor, workers; ``USE_ML`` too: the reference has no ML)."""
     by_scaling: dict[tuple, list[PointSummary]] = {}
     for s in summaries:
         by_scaling.setdefault(s.group_key(["NUM_CORES"]), []).append(s)
@@ -151,6 +164,13 @@ def compare_points(summaries: Sequence[PointSummary]) -> None:
             s.io_ratio_per_core = _ratio(s.rate_per_core_hz, ref.rate_per_core_hz)
             s.io_ratio_wall = _ratio(s.rate_wall_hz, ref.rate_wall_hz)
             s.io_reference = ref.point.name
+    references = {s.group_key(["PROCESSOR"]): s for s in summaries if s.processor == "reference" and not s.io_only}
+    for s in summaries:
+        baseline = references.get(s.group_key(["PROCESSOR"])) if s.processor == "fused" and not s.io_only else None
+        if baseline is not None:
+            s.reference_ratio_per_core = _ratio(s.rate_per_core_hz, baseline.rate_per_core_hz)
+            s.reference_ratio_wall = _ratio(s.rate_wall_hz, baseline.rate_wall_hz)
+            s.reference_point = baseline.point.name
 
 
 def input_sizes(records: Sequence[RunRecord]) -> dict[tuple[str, int], InputSize]:
@@ -198,6 +218,13 @@ _COLUMNS: tuple[tuple[str, str, Callable[[PointSummary], Any], str], ...] = (
     ("parallel_efficiency", "parallel eff.", lambda s: s.parallel_efficiency, "{:.2f}"),
     ("over_io_per_core", "/ I/O-only per core", lambda s: s.io_ratio_per_core, "{:.2f}"),
     ("over_io_wall", "/ I/O-only wall", lambda s: s.io_ratio_wall, "{:.2f}"),
+    (
+        "fused_over_reference_per_core",
+        "fused / reference-style per core",
+        lambda s: s.reference_ratio_per_core,
+        "{:.1f}",
+    ),
+    ("fused_over_reference_wall", "fused / reference-style wall", lambda s: s.reference_ratio_wall, "{:.1f}"),
     ("peak_mb_per_worker", "peak MB / worker", lambda s: s.peak_memory_per_worker_mb, "{:.0f}"),
     ("bytes_read_per_event", "bytes read / event", lambda s: s.bytes_read_per_event, "{:.1f}"),
     (
@@ -300,15 +327,40 @@ def markdown_summary(grid: BenchmarkGrid, summaries: Sequence[PointSummary], rec
         "(1-minute load average before and after the run at most the core count; *quiet runs* counts them, "
         "a busy run is repeated once); *time to result* = kernel start to the metrics (its parts in "
         "stages.png); *I/O-only* ratios compare "
-        "with the I/O-only point on the same files and executor; *bytes read / event* = bytesread "
+        "with the I/O-only point on the same files and executor; *fused / reference-style* = the rate of a "
+        "fused processing point over that of the reference-style point (`PROCESSOR: reference`, "
+        "benchmarks/reference_processor.py, written like the AGC notebook's) on the same files, executor and "
+        "workers, without ML; *bytes read / event* = bytesread "
         "(includes file headers, read per chunk) / entries; *needed compressed B / event* = sum of "
         "`compressed_bytes` of the branches the processor reads / entries; stage columns are notebook stage "
         "wall times; *notebook* includes kernel start and imports.",
         "",
+        *reference_comparison(summaries),
         *(f"![{p}]({p})" for p in PLOTS),
         "",
     ]
     return "\n".join(lines)
+
+
+def reference_comparison(summaries: Sequence[PointSummary]) -> list[str]:
+    """Markdown lines: each fused point beside its reference-style point (none without pairs)."""
+    by_name = {s.point.name: s for s in summaries}
+    pairs = [(s, by_name[s.reference_point]) for s in summaries if s.reference_point]
+    if not pairs:
+        return []
+    lines = [
+        "## Fused against the reference-style processor",
+        "",
+        "| fused point | reference-style point | executor | workers | fused kHz per core | reference-style kHz per "
+        "core | fused / reference-style per core | fused / reference-style wall |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for fused, ref in pairs:
+        cells = [fused.point.name, ref.point.name, fused.executor, str(fused.workers),
+                 _cell(_khz(fused.rate_per_core_hz), "{:.0f}"), _cell(_khz(ref.rate_per_core_hz), "{:.0f}"),
+                 _cell(fused.reference_ratio_per_core, "{:.1f}"), _cell(fused.reference_ratio_wall, "{:.1f}")]  # fmt: skip
+        lines.append("| " + " | ".join(cells) + " |")
+    return [*lines, ""]
 
 
 def _display_path(path: Path) -> str:

@@ -30,6 +30,7 @@ from utils.processing.executors import EXECUTORS, make_executor, warm_processor
 from utils.processing.nanoaod import READ_BRANCHES as NANOAOD_BRANCHES
 from utils.processing.nanoaod import TREE_NAME as NANOAOD_TREE
 from utils.processing.processor import INPUT_FORMATS, IO_BRANCH_SETS, Classifier, TtbarAnalysis
+from utils.processing.reference_style import PROCESSORS, ReferenceStyleAnalysis, reference_histograms
 from utils.processing.schema import AGCSchema
 from utils.processing.selection import READ_BRANCHES
 from utils.runinfo import peak_memory_mb
@@ -39,7 +40,9 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class ProcessingOptions:
-    """How to process: executor, workers, chunking, systematics, I/O-only mode, bad-input policy."""
+    """How to process: executor, workers, chunking, systematics, I/O-only mode, bad-input policy,
+    and which processor: the project's fused one, or the reference-style baseline
+    (:mod:`utils.processing.reference_style`; ntuple input, no classifier, no I/O-only mode)."""
 
     executor: str = "futures"  # iterative | futures | dask
     workers: int = 2
@@ -52,6 +55,7 @@ class ProcessingOptions:
     on_bad_input: str = "fail"  # fail | skip
     input_format: str = "ntuple"  # ntuple | nanoaod
     read_timeout_s: int = 60  # per request to a remote input (root://, http(s)://)
+    processor: str = "fused"  # fused | reference
     #: futures: keep the worker processes after a clean run for the next run in this process
     #: (notebook cells run again); off by default: idle workers hold their memory (~0.5 GB each)
     keep_workers: bool = False
@@ -72,6 +76,11 @@ class ProcessingOptions:
             problems.append(f"input_format={self.input_format!r}: allowed {list(INPUT_FORMATS)}")
         if self.read_timeout_s < 1:
             problems.append(f"read_timeout_s={self.read_timeout_s!r}: must be at least 1")
+        if self.processor not in PROCESSORS:
+            problems.append(f"processor={self.processor!r}: allowed {list(PROCESSORS)}")
+        elif self.processor == "reference" and (self.disable_processing or self.input_format != "ntuple"):
+            problems.append("processor='reference' processes ntuples (input_format='ntuple') and has no I/O-only "
+                            "mode (disable_processing=False)")  # fmt: skip
         if problems:
             raise ConfigError("invalid processing options:\n  " + "\n  ".join(problems))
 
@@ -132,16 +141,7 @@ def process_fileset(
         floating=not nanoaod,
     )
     preflight_s = time.monotonic() - t_preflight
-    proc = TtbarAnalysis(
-        config,
-        classifier=classifier,
-        disable_processing=options.disable_processing,
-        io_file_percent=options.io_file_percent,
-        systematics=options.systematics,
-        on_bad_input=options.on_bad_input,
-        input_format=options.input_format,
-        jet_assigner=jet_assigner,
-    )
+    proc = _processor(options, config, classifier, jet_assigner)
     # every worker runs the processor on a few events before the clock starts: numba kernels,
     # torch and the ML models are loaded then, not inside the first chunk's processtime
     warm = functools.partial(warm_processor, proc, fileset, schema, treename=treename) if fileset else None
@@ -196,7 +196,10 @@ def process_fileset(
     if luminosity is None and luminosity_from_data:
         luminosity = _processed_data_luminosity(fileset, config, had_data)
     histograms = None
-    if not options.disable_processing:
+    if options.processor == "reference":
+        histograms = reference_histograms(output.get("hist", {}), fileset, normalisation(fileset, config, luminosity),
+                                          config, options.systematics)  # fmt: skip
+    elif not options.disable_processing:
         accumulators: dict[str, HistogramAccumulator] = output.get("hists", {})
         histograms = AnalysisHistograms.from_accumulators(
             accumulators, normalisation(fileset, config, luminosity), config
@@ -211,6 +214,27 @@ def process_fileset(
     return ProcessingResult(histograms, metrics, dict(output.get("nevents", {})), dict(output.get("selected", {})),
                             report, fileset, feature_histograms,
                             config.luminosity if luminosity is None else luminosity)  # fmt: skip
+
+
+def _processor(options: ProcessingOptions, config: AnalysisConfig, classifier: Classifier | None,
+               jet_assigner: Scorer | None) -> processor.ProcessorABC:  # fmt: skip
+    """The processor of ``options.processor``: :class:`TtbarAnalysis`, or the reference-style one
+    (which neither classifies nor assigns jets)."""
+    if options.processor == "reference":
+        if classifier is not None or jet_assigner is not None:
+            raise ConfigError("processor='reference' does not classify events nor assign jets: run it with "
+                              "USE_ML=False (the AGC classifier is not part of the reference-style baseline)")  # fmt: skip
+        return ReferenceStyleAnalysis(config, systematics=options.systematics)
+    return TtbarAnalysis(
+        config,
+        classifier=classifier,
+        disable_processing=options.disable_processing,
+        io_file_percent=options.io_file_percent,
+        systematics=options.systematics,
+        on_bad_input=options.on_bad_input,
+        input_format=options.input_format,
+        jet_assigner=jet_assigner,
+    )
 
 
 def _processed_data_luminosity(fileset: dict[str, dict[str, Any]], config: AnalysisConfig, had_data: bool) -> float:

@@ -183,6 +183,7 @@ def run_metrics(params: RunParameters, result: ProcessingResult, stage_times: di
         "systematics": params.systematics,
         "disable_processing": params.disable_processing,
         "io_file_percent": params.io_file_percent,
+        "processor": params.processor,
         "fit_data": params.fit_data,
         "entries_per_processtime_hz": entries / processtime,
         "entries_per_walltime_hz": entries / walltime,

@@ -20,6 +20,7 @@ from utils.datasets.resolve import dataset_input_format
 from utils.errors import ConfigError
 from utils.inference.config import FIT_DATA
 from utils.processing.processor import INPUT_FORMATS, IO_BRANCH_SETS
+from utils.processing.reference_style import PROCESSORS
 from utils.processing.run import ProcessingOptions
 
 log = logging.getLogger(__name__)
@@ -100,6 +101,7 @@ class RunParameters:
     systematics: str = "all"  # all | none
     disable_processing: bool = False
     io_file_percent: int = 4
+    processor: str = "fused"  # fused (the project's) | reference (benchmarks/reference_processor.py, AGC style)
     use_ml: bool = True
     use_jet_assignment: str = "auto"  # auto (NanoAOD with models/jet_assignment_* present) | on | off
     on_bad_input: str = "fail"  # fail | skip
@@ -145,6 +147,10 @@ class RunParameters:
             problems.append(f"USE_JET_ASSIGNMENT={self.use_jet_assignment!r}: allowed {list(JET_ASSIGNMENT_SWITCH)}")
         elif self.use_jet_assignment == "on" and self.resolved_input_format != "nanoaod":
             problems.append("USE_JET_ASSIGNMENT='on' needs NanoAOD input (INPUT_FORMAT='nanoaod')")
+        if self.processor not in PROCESSORS:
+            problems.append(f"PROCESSOR={self.processor!r}: allowed {list(PROCESSORS)}")
+        elif self.processor == "reference":
+            problems += self._reference_problems()
         if self.num_cores < 1:
             problems.append(f"NUM_CORES={self.num_cores!r}: must be at least 1")
         if self.chunksize < 1:
@@ -162,6 +168,20 @@ class RunParameters:
             problems.append(f"READ_TIMEOUT_S={self.read_timeout_s!r}: must be at least 1 (seconds)")
         if problems:
             raise ConfigError("invalid run parameters:\n  " + "\n  ".join(problems))
+
+    def _reference_problems(self) -> list[str]:
+        """What ``PROCESSOR="reference"`` cannot be combined with."""
+        problems = []
+        if self.use_ml:
+            problems.append("PROCESSOR='reference' with USE_ML=True: the reference-style processor does not classify "
+                            "(the AGC classifier is not part of it); set USE_ML=False")  # fmt: skip
+        if self.disable_processing:
+            problems.append("PROCESSOR='reference' with DISABLE_PROCESSING=True: the I/O-only mode is the fused "
+                            "processor's (it reads the same branches for both); set PROCESSOR='fused'")  # fmt: skip
+        if self.input_format in ("auto", *INPUT_FORMATS) and self.resolved_input_format != "ntuple":
+            problems.append(f"PROCESSOR='reference' with INPUT_FORMAT={self.resolved_input_format!r}: the "
+                            "reference-style processor reads the 2015 ntuples only")  # fmt: skip
+        return problems
 
     # --- the notebook's names ------------------------------------------------------------------
 
@@ -212,6 +232,7 @@ class RunParameters:
             on_bad_input=self.on_bad_input,
             input_format=self.resolved_input_format,
             read_timeout_s=self.read_timeout_s,
+            processor=self.processor,
         )
 
     @property
