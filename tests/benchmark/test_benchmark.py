@@ -340,8 +340,11 @@ def test_a_run_on_a_busy_machine_is_repeated_and_its_load_recorded(real_metrics,
 
     def run(parameters, path):
         calls.append(parameters["DISABLE_PROCESSING"])
+        # as the notebook does: a folder holding an earlier run's outputs is refused
+        assert not (path.exists() and any(path.iterdir())), f"{path} is not empty"
         path.mkdir(parents=True, exist_ok=True)
         (path / "metrics.json").write_text(json.dumps(real_metrics))
+        (path / "histograms.root").write_bytes(b"")
         return path
 
     result = run_grid(grid, tmp_path, repeat=1, runner=run, loadavg=lambda: next(loads))

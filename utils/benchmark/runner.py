@@ -133,8 +133,8 @@ def _run_point(point: GridPoint, rep: int, path: Path, runner: NotebookRunner, c
                loadavg: Callable[[], float]) -> RunRecord:  # fmt: skip
     """One run of a point, repeated while the machine was busy (at most ``noisy_retries`` times)."""
     for attempt in range(1 + max(0, noisy_retries)):
-        for stale in (RUNNER_FILE, METRICS_FILE):  # of an earlier run into the same folder
-            (path / stale).unlink(missing_ok=True)
+        if path.is_dir():  # this run's folder, from a busy attempt or an earlier benchmark: the notebook needs it empty
+            shutil.rmtree(path)
         load_before = loadavg()
         t0 = time.monotonic()
         runner(point.parameters, path)
