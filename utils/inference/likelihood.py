@@ -313,6 +313,11 @@ def expected_information(likelihood: FastLikelihood, pars: np.ndarray, free: lis
     return info
 
 
+#: the most likelihood calls one whitened MIGRAD may take (a well-whitened one needs a few
+#: hundred; far from a quadratic form, the tiny dataset's ML categories, it wandered for 85,000)
+WHITENED_MAX_CALLS = 5000
+
+
 def whitened_migrad(
     objective: Objective, start: np.ndarray, free: list[int], chol: np.ndarray, tolerance: float
 ) -> tuple[np.ndarray, int] | None:
@@ -322,7 +327,7 @@ def whitened_migrad(
     objective in ``z`` is close to ``|z|^2`` plus a constant: MIGRAD (strategy 0, unit steps and
     second derivatives) needs a few dozen calls, and its EDM is a true distance to the minimum.
     Returns the parameters at the minimum and the number of calls, or None if MIGRAD's minimum is
-    not valid (a non-finite objective counts as very large)."""
+    not valid within :data:`WHITENED_MAX_CALLS` calls (a non-finite objective counts as very large)."""
     import iminuit
 
     start = np.asarray(start, dtype=float)
@@ -348,7 +353,7 @@ def whitened_migrad(
     m.errors = np.ones(len(free))
     m.errordef = iminuit.Minuit.LEAST_SQUARES  # the objective is twice the NLL
     m.strategy, m.tol, m.print_level = 0, tolerance, 0
-    m.migrad()
+    m.migrad(ncall=WHITENED_MAX_CALLS, iterate=1)
     return (point(np.asarray(m.values)), int(m.nfcn)) if m.valid else None
 
 
