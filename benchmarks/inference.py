@@ -7,7 +7,8 @@ template treatment of ``cabinetry_config.yml`` and without it (the section remov
 
 * the POI and its uncertainty with MINUIT strategies 0, 1 and 2 (the reported Hessian
   uncertainty and MINUIT's own HESSE), MINOS (strategy 1) and its symmetrised half-width;
-* the impact ranking's time (:func:`utils.inference.fit.rank_parameters`), and on request
+* the impact ranking's time (:func:`utils.inference.ranking.rank_parameters`) and its refits
+  without a valid minimum, and on request
   (``--reference``, AGC model) the time of the pyhf refits it replaced (``fast=False``, the
   refits of ``cabinetry.fit.ranking`` with a strategy-2 retry) and the largest impact difference.
 
@@ -33,7 +34,8 @@ import yaml
 from utils.config import REPO_ROOT
 from utils.inference.config import DEFAULT_CABINETRY_CONFIG
 from utils.inference.diagnostics import fit_with_diagnostics
-from utils.inference.fit import numpy_backend, rank_parameters
+from utils.inference.fit import numpy_backend
+from utils.inference.ranking import rank_parameters
 from utils.inference.results import prepare_workspace
 from utils.inference.treatment import TREATMENT_KEY
 from utils.io import write_json_atomic, write_text_atomic
@@ -128,6 +130,9 @@ def measure(histograms: Path, config: Path, ml: bool, reference: bool) -> dict[s
                 return out
             out["ranking_s"] = time.perf_counter() - start
             out["ranking_load"] = [load, os.getloadavg()[0]]
+            out["ranking_impacts"] = 4 * len(fast.labels)
+            out["ranking_failed"] = [n.line() for n in fast.failed]
+            out["ranking_clipped"] = [n.line() for n in fast.notes if n.status == "clipped"]
             if reference:
                 start = time.perf_counter()
                 slow = rank_parameters(model, data, fits[1], fast=False)
@@ -152,7 +157,9 @@ def markdown(results: list[dict[str, Any]], notes: list[str]) -> str:
         "`python benchmarks/inference.py`; uncertainties of ttbar_norm. *reported*: the inverse of the",
         "likelihood's Hessian (what fit_results.json gives), per MINUIT strategy 0/1/2; *HESSE*: MINUIT's own;",
         "*MINOS*: strategy 1, symmetrised half-width; *spread*: max/min - 1 of the three reported;",
-        "*treatment*: the TemplateTreatment of cabinetry_config.yml (`after`) or none (`before`).",
+        "*treatment*: the TemplateTreatment of cabinetry_config.yml (`after`) or none (`before`);",
+        "*ranking*: its time, and the impacts whose refit has no valid minimum (listed, with why, in",
+        "stability.json: `ranking_failed`; held values clipped to a bound: `ranking_clipped`).",
         "",
         "| dataset | categories | treatment | POI (s1) | reported s0 / s1 / s2 | spread | HESSE s0 / s1 / s2 "
         "| MINOS (sym.) | ranking [s] |",
@@ -181,6 +188,8 @@ def markdown(results: list[dict[str, Any]], notes: list[str]) -> str:
             else ("fails" if s1.get("minos_valid") is False else "-")
         )
         ranking = _fmt(m.get("ranking_s"), 2) if "ranking_error" not in m else "fails"
+        if m.get("ranking_failed"):
+            ranking += f" ({len(m['ranking_failed'])} of {m['ranking_impacts']} impacts without a valid minimum)"
         if "reference_ranking_s" in m:
             ranking += f" (pyhf refits {m['reference_ranking_s']:.1f}, max diff {m['max_impact_difference']:.1e})"
         spread = "-" if m.get("spread") is None else f"{100 * m['spread']:.1f} %"

@@ -27,6 +27,23 @@ def tiny_dataset() -> Path:
 
 
 @pytest.fixture(scope="session")
+def tiny_histograms(tiny_dataset, config, tmp_path_factory) -> Path:
+    """The folder of the tiny dataset's histograms.root and histograms_ml.root (the ML-score categories)."""
+    from utils.histograms.accumulate import save_histograms
+    from utils.run import pipeline
+    from utils.run.parameters import RunParameters
+
+    folder = tmp_path_factory.mktemp("tiny_hist")
+    params = RunParameters(dataset=str(tiny_dataset), use_ml=True, num_cores=2, output_dir=str(folder))
+    _, fileset = pipeline.fileset_for(params)
+    delivered = pipeline.deliver(params, fileset, config)
+    result = pipeline.process(params, delivered.fileset, config, pipeline.make_classifier(True))
+    save_histograms(result.histograms, folder / "histograms.root", config)
+    save_histograms(result.histograms, folder / "histograms_ml.root", config, ml_categories=True)
+    return folder
+
+
+@pytest.fixture(scope="session")
 def tiny_nanoaod() -> Path:
     """The tiny embedded dataset in NanoAOD (generated once, cached under data/embedded/tiny-nanoaod)."""
     from utils.datasets.embedded import ensure_dataset

@@ -124,23 +124,6 @@ def test_one_line_per_problem_and_none_when_all_is_well():
     assert all("see the 'diagnostics' of fit_results.json" in line for line in lines)
 
 
-@pytest.fixture(scope="module")
-def tiny_histograms(tiny_dataset, config, tmp_path_factory):
-    """histograms.root of the tiny dataset, with and without the ML-score categories."""
-    from utils.histograms.accumulate import save_histograms
-    from utils.run import pipeline
-    from utils.run.parameters import RunParameters
-
-    folder = tmp_path_factory.mktemp("tiny_hist")
-    params = RunParameters(dataset=str(tiny_dataset), use_ml=True, num_cores=2, output_dir=str(folder))
-    _, fileset = pipeline.fileset_for(params)
-    delivered = pipeline.deliver(params, fileset, config)
-    result = pipeline.process(params, delivered.fileset, config, pipeline.make_classifier(True))
-    save_histograms(result.histograms, folder / "histograms.root", config)
-    save_histograms(result.histograms, folder / "histograms_ml.root", config, ml_categories=True)
-    return folder
-
-
 @pytest.mark.slow
 @pytest.mark.parametrize("categories", [False, True], ids=["regions", "ml"])
 def test_tiny_poi_uncertainty_is_stable(tiny_histograms, categories, tmp_path):

@@ -311,6 +311,7 @@ def test_weak_signal_ranking_significance_limit_figures(weak_model, tmp_path, ca
 
 def test_ranking_retries_a_failed_refit_with_strategy_2(weak_model, tmp_path, monkeypatch, caplog):
     from utils.inference import fit as statistics
+    from utils.inference.ranking import rank_parameters
     from utils.inference.results import prepare_workspace
 
     histograms, config = weak_model
@@ -326,12 +327,12 @@ def test_ranking_retries_a_failed_refit_with_strategy_2(weak_model, tmp_path, mo
 
     monkeypatch.setattr(statistics, "fit_model", flaky_fit)
     with caplog.at_level(logging.WARNING, logger="utils.inference"):
-        ranking = statistics.rank_parameters(model, data, fit_results, parameters=["JES"], fast=False)
+        ranking = rank_parameters(model, data, fit_results, parameters=["JES"], fast=False)
     assert ranking.labels == ["JES"]
     assert strategies == [None, 2] * 4  # four refits, each retried once
     assert "retrying with MINUIT strategy 2" in caplog.text
     with pytest.raises(StatisticsError, match="no parameter"):
-        statistics.rank_parameters(model, data, fit_results, parameters=["JSE"])
+        rank_parameters(model, data, fit_results, parameters=["JSE"])
 
 
 def test_missing_template_in_a_small_model(weak_model, tmp_path):

@@ -5,8 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from utils.inference.fit import numpy_backend, rank_parameters
+from utils.inference.fit import numpy_backend
 from utils.inference.likelihood import FastLikelihood
+from utils.inference.ranking import rank_parameters
 
 #: every modifier the fast likelihood implements, two channels, a sample missing from one
 SPEC = {
@@ -170,3 +171,21 @@ def test_fast_minimum_declines_a_start_without_information(model_and_data):
         found = fast_minimum(fast, data, init, list(model.config.suggested_fixed()),
                              [tuple(b) for b in model.config.suggested_bounds()], 0.0005)  # fmt: skip
         assert found is None
+
+
+def test_jacobian_of_the_yields_matches_pyhf(model_and_data):
+    model, _ = model_and_data
+    fast = FastLikelihood.from_model(model)
+    rng = np.random.default_rng(5)
+    init = np.asarray(model.config.suggested_init())
+    pars = init + 0.4 * rng.standard_normal(len(init))
+    pars[model.config.par_slice("staterror_SR")] = np.abs(pars[model.config.par_slice("staterror_SR")])
+    step = 1e-6
+    with numpy_backend():
+        numeric = np.array(
+            [
+                (model.expected_actualdata(pars + step * e) - model.expected_actualdata(pars - step * e)) / (2 * step)
+                for e in np.eye(len(pars))
+            ]
+        ).T
+    np.testing.assert_allclose(fast.jacobian(pars), numeric, rtol=1e-6, atol=1e-6)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import click
@@ -93,7 +94,8 @@ def fit(
             f"expected {lim.expected_limit[2]:.3f}"
         )
     if result.ranking is not None:
-        top = sorted(result.ranking, key=lambda i: -max(abs(i.postfit_up), abs(i.postfit_down)))[:5]
+        ranked = [i for i in result.ranking if not math.isnan(i.largest_postfit)]
+        top = sorted(ranked, key=lambda i: -i.largest_postfit)[:5]
         click.echo(
             "largest impacts: " + ", ".join(f"{i.parameter} ({i.postfit_up:+.3f}/{i.postfit_down:+.3f})" for i in top)
         )

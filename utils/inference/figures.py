@@ -309,12 +309,16 @@ def ranking(
 ) -> plt.Figure:
     """The impact ranking: for the ``max_pars`` parameters with the largest post-fit impact on
     the POI, their pulls (left) and the POI's shift with the parameter held at its best fit
-    +/- its pre-fit (open) and post-fit (filled) uncertainty (right). ``prefit``: name ->
+    +/- its pre-fit (open) and post-fit (filled) uncertainty (right). A refit without a valid
+    minimum (a NaN impact, see :mod:`utils.inference.ranking`) has no bar; its parameter is
+    shown with a red cross at zero (``refit failed`` in the legend). ``prefit``: name ->
     (nominal value, pre-fit uncertainty), to show pulls of parameters not centred at 0 with unit
     width (staterror's gammas); without, best fit and uncertainty are shown as they are."""
     r = ranking_results
-    post = np.maximum(np.abs(r.postfit_up), np.abs(r.postfit_down))
-    order = list(np.argsort(-post, kind="stable"))[: max_pars or len(post)][::-1]  # the largest on top
+    impacts = np.vstack([np.asarray(r.prefit_up, dtype=float), np.asarray(r.prefit_down, dtype=float),
+                         np.asarray(r.postfit_up, dtype=float), np.asarray(r.postfit_down, dtype=float)])  # fmt: skip
+    failed = ~np.isfinite(impacts)  # refits without a valid minimum
+    order = _ranking_order(impacts, failed, max_pars)
     y = np.arange(len(order))
     with _style((13.0, 2.2 + 0.42 * max(len(order), 1))):
         fig, (pax, iax) = plt.subplots(1, 2, sharey=True, gridspec_kw={"width_ratios": (1, 1.4)})
@@ -323,19 +327,20 @@ def ranking(
         width = np.where(width > 0, width, 1.0)
         _pull_axes(pax, (np.asarray(r.bestfit)[order] - centre) / width, np.asarray(r.uncertainty)[order] / width)
         pax.set_yticks(y, [r.labels[i] for i in order], fontsize=14)
-        for values, style in (
-            (r.prefit_up, {"facecolor": "none", "edgecolor": "C0", "label": r"pre-fit $+\Delta\theta$"}),
-            (r.prefit_down, {"facecolor": "none", "edgecolor": "C1", "label": r"pre-fit $-\Delta\theta$"}),
-            (r.postfit_up, {"color": "C0", "label": r"post-fit $+\Delta\hat{\theta}$"}),
-            (r.postfit_down, {"color": "C1", "label": r"post-fit $-\Delta\hat{\theta}$"}),
-        ):
-            iax.barh(y, np.asarray(values)[order], height=0.7, linewidth=1.5, **style)
+        for values, style in zip(impacts, (
+            {"facecolor": "none", "edgecolor": "C0", "label": r"pre-fit $+\Delta\theta$"},
+            {"facecolor": "none", "edgecolor": "C1", "label": r"pre-fit $-\Delta\theta$"},
+            {"color": "C0", "label": r"post-fit $+\Delta\hat{\theta}$"},
+            {"color": "C1", "label": r"post-fit $-\Delta\hat{\theta}$"},
+        ), strict=True):  # fmt: skip
+            iax.barh(y, np.nan_to_num(values[order]), height=0.7, linewidth=1.5, **style)
+        rows = np.flatnonzero(failed[:, order].any(axis=0))
+        if len(rows):  # one cross per parameter with a failed refit, at zero
+            iax.plot(np.zeros(len(rows)), rows, "x", color="red", markersize=12, markeredgewidth=2.5,
+                     label="refit failed (no valid minimum)", linestyle="none")  # fmt: skip
         iax.axvline(0, color="black", linewidth=1)
-        reach = (
-            float(np.max(np.abs(np.concatenate([r.prefit_up, r.prefit_down, r.postfit_up, r.postfit_down]))))
-            if len(order)
-            else 1.0
-        )
+        finite = np.abs(impacts[~failed])
+        reach = float(finite.max()) if len(order) and finite.size and finite.max() > 0 else 1.0
         iax.set_xlim(-1.15 * reach, 1.15 * reach)
         iax.set_xlabel(r"$\Delta\hat{\mu}$ (impact on the POI)")
         iax.legend(frameon=False, fontsize=13, ncols=2, loc="lower center", bbox_to_anchor=(0.5, 1.0))
@@ -344,10 +349,24 @@ def ranking(
             ax.tick_params(axis="x", labelsize=14)
             ax.xaxis.label.set_fontsize(16)
         left = _text_size(fig, [r.labels[i] for i in order] or ["x"], 14)[0] + plt.rcParams["ytick.major.pad"] / 72
-        legend_height = 2 * 1.6 * _text_size(fig, ["Ag"], 13)[1] + 0.45
+        legend_rows = 3 if len(rows) else 2
+        legend_height = legend_rows * 1.6 * _text_size(fig, ["Ag"], 13)[1] + 0.45
         _place(fig, left + 0.15, 0.35, max(_x_margin(fig, pax), _x_margin(fig, iax)), legend_height, wspace=0.06)
         _save(fig, path)  # inside the style: its fonts are the ones measured
     return fig
+
+
+def _ranking_order(impacts: np.ndarray, failed: np.ndarray, max_pars: int | None) -> list[int]:
+    """Rows of the ranking figure, bottom to top: the ``max_pars`` parameters with the largest
+    post-fit impact (where both post-fit refits failed: the largest pre-fit one), the largest on
+    top; a parameter with a failed refit is always shown."""
+    sizes = np.where(failed, 0.0, np.abs(impacts))
+    post_failed = failed[2:].all(axis=0)
+    key = np.where(post_failed, sizes[:2].max(axis=0), sizes[2:].max(axis=0))
+    ranked = list(np.argsort(-key, kind="stable"))
+    chosen = ranked[: max_pars or len(ranked)]
+    chosen += [i for i in ranked if failed[:, i].any() and i not in chosen]
+    return sorted(chosen, key=ranked.index)[::-1]
 
 
 def likelihood_scan(scan: LikelihoodScan, path: str | Path | None = None) -> plt.Figure:

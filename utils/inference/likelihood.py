@@ -30,6 +30,7 @@ at +/-1.
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 from dataclasses import dataclass
@@ -52,6 +53,9 @@ _CODE4_A_INV = np.array(
         [1 / 2, 1 / 2, -5 / 16, 5 / 16, 1 / 16, 1 / 16],
     ]
 )
+#: :meth:`Objective.extended` continues the Poisson term of a bin below this fraction of its count
+EXTENSION_FRACTION = 1e-3
+_POWERS = np.arange(1, 7)
 _SUPPORTED = {"normfactor", "shapefactor", "lumi", "staterror", "normsys", "histosys"}
 _LINEAR = {"normfactor", "shapefactor", "lumi", "staterror"}
 
@@ -182,50 +186,86 @@ class FastLikelihood:
 
     # -- pieces --------------------------------------------------------------------------------
 
+    @functools.cached_property
+    def _histosys_matrix(self) -> np.ndarray:
+        """``(2K, rows * bins)``: every histosys' ``hi - nom``, then every one's ``nom - lo``."""
+        k = len(self.hs_index)
+        return np.concatenate([self.hs_up.reshape(k, -1), self.hs_dn.reshape(k, -1)])
+
+    @functools.cached_property
+    def _normsys_coef(self) -> np.ndarray:
+        """:attr:`ns_coef` as ``(L, 6, rows)``, for one batched product per evaluation."""
+        return np.ascontiguousarray(self.ns_coef.transpose(1, 0, 2))
+
+    @functools.cached_property
+    def _normsys_logs(self) -> tuple[np.ndarray, np.ndarray]:
+        return np.log(self.ns_hi), np.log(self.ns_lo)
+
     def _histosys(self, pars: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Additive deltas (K, rows, bins) and their derivatives."""
-        a = pars[self.hs_index][:, None, None]
-        s = 0.5 * (self.hs_up + self.hs_dn)
-        big_a = 0.0625 * (self.hs_up - self.hs_dn)
+        """Coefficients (2K,) of the rows of :attr:`_histosys_matrix` in the additive deltas, and
+        in their derivatives: code 4p is ``a S + p(a) A`` inside, with ``S = (up + dn) / 2`` and
+        ``A = (up - dn) / 16`` (``up = hi - nom``, ``dn = nom - lo``), and linear outside."""
+        a = pars[self.hs_index]
         a2 = a * a
-        poly = a2 * (a2 * (3 * a2 - 10) + 15)
-        dpoly = a * (a2 * (18 * a2 - 40) + 30)
-        inside = a * s + poly * big_a
-        dinside = s + dpoly * big_a
-        value = np.where(a > 1, a * self.hs_up, np.where(a < -1, a * self.hs_dn, inside))
-        deriv = np.where(a > 1, self.hs_up, np.where(a < -1, self.hs_dn, dinside))
+        poly = a2 * (a2 * (3 * a2 - 10) + 15) / 16
+        dpoly = a * (a2 * (18 * a2 - 40) + 30) / 16
+        above, below = a > 1, a < -1
+        value = np.concatenate([np.where(above, a, np.where(below, 0.0, 0.5 * a + poly)),
+                                np.where(above, 0.0, np.where(below, a, 0.5 * a - poly))])  # fmt: skip
+        deriv = np.concatenate([np.where(above, 1.0, np.where(below, 0.0, 0.5 + dpoly)),
+                                np.where(above, 0.0, np.where(below, 1.0, 0.5 - dpoly))])  # fmt: skip
         return value, deriv
 
     def _normsys(self, pars: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Factors (L, rows) and their derivatives."""
-        a = pars[self.ns_index][:, None]
-        powers = np.stack([a**k for k in range(1, 7)])
-        dpowers = np.stack([k * a ** (k - 1) for k in range(1, 7)])
-        inside = 1 + np.sum(self.ns_coef * powers, axis=0)
-        dinside = np.sum(self.ns_coef * dpowers, axis=0)
-        abs_a = np.abs(a)
-        up, lo = self.ns_hi**abs_a, self.ns_lo**abs_a
-        value = np.where(a >= 1, up, np.where(a <= -1, lo, inside))
-        deriv = np.where(a >= 1, np.log(self.ns_hi) * up, np.where(a <= -1, -np.log(self.ns_lo) * lo, dinside))
+        a = pars[self.ns_index]
+        lower = a[:, None] ** (_POWERS - 1)  # (L, 6): a^0 ... a^5
+        coef = self._normsys_coef
+        inside = 1 + ((lower * a[:, None])[:, None, :] @ coef)[:, 0]
+        dinside = ((lower * _POWERS)[:, None, :] @ coef)[:, 0]
+        log_hi, log_lo = self._normsys_logs
+        outside = np.abs(a) >= 1
+        if not outside.any():
+            return inside, dinside
+        a_col = a[:, None]
+        up, lo = np.exp(np.abs(a_col) * log_hi), np.exp(np.abs(a_col) * log_lo)
+        value = np.where(a_col >= 1, up, np.where(a_col <= -1, lo, inside))
+        deriv = np.where(a_col >= 1, log_hi * up, np.where(a_col <= -1, -log_lo * lo, dinside))
         return value, deriv
 
     def expected(self, pars: np.ndarray) -> np.ndarray:
         """Expected main-measurement yields (pyhf's ``expected_actualdata``)."""
-        return self._evaluate(np.asarray(pars, dtype=float), gradient=False)[0]
+        return self._evaluate(np.asarray(pars, dtype=float))[0]
 
-    def _evaluate(self, pars: np.ndarray, gradient: bool):
+    def _evaluate(self, pars: np.ndarray):
         h, dh = self._histosys(pars)
         g, dg = self._normsys(pars)
-        base = self.nominal + h.sum(axis=0)  # (rows, bins)
+        base = self.nominal + (h @ self._histosys_matrix).reshape(self.nominal.shape)  # (rows, bins)
         norm = np.prod(g, axis=0) if len(g) else np.ones(len(self.nominal))  # (rows,)
         ext = np.append(pars, 1.0)  # index -1: no factor
         factors = ext[self.linear]  # (J, rows, bins)
         lin = np.prod(factors, axis=0) if len(factors) else np.ones_like(base)
-        per_row = base * norm[:, None] * lin
-        lam = per_row.sum(axis=0)
-        if not gradient:
-            return lam, None
-        return lam, (h, dh, g, dg, base, norm, factors, lin, per_row)
+        lam = (base * norm[:, None] * lin).sum(axis=0)
+        return lam, (dh, g, dg, base, norm, factors, lin)
+
+    def jacobian(self, pars: Any) -> np.ndarray:
+        """Derivatives of the expected main-measurement yields, ``(bins, parameters)``."""
+        pars = np.asarray(pars, dtype=float)
+        lam, (dh, g, dg, base, norm, factors, lin) = self._evaluate(pars)
+        n_ext = self.n_pars + 1
+        jac = np.zeros((len(lam), n_ext))
+        if len(dh):
+            k = len(self.hs_index)
+            per_row = (self._histosys_matrix * (norm[:, None] * lin).ravel()).reshape(2 * k, *base.shape)
+            both = dh[:, None] * per_row.sum(axis=1)  # (2K, bins)
+            np.add.at(jac.T, self.hs_index, both[:k] + both[k:])
+        if len(dg):
+            np.add.at(jac.T, self.ns_index, (_leave_one_out(g) * dg) @ (base * lin))
+        rests = _leave_one_out(factors)
+        bins = np.broadcast_to(np.arange(len(lam)), base.shape)
+        for j in range(len(factors)):
+            np.add.at(jac, (bins, self.linear[j] % n_ext), base * norm[:, None] * rests[j])
+        return jac[:, : self.n_pars]
 
     def objective(self, data: Any) -> Objective:
         """``-2 log L`` of ``data`` and its gradient, as functions of the parameters."""
@@ -247,6 +287,7 @@ class Objective:
         self.likelihood = lk = likelihood
         self.counts = data[: lk.n_main]
         self.filled = self.counts > 0
+        self.floor = EXTENSION_FRACTION * self.counts
         self.aux = data[lk.n_main :][lk.aux_slots]
         self.inv_var = 1.0 / lk.gauss_sigma**2
         self.constant = float(
@@ -254,36 +295,73 @@ class Objective:
             + 2 * np.sum(np.log(lk.gauss_sigma))
             + len(lk.gauss_sigma) * math.log(2 * math.pi)
         )
+        self._last: tuple[np.ndarray, Any] | None = None  # MINUIT asks value and gradient at one point
+
+    def _at(self, pars: np.ndarray):
+        if self._last is None or not np.array_equal(self._last[0], pars):
+            self._last = (pars.copy(), self.likelihood._evaluate(pars))
+        return self._last[1]
 
     def __call__(self, pars: Any) -> float:
-        lk = self.likelihood
-        pars = np.asarray(pars, dtype=float)
-        lam = lk._evaluate(pars, gradient=False)[0]
-        with np.errstate(divide="ignore", invalid="ignore"):
-            log_lam = np.where(self.filled, self.counts * np.log(lam), 0.0)
-        z = self.aux - pars[lk.gauss_index]
-        return float(2 * np.sum(lam - log_lam) + z @ (z * self.inv_var) + self.constant)
+        return self._value(pars, extended=False)
+
+    def extended(self, pars: Any) -> float:
+        """:meth:`__call__` with the Poisson term of each bin with data continued below
+        ``floor = EXTENSION_FRACTION * n`` by its second-order expansion at the floor: finite and
+        convex in the yield where pyhf's is not a number (a negative yield), identical where every
+        yield with data is above its floor. Minimisers move through it back to valid yields."""
+        return self._value(pars, extended=True)
+
+    def extended_gradient(self, pars: Any) -> np.ndarray:
+        """Gradient of :meth:`extended`."""
+        return self._gradient(pars, extended=True)
 
     def gradient(self, pars: Any) -> np.ndarray:
+        return self._gradient(pars, extended=False)
+
+    def _poisson(self, lam: np.ndarray, extended: bool) -> tuple[float, np.ndarray]:
+        """``2 sum (lam - n ln lam)`` and its derivative in each ``lam`` (exact, or :meth:`extended`)."""
+        n = self.counts
+        low = self.filled & (lam < self.floor) if extended else None
+        low = low if low is not None and low.any() else None
+        safe = lam if low is None else np.where(low, self.floor, lam)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            log_lam = np.where(self.filled, n * np.log(safe), 0.0)
+            ratio = np.where(self.filled, n / safe, 0.0)
+        if low is not None:  # n ln lam ~ n (ln f + d - d^2 / 2), d = (lam - f) / f
+            d = np.where(low, (lam - self.floor) / np.where(low, self.floor, 1.0), 0.0)
+            log_lam = log_lam + np.where(low, n * (d - 0.5 * d * d), 0.0)
+            ratio = np.where(low, ratio * (1 - d), ratio)
+        return float(2 * np.sum(lam - log_lam)), 2 * (1 - ratio)
+
+    def _value(self, pars: Any, extended: bool) -> float:
         lk = self.likelihood
         pars = np.asarray(pars, dtype=float)
-        lam, parts = lk._evaluate(pars, gradient=True)
-        _, dh, g, dg, base, norm, factors, lin, _ = parts
+        lam = self._at(pars)[0]
+        poisson, _ = self._poisson(lam, extended)
+        z = self.aux - pars[lk.gauss_index]
+        return poisson + float(z @ (z * self.inv_var)) + self.constant
+
+    def _gradient(self, pars: Any, extended: bool) -> np.ndarray:
+        lk = self.likelihood
+        pars = np.asarray(pars, dtype=float)
+        lam, (dh, g, dg, base, norm, factors, lin) = self._at(pars)
         n_ext = lk.n_pars + 1
-        with np.errstate(divide="ignore", invalid="ignore"):
-            w = 2 * (1 - np.where(self.filled, self.counts / lam, 0.0))  # d(-2 ln L)/d lam, (bins,)
+        _, w = self._poisson(lam, extended)  # d(-2 ln L)/d lam, (bins,)
         grad = np.zeros(n_ext)
         if len(dh):
             scale = norm[:, None] * lin  # (rows, bins)
-            np.add.at(grad, lk.hs_index, np.einsum("krb,rb,b->k", dh, scale, w))
+            both = dh * (lk._histosys_matrix @ (scale * w[None, :]).ravel())  # (2K,)
+            k = len(lk.hs_index)
+            np.add.at(grad, lk.hs_index, both[:k] + both[k:])
         if len(dg):
             # d lam / d alpha_l = base * lin * prod_{m != l} g_m * dg_l
-            others = np.array([np.prod(np.delete(g, i, axis=0), axis=0) for i in range(len(g))])
+            others = _leave_one_out(g)
             row_w = (base * lin) @ w  # (rows,)
             np.add.at(grad, lk.ns_index, np.sum(others * dg * row_w[None, :], axis=1))
+        rests = _leave_one_out(factors)
         for j in range(len(factors)):
-            rest = np.prod(np.delete(factors, j, axis=0), axis=0) if len(factors) > 1 else 1.0
-            contribution = base * norm[:, None] * rest * w[None, :]
+            contribution = base * norm[:, None] * rests[j] * w[None, :]
             grad += np.bincount(lk.linear[j].ravel() % n_ext, contribution.ravel(), n_ext)
         grad = grad[: lk.n_pars]
         np.add.at(grad, lk.gauss_index, -2 * (self.aux - pars[lk.gauss_index]) * self.inv_var)
@@ -396,3 +474,12 @@ def fast_minimum(
         if not (np.all(x >= lo) and np.all(x <= hi) and np.isfinite(objective(x))):
             return None
     return x, errors, calls
+
+
+def _leave_one_out(x: np.ndarray) -> np.ndarray:
+    """For each ``l``, the product over axis 0 of every entry of ``x`` but the ``l``-th."""
+    before, after = np.ones_like(x), np.ones_like(x)
+    if len(x) > 1:
+        before[1:] = np.cumprod(x[:-1], axis=0)
+        after[:-1] = np.cumprod(x[:0:-1], axis=0)[::-1]
+    return before * after

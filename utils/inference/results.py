@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import shutil
 import tempfile
 from collections.abc import Iterator
@@ -44,10 +45,10 @@ from utils.inference.fit import (
     SignificanceSummary,
     build_workspace,
     numpy_backend,
-    rank_parameters,
     significance_of,
     upper_limit_of,
 )
+from utils.inference.ranking import Ranking, rank_parameters
 from utils.inference.scan import MINOS_SCAN_STEPS, LikelihoodScan, profile_scan
 from utils.inference.templates import build_templates
 from utils.inference.treatment import TreatmentRecord
@@ -65,6 +66,9 @@ INFERENCE_PACKAGES = ("cabinetry", "pyhf", "iminuit", "uproot")
 
 @dataclass(frozen=True)
 class Impact:
+    """One parameter of the ranking: the POI's shifts (NaN, null in the JSON, where the refit
+    found no valid minimum; those are named in ``failed``) and one line per clipped or failed refit."""
+
     parameter: str
     bestfit: float
     uncertainty: float
@@ -72,6 +76,14 @@ class Impact:
     prefit_down: float
     postfit_up: float
     postfit_down: float
+    failed: tuple[str, ...] = ()
+    notes: tuple[str, ...] = ()
+
+    @property
+    def largest_postfit(self) -> float:
+        """The larger post-fit impact in size (NaN where both refits failed)."""
+        sizes = [abs(x) for x in (self.postfit_up, self.postfit_down) if not math.isnan(x)]
+        return max(sizes) if sizes else float("nan")
 
 
 @dataclass(frozen=True)
@@ -97,7 +109,8 @@ class InferenceResult:
     significance: SignificanceSummary | None = None
     limit: LimitSummary | None = None
     ranking: tuple[Impact, ...] | None = None
-    #: optional steps (significance, limit) that failed -> why; the fit result stands
+    #: optional steps (significance, limit, scan) that failed -> why, and ``ranking`` where some of
+    #: its refits found no valid minimum; the fit result stands
     failures: dict[str, str] = field(default_factory=dict)
     #: MINUIT's state, covariance, MINOS, constraints, pulls and one line per problem
     diagnostics: FitDiagnostics | None = None
@@ -271,7 +284,8 @@ def run_inference(
     classifier, histograms saved with ``ml_categories=True``). ``analysis``: the analysis configuration
     the histograms were made with (the model is checked against it; default ``analysis_config.yml``).
     ``ranking`` refits the model four times per parameter (a few seconds for the AGC model, see
-    :func:`~utils.inference.fit.rank_parameters`).
+    :func:`~utils.inference.ranking.rank_parameters`; a refit without a valid minimum is a null
+    impact and an entry ``ranking`` of ``failures``).
     ``minos``: MINOS errors of the POI in the diagnostics (off: the Hessian's only).
     ``fit_data``: the observed data, ``"pseudodata"`` (``{region}_pseudodata``) or the dataset's
     ``"data"`` sample (``{region}_data``); recorded in ``fit_results.json``.
@@ -311,6 +325,12 @@ def run_inference(
             with timer("ranking"):
                 ranking_results = rank_parameters(model, data, fit_results, strategy=strategy)
             impacts = _impacts(ranking_results)
+            if ranking_results.failed:
+                failed = ranking_results.failed
+                failures["ranking"] = (
+                    f"{len(failed)} refit(s) without a valid minimum, their impacts null: "
+                    + ", ".join(f"{n.parameter} {n.impact} (held at {n.held:.4g})" for n in failed)
+                )
         if figures:
             with timer("scan"), _recorded(failures, "scan"):
                 scan = _scan(model, data, fit_results, diagnostics)
@@ -405,7 +425,7 @@ def _scan(model: Any, data: list[float], fit_results: Any, diagnostics: FitDiagn
     return profile_scan(model, data, fit_results, n_steps=5)
 
 
-def _impacts(ranking_results: Any) -> tuple[Impact, ...]:
+def _impacts(ranking_results: Ranking) -> tuple[Impact, ...]:
     return tuple(
         Impact(
             parameter=str(label),
@@ -415,6 +435,8 @@ def _impacts(ranking_results: Any) -> tuple[Impact, ...]:
             prefit_down=float(ranking_results.prefit_down[i]),
             postfit_up=float(ranking_results.postfit_up[i]),
             postfit_down=float(ranking_results.postfit_down[i]),
+            failed=tuple(n.impact for n in ranking_results.notes_of(label) if n.status == "failed"),
+            notes=tuple(n.line() for n in ranking_results.notes_of(label)),
         )
         for i, label in enumerate(ranking_results.labels)
     )
