@@ -188,6 +188,30 @@ def test_input_size_sums_compressed_bytes_of_the_analysis_branches(tiny_dataset)
     assert input_size_metrics(remote) == {"dataset_bytes": None, "needed_branch_bytes": None}
 
 
+def test_input_size_of_nanoaod_counts_the_nanoaod_branches(tiny_nanoaod, real_metrics):
+    """NanoAOD files (``Events`` trees): the branches the NanoAOD selection reads, in the run's
+    metrics and in a benchmark summary's input sizes alike."""
+    import uproot
+
+    from utils.benchmark.summary import input_sizes
+    from utils.datasets.fileset import build_fileset
+    from utils.processing.nanoaod import READ_BRANCHES, TREE_NAME
+    from utils.run.metrics import input_size
+
+    fileset = build_fileset(tiny_nanoaod, 1, treename=TREE_NAME)
+    size = input_size(fileset)
+    paths = [p for e in fileset.values() for p in e["files"]]
+    expected = 0
+    for path in paths:
+        with uproot.open(path) as f:
+            expected += sum(f[TREE_NAME][b].compressed_bytes for b in READ_BRANCHES)
+    assert set(size.branch_bytes) == set(READ_BRANCHES) and size.needed_branch_bytes == expected > 0
+    assert size.needed_branch_bytes < size.dataset_bytes / 10  # the filler branches hold the rest
+    metrics = {**real_metrics, "dataset_source": str(tiny_nanoaod), "n_files_max_per_sample": 1}
+    record = RunRecord(GridPoint(0, {}, {}), 0, Path(), metrics)
+    assert input_sizes([record])[(str(tiny_nanoaod), 1)] == size
+
+
 # --- summary arithmetic (an oracle on hand-made metrics) ---------------------------------------------
 
 
@@ -281,6 +305,7 @@ def test_keep_going_records_failures_and_resume_reruns_only_those(real_metrics, 
     calls.clear()
     second = run_grid(grid, tmp_path, runner=runner(set()), resume=True, **quiet)
     assert [c["DISABLE_PROCESSING"] for c in calls] == [False]  # only the failed run again
+    assert "OVERWRITE" not in calls[0]  # the failed run left nothing in its folder
     assert [r.point.index for r in second.records] == [0, 1] and not second.failures
 
 
@@ -292,13 +317,14 @@ def test_a_run_on_a_busy_machine_is_repeated_and_its_load_recorded(real_metrics,
     calls = []
 
     def run(parameters, path):
-        calls.append(parameters["DISABLE_PROCESSING"])
+        calls.append((parameters["DISABLE_PROCESSING"], parameters.get("OVERWRITE", False)))
         path.mkdir(parents=True, exist_ok=True)
         (path / "metrics.json").write_text(json.dumps(real_metrics))
         return path
 
     result = run_grid(grid, tmp_path, repeat=1, runner=run, loadavg=lambda: next(loads))
-    assert calls == [False, False, True]
+    # the repeat replaces the first attempt's outputs (the notebook refuses a folder holding a run)
+    assert calls == [(False, False), (False, True), (True, False)]
     first = json.loads((result.records[0].path / "runner.json").read_text())
     assert first["attempts"] == 2 and first["loadavg_1min_before"] == 0.5 and first["cores"] >= 1
     assert all(r.quiet for r in result.records)

@@ -117,7 +117,7 @@ def run_grid(grid: BenchmarkGrid, output: Path, repeat: int | None = None, runne
                 continue
             log.info("benchmark %s: point %s, repeat %d/%d", grid.name, point.name, rep + 1, repeat)
             try:
-                record = _run_point(point, rep, path, runner, cores, noisy_retries, loadavg)
+                record = _run_point(point, rep, path, runner, cores, noisy_retries, loadavg, rerun=resume)
             except AGCError as err:
                 message = f"{point.name} (repeat {rep}): {err}"
                 if not keep_going:
@@ -130,14 +130,17 @@ def run_grid(grid: BenchmarkGrid, output: Path, repeat: int | None = None, runne
 
 
 def _run_point(point: GridPoint, rep: int, path: Path, runner: NotebookRunner, cores: int, noisy_retries: int,
-               loadavg: Callable[[], float]) -> RunRecord:  # fmt: skip
-    """One run of a point, repeated while the machine was busy (at most ``noisy_retries`` times)."""
+               loadavg: Callable[[], float], rerun: bool = False) -> RunRecord:  # fmt: skip
+    """One run of a point, repeated while the machine was busy (at most ``noisy_retries`` times).
+    A repeat, and with ``rerun`` (``--resume``) any run, replaces what the runner's earlier
+    attempt left in the folder (the notebook's OVERWRITE; it refuses a folder with outputs)."""
     for attempt in range(1 + max(0, noisy_retries)):
         for stale in (RUNNER_FILE, METRICS_FILE):  # of an earlier run into the same folder
             (path / stale).unlink(missing_ok=True)
+        again = attempt > 0 or (rerun and path.is_dir() and any(path.iterdir()))
         load_before = loadavg()
         t0 = time.monotonic()
-        runner(point.parameters, path)
+        runner({**point.parameters, "OVERWRITE": True} if again else point.parameters, path)
         elapsed = time.monotonic() - t0
         write_json_atomic(path / RUNNER_FILE, {"point": point.name, "varied": point.varied,
                                                "parameters": point.parameters, "repeat": rep,
