@@ -189,6 +189,30 @@ def test_input_size_sums_compressed_bytes_of_the_analysis_branches(tiny_dataset)
     assert input_size_metrics(remote) == {"dataset_bytes": None, "needed_branch_bytes": None}
 
 
+def test_input_size_of_nanoaod_counts_the_nanoaod_branches(tiny_nanoaod, real_metrics):
+    """NanoAOD files (``Events`` trees): the branches the NanoAOD selection reads, in the run's
+    metrics and in a benchmark summary's input sizes alike."""
+    import uproot
+
+    from utils.benchmark.summary import input_sizes
+    from utils.datasets.fileset import build_fileset
+    from utils.processing.nanoaod import READ_BRANCHES, TREE_NAME
+    from utils.run.metrics import input_size
+
+    fileset = build_fileset(tiny_nanoaod, 1, treename=TREE_NAME)
+    size = input_size(fileset)
+    paths = [p for e in fileset.values() for p in e["files"]]
+    expected = 0
+    for path in paths:
+        with uproot.open(path) as f:
+            expected += sum(f[TREE_NAME][b].compressed_bytes for b in READ_BRANCHES)
+    assert set(size.branch_bytes) == set(READ_BRANCHES) and size.needed_branch_bytes == expected > 0
+    assert size.needed_branch_bytes < size.dataset_bytes / 10  # the filler branches hold the rest
+    metrics = {**real_metrics, "dataset_source": str(tiny_nanoaod), "n_files_max_per_sample": 1}
+    record = RunRecord(GridPoint(0, {}, {}), 0, Path(), metrics)
+    assert input_sizes([record])[(str(tiny_nanoaod), 1)] == size
+
+
 # --- summary arithmetic (an oracle on hand-made metrics) ---------------------------------------------
 
 

@@ -42,3 +42,16 @@ def test_a_run_without_fit_or_figures_has_zero_parts_and_a_total_from_the_proces
 def test_parts_beyond_the_total_raise_the_total_not_a_negative_rest():
     ttr = time_to_result(STAGES, PROCESSING, total=1.0)
     assert ttr["other"] == 0.0 and ttr["total"] == pytest.approx(sum(v for k, v in ttr.items() if k != "total"))
+
+
+def test_the_jet_assignment_histograms_count_as_saving():
+    """A NanoAOD run with the jet-parton assignment also saves histograms_ml.root (stage
+    histograms_ml): saving, and a stage name the metrics schema knows."""
+    from utils.config import load_schema, validate_against_schema
+
+    stages = {**STAGES, "histograms_ml": 0.5}
+    ttr = time_to_result(stages, PROCESSING, total=30.0)
+    assert ttr["saving"] == 0.75
+    full = load_schema("metrics")
+    schema = {**full["properties"]["stage_walltime_s"], "$defs": full["$defs"]}
+    validate_against_schema(stages, schema, "stage_walltime_s")

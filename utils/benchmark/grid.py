@@ -19,9 +19,9 @@ RUNNER_DEFAULTS: dict[str, Any] = {"RUN_FIT": False, "RUN_RANKING": False}
 SET_BY_RUNNER = ("OUTPUT_DIR",)
 # keys that do not change which files are read or how: an I/O-only point is the reference of
 # every processing point that agrees with it on all other keys (the fused and the reference-style
-# processor alike)
+# processor, with and without the jet-parton assignment alike)
 IO_INDEPENDENT_KEYS = ("DISABLE_PROCESSING", "IO_FILE_PERCENT", "USE_ML", "SYSTEMATICS", "RUN_FIT", "RUN_RANKING",
-                       "PROCESSOR")  # fmt: skip
+                       "PROCESSOR", "USE_JET_ASSIGNMENT")  # fmt: skip
 EXECUTOR_KEYS = ("USE_DASK", "EXECUTOR")
 
 

@@ -175,12 +175,15 @@ def compare_points(summaries: Sequence[PointSummary]) -> None:
 
 def input_sizes(records: Sequence[RunRecord]) -> dict[tuple[str, int], InputSize]:
     """:class:`InputSize` per (dataset description, files per sample) of the runs."""
-    from utils.datasets.fileset import build_fileset
+    from utils.datasets.fileset import TREE_NAME, build_fileset
+    from utils.datasets.resolve import dataset_input_format
+    from utils.processing.nanoaod import TREE_NAME as NANOAOD_TREE
 
     out = {}
     for key in sorted({(r.metrics["dataset_source"], r.metrics["n_files_max_per_sample"]) for r in records}):
+        tree = NANOAOD_TREE if dataset_input_format(key[0]) == "nanoaod" else TREE_NAME
         try:
-            size = input_size(build_fileset(key[0], key[1]))
+            size = input_size(build_fileset(key[0], key[1], treename=tree))
         except (OSError, AGCError, ValueError) as err:
             log.warning("input size of %s not computed: %s", key[0], err)
             continue

@@ -52,7 +52,7 @@ def recorded_input_format(path: Path) -> str | None:
     try:
         with open(path) as f:
             data = json.load(f)
-    except (OSError, json.JSONDecodeError):
+    except (OSError, ValueError):  # not JSON (a ROOT file), or not text
         return None
     formats = {
         str(entry["input_format"])

@@ -61,12 +61,14 @@ def fit_model(
     goodness_of_fit: bool = True,
     init_pars: list[float] | None = None,
     fix_pars: list[bool] | None = None,
+    maxiter: int | None = None,
 ):
     """Maximum-likelihood fit with ``cabinetry.fit.fit`` (MINUIT through pyhf's numpy backend).
 
     ``strategy``: the MINUIT strategy; None is pyhf's choice (1 without gradients), which gives
-    the published AGC uncertainty. Returns cabinetry's ``FitResults``; a failed minimisation is a
-    :class:`StatisticsError`.
+    the published AGC uncertainty. ``maxiter``: MIGRAD's call limit (None: iminuit's,
+    ``200 + 100 n + 5 n^2`` for ``n`` parameters). Returns cabinetry's ``FitResults``; a failed
+    minimisation is a :class:`StatisticsError`.
     """
     import cabinetry
 
@@ -79,6 +81,7 @@ def fit_model(
                 goodness_of_fit=goodness_of_fit,
                 init_pars=init_pars,
                 fix_pars=fix_pars,
+                maxiter=maxiter,
             )
     except Exception as err:  # pyhf.exceptions.FailedMinimization and friends
         raise StatisticsError(

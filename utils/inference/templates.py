@@ -15,7 +15,7 @@ import numpy as np
 
 from utils.errors import StatisticsError
 from utils.inference.config import Template
-from utils.inference.treatment import TreatmentRecord, TreatmentRules, treat_templates
+from utils.inference.treatment import TreatmentRecord, TreatmentRules, empty_bins, treat_templates
 
 log = logging.getLogger(__name__)
 
@@ -246,19 +246,23 @@ def _treat(refs: list[TemplateRef], binned: dict[str, HistogramData], rules: Tre
 def _drop_empty_bins(refs: list[TemplateRef], binned: dict[str, HistogramData],
                      other_nominal: Mapping[str, np.ndarray]) -> list[TreatmentRecord]:  # fmt: skip
     """``DropEmptyBins``: zero every template of a region (data included) in the bins where the
-    summed nominal prediction (with ``other_nominal`` of the region) is empty (in place); one
-    record per region that has such bins."""
+    summed nominal prediction (with ``other_nominal`` of the region) is empty, without a
+    simulated event (:func:`utils.inference.treatment.empty_bins`) (in place); one record per
+    region that has such bins."""
     records: list[TreatmentRecord] = []
     regions: dict[str, list[TemplateRef]] = {}
     for ref in refs:
         regions.setdefault(ref.region["Name"], []).append(ref)
     for region_name, region_refs in regions.items():
-        nominal = [binned[r.name].values for r in region_refs if r.template is None and not r.sample.get("Data", False)]
-        if region_name in other_nominal:
-            nominal.append(np.asarray(other_nominal[region_name], dtype=float))
-        if not nominal:
+        nominal = [binned[r.name] for r in region_refs if r.template is None and not r.sample.get("Data", False)]
+        values = [h.values for h in nominal]
+        sumw2 = [h.variances for h in nominal]
+        if region_name in other_nominal:  # a published model's prediction: its bins with a yield have events
+            values.append(np.asarray(other_nominal[region_name], dtype=float))
+            sumw2.append(np.asarray(other_nominal[region_name], dtype=float))
+        if not values:
             continue
-        empty = np.sum(nominal, axis=0) <= 0
+        empty = empty_bins(np.sum(values, axis=0), np.sum(sumw2, axis=0))
         if not empty.any():
             continue
         data = [binned[r.name].values[empty].sum() for r in region_refs if r.sample.get("Data", False)]

@@ -101,7 +101,11 @@ def yields_tables(
         workspace = pyhf.Workspace(dict(ws))
         model = workspace.model(poi_name=None)  # background only: no signal strength to fit
         data = workspace.data(model, include_auxdata=False)
-        fit_results = fit_model(model, workspace.data(model), goodness_of_fit=False) if postfit else None
+        # the call limit of the run's own fit (utils.inference.diagnostics): the small datasets' models
+        # need more than iminuit's default (9380 calls for 34 parameters; the tiny one about 10500)
+        fit_results = (
+            fit_model(model, workspace.data(model), goodness_of_fit=False, maxiter=100_000) if postfit else None
+        )
         prediction = cabinetry.model_utils.prediction(model, fit_results=fit_results)
     from hepdata_lib import Uncertainty
 

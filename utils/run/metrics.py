@@ -64,16 +64,21 @@ def input_size(
     open_remote: bool = False,
     files: Mapping[str, FileInfo] | None = None,
 ) -> InputSize | None:
-    """Sum of ``TBranch.compressed_bytes`` of ``branches`` (default: the processor's
-    ``READ_BRANCHES``) over the fileset's files, their entries and their size on disk.
+    """Sum of ``TBranch.compressed_bytes`` of ``branches`` (default: the branches the selection
+    reads, ``READ_BRANCHES`` of the ntuples, or of NanoAOD for a fileset of ``Events`` trees)
+    over the fileset's files, their entries and their size on disk.
     ``files``: what the input check already read (:attr:`InputReport.files`); a file found there
     is not opened again. ``None`` for a fileset with remote files that ``files`` does not cover,
     unless ``open_remote`` (that opens every such file)."""
+    from utils.processing import nanoaod
     from utils.processing.selection import READ_BRANCHES
 
-    branches = tuple(branches if branches is not None else READ_BRANCHES)
-    files = files or {}
     paths = [(p, tree) for entry in fileset.values() for p, tree in entry["files"].items()]
+    if branches is None:
+        nano = bool(paths) and all(tree == nanoaod.TREE_NAME for _, tree in paths)
+        branches = nanoaod.READ_BRANCHES if nano else READ_BRANCHES
+    branches = tuple(branches)
+    files = files or {}
     known = {p: files[p] for p, _ in paths if p in files and all(b in files[p].branch_bytes for b in branches)}
     to_open = [(p, t) for p, t in paths if p not in known]
     if any("://" in p for p, _ in to_open) and not open_remote:
@@ -115,6 +120,8 @@ def input_size_metrics(
 
 #: the notebook's StageTimer stages that are figures
 FIGURE_STAGES = ("figures", "variation_figures")
+#: the notebook's StageTimer stages that save histograms (histograms_ml: the jet-assignment features)
+SAVING_STAGES = ("histograms", "histograms_ml")
 
 
 def time_to_result(
@@ -140,7 +147,7 @@ def time_to_result(
         "preprocessing": preprocessing,
         "processing": max(0.0, float(processing.get("walltime") or 0.0) - preprocessing),
         "merging": float(processing.get("merging_s") or 0.0),
-        "saving": float(stage_times.get("histograms", 0.0)),
+        "saving": sum(float(stage_times.get(s, 0.0)) for s in SAVING_STAGES),
         "fit": max(0.0, float(stage_times.get("fit", 0.0)) - fit_figures),
         "figures": sum(float(stage_times.get(s, 0.0)) for s in FIGURE_STAGES) + fit_figures,
     }
