@@ -152,4 +152,6 @@ def test_tiny_ranking_gives_every_impact_or_marks_it(tiny_histograms, categories
         refit = fit_model(model, data, strategy=2, goodness_of_fit=False, init_pars=list(minimum), fix_pars=fixed)
     shift = ranking.prefit_up[ranking.labels.index("PS variation")]
     assert shift == pytest.approx(refit.bestfit[poi] - fit.bestfit[poi], abs=1e-3)
-    assert shift < -0.3  # the big one: not a refit that stayed at its start
+    # not a refit that stayed at its start (the POI moves; -0.04 with PositiveWithin capping the
+    # PS shape in the bins where it turned the prediction negative, -0.4 before)
+    assert shift < -0.02

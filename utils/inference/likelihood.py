@@ -33,6 +33,7 @@ from __future__ import annotations
 import functools
 import logging
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -390,16 +391,24 @@ def expected_information(likelihood: FastLikelihood, pars: np.ndarray, free: lis
 WHITENED_MAX_CALLS = 5000
 
 
-def whitened_migrad(
-    objective: Objective, start: np.ndarray, free: list[int], chol: np.ndarray, tolerance: float
-) -> tuple[np.ndarray, int] | None:
-    """MIGRAD of ``objective`` over ``x[free] = start[free] + chol @ z``, with its exact gradient.
+def whitened_minuit(
+    value: Callable[[np.ndarray], float],
+    gradient: Callable[[np.ndarray], np.ndarray],
+    start: np.ndarray,
+    free: list[int],
+    chol: np.ndarray,
+    *,
+    tolerance: float,
+    strategy: int = 0,
+    max_calls: int = WHITENED_MAX_CALLS,
+) -> tuple[np.ndarray, Any]:
+    """MIGRAD of ``value`` over ``x[free] = start[free] + chol @ z``, with its exact ``gradient``.
 
     With ``chol chol^T`` close to the covariance (twice the inverse Hessian of ``-2 ln L``), the
-    objective in ``z`` is close to ``|z|^2`` plus a constant: MIGRAD (strategy 0, unit steps and
-    second derivatives) needs a few dozen calls, and its EDM is a true distance to the minimum.
-    Returns the parameters at the minimum and the number of calls, or None if MIGRAD's minimum is
-    not valid within :data:`WHITENED_MAX_CALLS` calls (a non-finite objective counts as very large)."""
+    objective in ``z`` is close to ``|z|^2`` plus a constant: MIGRAD (unit steps and second
+    derivatives) needs a few dozen calls, and its EDM is a true distance to the minimum. A
+    non-finite value counts as very large. Returns the parameters where MIGRAD ended and the
+    ``iminuit.Minuit`` (its validity, calls and reasons)."""
     import iminuit
 
     start = np.asarray(start, dtype=float)
@@ -410,13 +419,11 @@ def whitened_migrad(
         return x
 
     def fcn(z) -> float:
-        with np.errstate(all="ignore"):  # far from the minimum yields overflow or turn negative
-            value = objective(point(np.asarray(z)))
-        return value if np.isfinite(value) else 1e300
+        v = value(point(np.asarray(z)))
+        return v if np.isfinite(v) else 1e300
 
     def grad(z) -> np.ndarray:
-        with np.errstate(all="ignore"):
-            return chol.T @ objective.gradient(point(np.asarray(z)))[free]
+        return chol.T @ gradient(point(np.asarray(z)))[free]
 
     def g2(z) -> np.ndarray:  # the Hessian of -2 ln L in whitened coordinates is about 2 * identity
         return np.full(len(free), 2.0)
@@ -424,9 +431,20 @@ def whitened_migrad(
     m = iminuit.Minuit(fcn, np.zeros(len(free)), grad=grad, g2=g2)
     m.errors = np.ones(len(free))
     m.errordef = iminuit.Minuit.LEAST_SQUARES  # the objective is twice the NLL
-    m.strategy, m.tol, m.print_level = 0, tolerance, 0
-    m.migrad(ncall=WHITENED_MAX_CALLS, iterate=1)
-    return (point(np.asarray(m.values)), int(m.nfcn)) if m.valid else None
+    m.strategy, m.tol, m.print_level = strategy, tolerance, 0
+    with np.errstate(all="ignore"):  # far from the minimum, trial steps overflow or turn yields negative
+        m.migrad(ncall=max_calls, iterate=1)
+    return point(np.asarray(m.values)), m
+
+
+def whitened_migrad(
+    objective: Objective, start: np.ndarray, free: list[int], chol: np.ndarray, tolerance: float
+) -> tuple[np.ndarray, int] | None:
+    """:func:`whitened_minuit` of ``objective`` at strategy 0: the parameters at the minimum and
+    the number of calls, or None if MIGRAD's minimum is not valid within
+    :data:`WHITENED_MAX_CALLS` calls."""
+    x, m = whitened_minuit(objective, objective.gradient, start, free, chol, tolerance=tolerance)
+    return (x, int(m.nfcn)) if m.valid else None
 
 
 def fast_minimum(

@@ -12,6 +12,7 @@ from typing import Any
 import numpy as np
 
 from utils.errors import StatisticsError
+from utils.inference.likelihood import whitened_minuit
 
 log = logging.getLogger(__name__)
 
@@ -220,32 +221,11 @@ def _migrad_problem(m: Any) -> str | None:
 def _whitened_migrad(
     r: FastRefits, start: np.ndarray, free: list[int], chol: np.ndarray, strategy: int
 ) -> tuple[np.ndarray, str | None]:
-    """MIGRAD in the coordinates ``z`` of ``x[free] = start[free] + chol @ z``: the end point and
-    why it is not a valid minimum (None where it is)."""
-    import iminuit
-
-    def point(z: np.ndarray) -> np.ndarray:
-        x = start.copy()
-        x[free] = start[free] + chol @ z
-        return x
-
-    def fcn(z) -> float:
-        value = r.objective.extended(point(np.asarray(z)))
-        return value if np.isfinite(value) else 1e300
-
-    def grad(z) -> np.ndarray:
-        return chol.T @ r.objective.extended_gradient(point(np.asarray(z)))[free]
-
-    def g2(z) -> np.ndarray:  # the Hessian of -2 ln L in whitened coordinates is 2 * identity
-        return np.full(len(free), 2.0)
-
-    m = iminuit.Minuit(fcn, np.zeros(len(free)), grad=grad, g2=g2)
-    m.errors = np.ones(len(free))
-    m.errordef = iminuit.Minuit.LEAST_SQUARES  # the objective is twice the NLL
-    m.strategy, m.tol, m.print_level = strategy, RANKING_TOLERANCE, 0
-    with np.errstate(over="ignore", invalid="ignore"):  # MIGRAD's trial steps may reach huge values
-        m.migrad(ncall=WHITENED_CALLS, iterate=1)
-    return point(np.asarray(m.values)), _migrad_problem(m)
+    """MIGRAD of the extended likelihood in the coordinates ``z`` of ``x[free] = start[free] +
+    chol @ z``: the end point and why it is not a valid minimum (None where it is)."""
+    x, m = whitened_minuit(r.objective.extended, r.objective.extended_gradient, start, free, chol,
+                           tolerance=RANKING_TOLERANCE, strategy=strategy, max_calls=WHITENED_CALLS)  # fmt: skip
+    return x, _migrad_problem(m)
 
 
 def _bounded_migrad(r: FastRefits, start: np.ndarray, free: list[int]) -> tuple[np.ndarray, str | None]:
