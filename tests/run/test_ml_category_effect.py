@@ -114,3 +114,27 @@ def test_categories_with_empty_bins_are_not_fitted_without_the_rule(config, tmp_
     assert result.comparison is None and "4j1b_ML0 2" in result.not_fitted
     assert result.summary().startswith("ML categories not fitted: bins without simulated events")
     assert list(tmp_path.iterdir()) == []
+
+
+def test_the_fit_started_in_a_worker_process_gives_the_same_result(effect, separated, config, tmp_path, caplog):
+    """The notebook starts the categories' fit in a worker process after the processing: the
+    same result as the fit in this process, its log lines shown here, its files where they belong."""
+    import logging
+
+    import os
+
+    from utils.run.measurement import start_ml_category_fit
+
+    if (os.cpu_count() or 1) < 2:
+        pytest.skip("one core: the fit runs in this process")
+    _, regions, here = effect
+    with caplog.at_level(logging.INFO, logger="utils"):
+        pending = start_ml_category_fit(separated, config, tmp_path, background=True)
+        assert pending._future is not None  # a worker's (2 cores or more)
+        there = pending.effect(regions)
+    a, b = here.comparison.with_ml, there.comparison.with_ml
+    assert b.bestfit == pytest.approx(a.bestfit, rel=1e-9) and b.uncertainty == pytest.approx(a.uncertainty, rel=1e-7)
+    assert b.results_path == tmp_path / ML_FIT_DIRNAME / "fit_results.json" and b.results_path.is_file()
+    logged = [r for r in caplog.records if r.name.startswith("utils.inference")]
+    assert any("templates" in r.getMessage() for r in logged)  # the worker's lines, logged in this process
+    assert "in their ML categories" in caplog.text

@@ -5,8 +5,9 @@
 - :func:`compare_ml_categories`: fit one such file with ``cabinetry_config.yml`` (regions as they
   are) and with each region split into its ML0/ML1 categories and return both
   results, to compare the ``ttbar_norm`` uncertainty;
-- :func:`ml_category_effect`: the same comparison for a run that has fitted its regions already
-  (the notebook), and :func:`plot_category_comparison`, its figure;
+- :func:`ml_category_effect`: the same comparison for a run that has fitted its regions already,
+  :func:`start_ml_category_fit`, the same started in a worker process while the notebook goes on,
+  and :func:`plot_category_comparison`, its figure;
 - :func:`inference_cost`: the processing rate with the classifier and without it, on the same
   files with the same executor, alternating runs (a benchmark, never a test assertion).
 """
@@ -14,6 +15,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import statistics
 from dataclasses import dataclass
 from pathlib import Path
@@ -170,7 +172,59 @@ def ml_category_effect(
     fit of the regions as they are (``without_ml``, not refitted). Categories with fit bins
     without simulated events (:func:`empty_category_bins`: the tiny dataset) are fitted when the
     model's template treatment drops such bins (``DropEmptyBins``, on in ``cabinetry_config.yml``);
-    else they are not fitted, and nothing is written."""
+    else they are not fitted, and nothing is written. The fit runs here;
+    :func:`start_ml_category_fit` runs it in a worker process meanwhile."""
+    return start_ml_category_fit(histograms, config, output_dir, background=False, **inference_options).effect(
+        without_ml
+    )
+
+
+class PendingCategoryFit:
+    """The fit with ML-score categories that :func:`start_ml_category_fit` started (or why there is
+    none); :meth:`effect` waits for it and compares it with the fit of the regions."""
+
+    def __init__(self, future: Any = None, result: InferenceResult | None = None, not_fitted: str | None = None,
+                 path: Path | None = None) -> None:  # fmt: skip
+        self._future, self._result, self.not_fitted, self.path = future, result, not_fitted, path
+
+    def effect(self, without_ml: InferenceResult) -> CategoryEffect:
+        """:class:`CategoryEffect` of the categories' fit beside ``without_ml`` (the run's fit of
+        the regions as they are). The worker's log lines (the fit's problems among them) are
+        logged here, where the caller sees them; an error of the fit is raised here."""
+        if self.not_fitted is not None:
+            return CategoryEffect(None, self.not_fitted)
+        if self._future is not None:
+            from concurrent.futures.process import BrokenProcessPool
+
+            try:
+                self._result, records = self._future.result()
+            except BrokenProcessPool as err:
+                raise RuntimeError(
+                    f"the fit with ML categories of {self.path} ended without a result: its worker process "
+                    f"stopped ({err}); run it in this process with `agc fit {self.path} --ml-categories`"
+                ) from err
+            finally:
+                _close_background()
+            for name, level, message in records:
+                logging.getLogger(name).log(level, "%s", message)
+        assert self._result is not None and self.path is not None
+        effect = CategoryEffect(CategoryComparison(self.path, without_ml, self._result))
+        log.info("%s", effect.summary())
+        return effect
+
+
+def start_ml_category_fit(
+    histograms: AnalysisHistograms,
+    config: AnalysisConfig,
+    output_dir: str | Path,
+    *,
+    background: bool = True,
+    **inference_options: Any,
+) -> PendingCategoryFit:
+    """Save ``output_dir/histograms_ml.root`` and start its fit with ML-score categories (see
+    :func:`ml_category_effect`): with ``background`` in one worker process forked from the
+    processing workers' fork server (one thread, the other core: the notebook draws its figures
+    and fits its regions meanwhile), else here, before this returns."""
     from utils.inference.config import load_model_config
 
     empty = empty_category_bins(histograms, config)
@@ -181,17 +235,55 @@ def ml_category_effect(
             reason = (f"bins without simulated events or pseudo-data ({where}) and no DropEmptyBins in the "
                       "template treatment (docs/inference.md)")  # fmt: skip
             log.info("ML categories not fitted: %s", reason)
-            return CategoryEffect(None, reason)
+            return PendingCategoryFit(not_fitted=reason)
         log.info("ML categories: bins without simulated events or pseudo-data (%s); DropEmptyBins applies", where)
     output_dir = Path(output_dir)
     path = output_dir / ML_HISTOGRAMS_NAME
     save_histograms(histograms, path, config, ml_categories=True)
     # a comparison of best fits and Hessian uncertainties: no figures, no MINOS
     options = {"figures": False, "keep_templates": False, "minos": False, "analysis": config, **inference_options}
-    with_ml = run_inference(path, output_dir / ML_FIT_DIRNAME, ml_categories=True, **options)
-    effect = CategoryEffect(CategoryComparison(path, without_ml, with_ml))
-    log.info("%s", effect.summary())
-    return effect
+    folder = output_dir / ML_FIT_DIRNAME
+    if not background or (os.cpu_count() or 1) < 2:
+        return PendingCategoryFit(result=run_inference(path, folder, ml_categories=True, **options), path=path)
+    return PendingCategoryFit(future=_background_pool().submit(_fit_in_worker, path, folder, options), path=path)
+
+
+_BACKGROUND: list[Any] = []
+
+
+def _background_pool() -> Any:
+    from concurrent.futures import ProcessPoolExecutor
+
+    from utils.processing.executors import worker_context
+
+    _close_background()
+    _BACKGROUND.append(ProcessPoolExecutor(max_workers=1, mp_context=worker_context()))
+    return _BACKGROUND[0]
+
+
+def _close_background() -> None:
+    while _BACKGROUND:
+        _BACKGROUND.pop().shutdown(wait=False, cancel_futures=True)
+
+
+def _fit_in_worker(path: Path, folder: Path, options: dict[str, Any]) -> tuple[InferenceResult, list[tuple]]:
+    """The categories' fit in the worker, with the log lines of ``utils`` it made (INFO and up)."""
+    records: list[tuple[str, int, str]] = []
+
+    class Keep(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            records.append((record.name, record.levelno, record.getMessage()))
+
+    handler = Keep(logging.INFO)
+    root = logging.getLogger("utils")
+    root.addHandler(handler)
+    level = root.level
+    root.setLevel(min(level or logging.INFO, logging.INFO))
+    try:
+        return run_inference(path, folder, ml_categories=True, **options), records
+    finally:
+        root.removeHandler(handler)
+        root.setLevel(level)
 
 
 def plot_category_comparison(comparison: CategoryComparison, path: str | Path | None = None) -> Any:

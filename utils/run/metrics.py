@@ -148,7 +148,8 @@ def time_to_result(
         "processing": max(0.0, float(processing.get("walltime") or 0.0) - preprocessing),
         "merging": float(processing.get("merging_s") or 0.0),
         "saving": sum(float(stage_times.get(s, 0.0)) for s in SAVING_STAGES),
-        "fit": max(0.0, float(stage_times.get("fit", 0.0)) - fit_figures),
+        # the fit of the regions, and the wait for the one with ML-score categories (a worker's)
+        "fit": max(0.0, float(stage_times.get("fit", 0.0)) + float(stage_times.get("ml", 0.0)) - fit_figures),
         "figures": sum(float(stage_times.get(s, 0.0)) for s in FIGURE_STAGES) + fit_figures,
     }
     total = process_age_s() if total is None else total

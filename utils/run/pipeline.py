@@ -174,3 +174,16 @@ def score_figures(pending: Any, classifier: Any, config: AnalysisConfig, folder:
     table = pending.result()
     close_workers()
     return draw(classifier, table, config, folder)
+
+
+def start_ml_category_fit(params: RunParameters, result: ProcessingResult, config: AnalysisConfig, output_dir: Path,
+                          classifier: Classifier | None) -> Any:  # fmt: skip
+    """The fit of this run's histograms with ML-score categories (USE_ML, with a fit), started
+    now in a worker process (:func:`utils.run.measurement.start_ml_category_fit`) with the run's
+    ``FIT_DATA``; None where the run has no such fit."""
+    if classifier is None or result.histograms is None or not params.runs_fit:
+        return None
+    from utils.run.measurement import start_ml_category_fit as start
+
+    return start(result.histograms, config, output_dir, fit_data=params.fit_data)
+
