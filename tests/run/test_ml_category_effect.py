@@ -120,7 +120,6 @@ def test_the_fit_started_in_a_worker_process_gives_the_same_result(effect, separ
     """The notebook starts the categories' fit in a worker process after the processing: the
     same result as the fit in this process, its log lines shown here, its files where they belong."""
     import logging
-
     import os
 
     from utils.run.measurement import start_ml_category_fit
