@@ -195,12 +195,12 @@ class TtbarAnalysis(processor.ProcessorABC):
             for branch in NANOAOD_IO_BRANCHES:
                 collection, _, field = branch.partition("_")
                 ak.materialize(events[collection][field])
-            return {"nevents": {events.metadata["dataset"]: len(events)}, "peak_memory": PeakMemory.now()}
-        for branch in IO_BRANCH_SETS[self.io_file_percent]:
-            arr = events
-            for part in branch_to_field(branch):
-                arr = arr[part]
-            ak.materialize(arr)
+        else:
+            for branch in IO_BRANCH_SETS[self.io_file_percent]:
+                arr = events
+                for part in branch_to_field(branch):
+                    arr = arr[part]
+                ak.materialize(arr)
         return {"nevents": {events.metadata["dataset"]: len(events)}, "entries": entries_read(events),
                 "peak_memory": PeakMemory.now()}  # fmt: skip
 
