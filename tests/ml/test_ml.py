@@ -75,20 +75,27 @@ def test_processor_passes_features_in_card_order(classifier, cards):
     seen = {}
 
     class Recorder:
+        threshold = classifier.threshold
+
         def feature_names(self, region):
             return classifier.feature_names(region)
 
-        def classify(self, region, x):
-            seen[region] = x
-            return classifier.classify(region, x)
+        def scores(self, region, x):
+            seen.setdefault(region, []).append(x)
+            return classifier.scores(region, x)
 
-    cls = TtbarAnalysis(CFG, classifier=Recorder()).classify(sel)
+    analysis = TtbarAnalysis(CFG, classifier=Recorder())
+    scores = analysis.scores(sel)
+    cls = analysis.classify(sel, scores)
+    assert all(len(calls) == 1 for calls in seen.values())  # classified from the scores: one evaluation
     for r, region in enumerate(CFG.region_names):
         mask = sel.region == r
         expected = np.column_stack([sel.feature(name)[mask] for name in cards[region].features]).astype(np.float32)
-        np.testing.assert_array_equal(seen[region], expected)
+        np.testing.assert_array_equal(seen[region][0], expected)
+        np.testing.assert_array_equal(scores[mask], classifier.scores(region, expected))
         direct = (classifier.scores(region, expected) > CFG.ml_score_threshold).astype(np.int64)
         np.testing.assert_array_equal(cls[mask], direct)
+        np.testing.assert_array_equal(cls[mask], classifier.classify(region, expected))
 
 
 def test_export_applies_the_cards_normalisation(cards):
@@ -293,10 +300,16 @@ def test_inference_identical_in_iterative_futures_and_dask(tiny_dataset, classif
     # both classes are populated in both regions: the classifier really splits the events
     for r in range(len(CFG.regions)):
         assert (view.value[:, r, ..., 0].sum() > 0) and (view.value[:, r, ..., 1].sum() > 0)
+    scores = runs["iterative"].score_histograms
+    assert sum(c.sum() for c in scores.events.values()) > 0
     for name in ("futures", "dask"):
         other = runs[name].histograms.hist.view(flow=True)
         np.testing.assert_array_equal(other.value, view.value, err_msg=name)
         np.testing.assert_array_equal(other.variance, view.variance, err_msg=name)
+        # the score histograms too: counts whatever the chunking, normalised alike
+        for process, counts in scores.events.items():
+            np.testing.assert_array_equal(runs[name].score_histograms.events[process], counts, err_msg=name)
+            np.testing.assert_array_equal(runs[name].score_histograms.sumw[process], scores.sumw[process])
 
 
 @pytest.mark.skipif(not os.environ.get("AGC_FULL_RETRAIN"), reason="set AGC_FULL_RETRAIN=1 (takes minutes)")

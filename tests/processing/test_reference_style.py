@@ -92,11 +92,13 @@ def test_reference_options_refuse_what_it_cannot_do(config, tiny_dataset):
         ProcessingOptions(processor="reference", input_format="nanoaod")
 
     class Classifier:
+        threshold = 0.5
+
         def feature_names(self, region):
             return None
 
-        def classify(self, region, features):
-            return np.zeros(len(features), dtype=np.int64)
+        def scores(self, region, features):
+            return np.zeros(len(features), dtype=np.float32)
 
     fileset = build_fileset(tiny_dataset, 1)
     with pytest.raises(ConfigError, match="USE_ML=False"):

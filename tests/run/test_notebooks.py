@@ -76,6 +76,10 @@ def test_main_notebook_runs_under_papermill(tiny_dataset, tmp_path, capfd):
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["entries"] > 0 and metrics["pipeline"] == "direct" and metrics["packages"]["coffea"]
     assert list((out / "figures").glob("stack_4j2b.png"))
+    # the classifier's score figures, drawn from the score histograms the processing filled
+    assert sorted(p.name for p in (out / "figures").glob("ml_scores_*.png")) == ["ml_scores_4j1b.png",
+                                                                               "ml_scores_4j2b.png"]  # fmt: skip
+    assert "score_figures" in metrics["stage_walltime_s"]
     text = executed.read_text()
     assert "fit result for ttbar_norm" in text and "Traceback" not in text
     printed = _stream_text(json.loads(text))

@@ -9,6 +9,8 @@
 - :mod:`utils.ml.card`: the model card (what a model was trained on, how, and how well it does);
 - :mod:`utils.ml.inference`: :class:`~utils.ml.inference.MLClassifier`, the picklable handle the
   processor uses;
+- :mod:`utils.ml.scores`: the score histograms the processor fills for a run's score figures,
+  and their binned distributions and ROC curves;
 - :mod:`utils.ml.evaluation`: ROC/AUC, score distributions, accuracy per process, as figures;
 - :mod:`utils.run.measurement`: the fit with and without ML-score categories, and the cost of
   inference in processing.

@@ -12,7 +12,8 @@ normalisation of signal and background. Accuracy is given per process (one numbe
 all events of a process have the same weight), and overall both physics-weighted and balanced
 (mean of the signal and the background accuracy).
 
-Figures are functions that take evaluations and an optional output path and return the figure.
+Figures are functions that take evaluations (the score figures of a run: its score histograms,
+:mod:`utils.ml.scores`) and an optional output path and return the figure.
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ from utils.histograms.figures import cms_style  # noqa: E402
 from utils.io import save_figure  # noqa: E402
 from utils.ml.features import FeatureTable  # noqa: E402
 from utils.ml.inference import MLClassifier  # noqa: E402
+from utils.ml.scores import SCORE_BINS, RegionScores, RocCurve, ScoreHistograms  # noqa: E402
 
 log = logging.getLogger(__name__)
 
@@ -45,15 +47,6 @@ FEATURE_LABELS = {
     "lepton_pt": r"lepton $p_T$ [GeV]",
     "leading_jet_pt": r"leading jet $p_T$ [GeV]",
 }
-
-
-@dataclass(frozen=True)
-class RocCurve:
-    """False and true positive rates for decreasing thresholds, from (0, 0) to (1, 1)."""
-
-    fpr: np.ndarray
-    tpr: np.ndarray
-    auc: float
 
 
 def roc_curve(labels: np.ndarray, scores: np.ndarray, weights: np.ndarray | None = None) -> RocCurve:
@@ -337,8 +330,6 @@ def summary_columns(evaluations: Sequence[RegionEvaluation]) -> dict[str, dict[s
     }
 
 
-#: score bins of the distributions a model card records (train and test splits) and figures draw
-SCORE_BINS = np.linspace(0.0, 1.0, 26)
 #: how a card's recorded split is drawn
 _SPLIT_STYLE = {"train": "--", "test": ":"}
 
@@ -361,36 +352,35 @@ def score_distribution(evaluation: RegionEvaluation) -> dict[str, Any]:
 
 @cms_style()
 def plot_signal_vs_background(
-    evaluation: RegionEvaluation,
+    scores: RegionScores,
     reference_auc: float | None = None,
     path: str | Path | None = None,
     card_distributions: Mapping[str, Mapping[str, Any]] | None = None,
 ) -> plt.Figure:
-    """The score distributions of the signal process and of the other processes together
-    (physics-weighted, normalised), the threshold marked; the AUC of these events beside the
-    model card's held-out (test) AUC. ``card_distributions``: the card's train and test
-    distributions (:func:`score_distribution`), drawn as lines over these events' histograms."""
+    """A region's score distributions of the signal process and of the other processes together
+    (physics-weighted, normalised, on :data:`SCORE_BINS`), the threshold marked; their AUC beside
+    the model card's held-out (test) AUC. ``card_distributions``: the card's train and test
+    distributions (:func:`score_distribution`), drawn as lines over them."""
     fig, ax = plt.subplots(figsize=(8, 6.5), layout="constrained")
-    bins = SCORE_BINS
-    for is_signal, label, color in ((True, evaluation.signal_process, "C0"), (False, "background", "C3")):
-        m = evaluation.labels.astype(bool) == is_signal
-        if m.any():
-            ax.hist(evaluation.scores[m], bins=list(bins), weights=evaluation.weights[m], density=True, histtype="step",
-                    lw=2, color=color, label=f"{_pretty(label)} ({m.sum():,d} events)")  # fmt: skip
+    signal, background = scores.densities(len(SCORE_BINS) - 1)
+    for density, n, label, color in ((signal, scores.signal_events, _pretty(scores.signal_process), "C0"),
+                                     (background, scores.background_events, "background", "C3")):  # fmt: skip
+        if n:
+            ax.stairs(density, SCORE_BINS, lw=2, color=color, label=f"{label} ({n:,d} events)")
     for split, dist in (card_distributions or {}).items():
-        for key, label, color in ((evaluation.signal_process, _pretty(evaluation.signal_process), "C0"),
+        for key, label, color in ((scores.signal_process, _pretty(scores.signal_process), "C0"),
                                   ("background", "background", "C3")):  # fmt: skip
             if key in dist:
                 ax.stairs(dist[key], dist["bins"], color=color, ls=_SPLIT_STYLE.get(split, "-."), lw=1.5,
                           label=f"{label}, {split} (model card)")  # fmt: skip
-    ax.axvline(evaluation.threshold, color="black", ls="--", lw=1, label=f"threshold {evaluation.threshold:g}")
+    ax.axvline(scores.threshold, color="black", ls="--", lw=1, label=f"threshold {scores.threshold:g}")
     ax.set_xlabel("network score")
     ax.set_ylabel("normalised events")
     ax.set_xlim(0, 1)
     top = ax.get_ylim()[1]
     ax.set_ylim(0, top * (1.5 if not card_distributions else 1.9))
-    auc = f"AUC {evaluation.roc.auc:.3f} here" + ("" if reference_auc is None else f", {reference_auc:.3f} on test")
-    ax.legend(frameon=False, fontsize=12, loc="upper center", title=f"{evaluation.region}: {auc}", title_fontsize=13,
+    auc = f"AUC {scores.roc.auc:.3f} here" + ("" if reference_auc is None else f", {reference_auc:.3f} on test")
+    ax.legend(frameon=False, fontsize=12, loc="upper center", title=f"{scores.region}: {auc}", title_fontsize=13,
               ncol=2 if card_distributions else 1)  # fmt: skip
     return save_figure(fig, path)
 
@@ -400,22 +390,26 @@ def _pretty(process: str) -> str:
 
 
 def score_figures(
-    classifier: MLClassifier, table: FeatureTable, config: AnalysisConfig, folder: str | Path | None = None
+    classifier: MLClassifier, histograms: ScoreHistograms, config: AnalysisConfig, folder: str | Path | None = None
 ) -> dict[str, plt.Figure]:
-    """Score the nominal MC events of a run's fileset per region (``table``: their
-    :func:`~utils.ml.features.build_feature_table` or :func:`~utils.ml.features.start_feature_table`)
-    and draw the signal against the background (:func:`plot_signal_vs_background`,
-    ``ml_scores_<region>.png`` in ``folder``), with each model card's test AUC and its train and
-    test score distributions (where the card records them) for comparison. The events are those
-    of the analysis dataset, which the models were not trained on."""
+    """The signal against the background in each region with a model
+    (:func:`plot_signal_vs_background`, ``ml_scores_<region>.png`` in ``folder``), from a run's
+    score histograms (the processor's, :attr:`utils.processing.run.ProcessingResult.score_histograms`),
+    with each model card's test AUC and its train and test score distributions (where the card
+    records them) for comparison. The events are those of the analysis dataset, which the models
+    were not trained on."""
     from utils.ml.card import load_card
 
     figures = {}
-    for region, evaluation in evaluate_classifier(classifier, table, config, split=None).items():
-        model = next(m for m in classifier.models if m.region == region)
+    for model in classifier.models:
+        scores = histograms.region(model.region, config.ml_signal_process, classifier.threshold)
+        if not scores.signal_events or not scores.background_events:
+            log.info("no score figure of %s: the run has no %s events there", model.region,
+                     "signal" if not scores.signal_events else "background")  # fmt: skip
+            continue
         metrics = load_card(Path(model.card_path)).metrics
-        path = None if folder is None else Path(folder) / f"ml_scores_{region}.png"
-        figures[region] = plot_signal_vs_background(
-            evaluation, metrics.get("test", {}).get("auc"), path, metrics.get("score_distributions")
+        path = None if folder is None else Path(folder) / f"ml_scores_{model.region}.png"
+        figures[model.region] = plot_signal_vs_background(
+            scores, metrics.get("test", {}).get("auc"), path, metrics.get("score_distributions")
         )
     return figures

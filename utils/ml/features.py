@@ -165,7 +165,6 @@ class _FileJob:
     path: str
     chunksize: int
     config: AnalysisConfig
-    checksum: bool = True
 
 
 @dataclass
@@ -198,7 +197,7 @@ def _select_file(job: _FileJob) -> _FilePart:
         feats.append(sel.features)
         regions.append(sel.region)
         entries.append(sel.index + start)
-    source = SourceFile(job.sample, job.process, job.path, 0, n_entries, sha256_file(job.path) if job.checksum else "")
+    source = SourceFile(job.sample, job.process, job.path, 0, n_entries, sha256_file(job.path))
     if not feats:
         return _FilePart(source, np.empty((0, len(FEATURE_NAMES))), np.empty(0, np.int64), np.empty(0, np.int64))
     return _FilePart(source, np.concatenate(feats), np.concatenate(regions), np.concatenate(entries))
@@ -218,7 +217,7 @@ def build_feature_table(
     Alternative samples (ttbar scaleup, ME_var, ...) and data are not used for training.
     ``workers`` > 1 reads files in parallel processes; the result does not depend on it.
     """
-    jobs = _feature_jobs(fileset, config, chunksize, checksum=True)
+    jobs = _feature_jobs(fileset, config, chunksize)
     log.info("selecting training events from %d files with %d worker(s)", len(jobs), workers)
     if workers > 1:
         with ProcessPoolExecutor(max_workers=workers) as pool:
@@ -228,45 +227,14 @@ def build_feature_table(
     return _assemble(fileset, config, jobs, parts, source)
 
 
-class PendingFeatureTable:
-    """A :class:`FeatureTable` being selected in the background by a pool's workers
-    (:func:`start_feature_table`); :meth:`result` waits for it."""
-
-    def __init__(self, fileset: Mapping[str, Mapping[str, Any]], config: AnalysisConfig, pool: Any | None) -> None:
-        self._fileset, self._config = fileset, config
-        self._jobs = _feature_jobs(fileset, config, DEFAULT_CHUNKSIZE, checksum=False)
-        self._futures = [pool.submit(_select_file, job) for job in self._jobs] if pool is not None else None
-
-    def result(self) -> FeatureTable:
-        """The table (selected here, now, where no pool was given)."""
-        if self._futures is None:
-            parts = [_select_file(job) for job in self._jobs]
-        else:
-            parts = [f.result() for f in self._futures]
-        return _assemble(self._fileset, self._config, self._jobs, parts, None)
-
-
-def start_feature_table(
-    fileset: Mapping[str, Mapping[str, Any]], config: AnalysisConfig, pool: Any | None = None
-) -> PendingFeatureTable:
-    """Start selecting the nominal MC events of ``fileset`` as :func:`build_feature_table` does,
-    one file per task of ``pool`` (a ``concurrent.futures`` executor whose workers have the
-    processor imported: the futures workers of the processing stage), and return at once. For
-    figures of an analysis dataset: the files' checksums are not computed (``SourceFile.sha256``
-    is empty), as no model is trained on the table."""
-    return PendingFeatureTable(fileset, config, pool)
-
-
-def _feature_jobs(
-    fileset: Mapping[str, Mapping[str, Any]], config: AnalysisConfig, chunksize: int, checksum: bool
-) -> list[_FileJob]:
+def _feature_jobs(fileset: Mapping[str, Mapping[str, Any]], config: AnalysisConfig, chunksize: int) -> list[_FileJob]:
     jobs = []
     for sample in sorted(fileset):
         meta = fileset[sample]["metadata"]
         if meta["variation"] != "nominal" or meta["process"] == DATA_PROCESS:
             continue
         for path in fileset[sample]["files"]:
-            jobs.append(_FileJob(sample, meta["process"], str(path), chunksize, config, checksum))
+            jobs.append(_FileJob(sample, meta["process"], str(path), chunksize, config))
     if not jobs:
         raise ModelError(
             "no nominal MC samples in the training fileset; a training dataset needs ttbar and backgrounds"

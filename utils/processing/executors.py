@@ -17,7 +17,6 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any
 from urllib.parse import urlparse
 
 from coffea import processor
@@ -220,14 +219,6 @@ def start_workers(workers: int) -> None:
     the caller prepares the fileset; the next futures run with that worker count takes them."""
     if workers not in _STARTED:
         _STARTED[workers] = _new_pool(workers)
-
-
-def kept_pool(workers: int) -> Any | None:
-    """The futures pool of ``workers`` workers that a run kept (``keep_workers``) or that
-    :func:`start_workers` started, still running; None if there is none. It stays where it is:
-    further work may be submitted to it (its workers have the processor imported), and
-    :func:`close_workers` or the next futures run of that size takes it."""
-    return _STARTED.get(workers)
 
 
 def close_workers() -> None:

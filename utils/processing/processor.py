@@ -3,7 +3,8 @@
 Per chunk it reads exactly the columns in :data:`utils.processing.selection.READ_BRANCHES`, runs the
 selection kernel once per jet-kinematic variation, classifies the selected events with the
 per-region ML models when given, and fills fixed-point histogram accumulators for the nominal
-histograms and every weight, jet-kinematic and alternative-sample variation.
+histograms and every weight, jet-kinematic and alternative-sample variation; with a classifier,
+also the score histograms of the nominal MC events (:mod:`utils.ml.scores`).
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from utils.errors import ConfigError, InputFileError
 from utils.histograms.accumulate import HistogramAccumulator
 from utils.ml.assignment.features import Scorer, assign, assignment_inputs, chunk_leptons
 from utils.ml.assignment.histograms import FeatureAccumulator
+from utils.ml.scores import ScoreAccumulator
 from utils.processing.fastio import use_fast_zlib
 from utils.processing.nanoaod import IO_BRANCHES as NANOAOD_IO_BRANCHES
 from utils.processing.nanoaod import select_nanoaod_variations
@@ -61,11 +63,16 @@ class PeakMemory:
 
 
 class Classifier(Protocol):
-    """What the processor needs of an ML classifier (see :mod:`utils.ml.inference`)."""
+    """What the processor needs of an ML classifier (see :mod:`utils.ml.inference`): per region
+    its feature names (None: no model), its scores of a feature matrix, and the threshold above
+    which an event is classified signal-like."""
+
+    @property
+    def threshold(self) -> float: ...
 
     def feature_names(self, region: str) -> tuple[str, ...] | None: ...
 
-    def classify(self, region: str, features: np.ndarray) -> np.ndarray: ...
+    def scores(self, region: str, features: np.ndarray) -> np.ndarray: ...
 
 
 def sample_variations(config: AnalysisConfig, process: str, variation: str) -> tuple[str, ...]:
@@ -145,7 +152,9 @@ class TtbarAnalysis(processor.ProcessorABC):
     Parameters
     ----------
     config : the analysis configuration
-    classifier : per-region ML classifier; ``None`` puts every event in classification 0
+    classifier : per-region ML classifier; ``None`` puts every event in classification 0. With
+        one, each nominal MC sample also fills its events' score histograms (``ml_scores``,
+        :class:`utils.ml.scores.ScoreAccumulator`; nominal jets, unit weights)
     disable_processing : I/O-only mode: read ``IO_BRANCH_SETS[io_file_percent]`` and nothing else
     io_file_percent : 4, 15, 25 or 50
     systematics : fill the weight and jet-kinematic variations of nominal samples
@@ -205,18 +214,34 @@ class TtbarAnalysis(processor.ProcessorABC):
                 "peak_memory": PeakMemory.now()}  # fmt: skip
 
     # -- classification -------------------------------------------------------------------------
-    def classify(self, sel: EventSelection) -> np.ndarray:
-        cls = np.zeros(len(sel.index), dtype=np.int64)
+    def scores(self, sel: EventSelection) -> np.ndarray:
+        """Each selected event's score of its region's model (float32; NaN in a region without
+        a model, and every event without a classifier)."""
+        out = np.full(len(sel.index), np.nan, dtype=np.float32)
         if self.classifier is None or len(sel.index) == 0:
-            return cls
+            return out
         for r, region in enumerate(self.config.regions):
             names = self.classifier.feature_names(region.name)
             if names is None:
                 continue
             mask = sel.region == r
             if mask.any():
-                cls[mask] = self.classifier.classify(region.name, sel.feature_matrix(names, mask))
-        return cls
+                out[mask] = self.classifier.scores(region.name, sel.feature_matrix(names, mask))
+        return out
+
+    def classify(self, sel: EventSelection, scores: np.ndarray | None = None) -> np.ndarray:
+        """1 where an event's score (:meth:`scores`, or the ``scores`` already computed) is above
+        the classifier's threshold, else 0 (every event without a classifier or a model)."""
+        if self.classifier is None:
+            return np.zeros(len(sel.index), dtype=np.int64)
+        s = self.scores(sel) if scores is None else scores
+        return (s > self.classifier.threshold).astype(np.int64)
+
+    def _scored_regions(self) -> np.ndarray:
+        """Indices of the regions that have a model (the classifier's)."""
+        assert self.classifier is not None
+        return np.array([r for r, region in enumerate(self.config.regions)
+                         if self.classifier.feature_names(region.name) is not None], dtype=np.int64)  # fmt: skip
 
     # -- processing -----------------------------------------------------------------------------
     def process(self, events) -> dict[str, Any]:
@@ -232,6 +257,10 @@ class TtbarAnalysis(processor.ProcessorABC):
         if replaced is not None:
             return self._bad_chunk(events, acc, f"entries {_range(meta)}: {replaced}")
         ml_acc = FeatureAccumulator.empty(process, variations) if self.jet_assigner is not None else None
+        # the classifier's scores of a nominal MC sample's nominal events, for the score figures
+        scores_acc = (ScoreAccumulator.empty(process, len(cfg.regions))
+                      if self.classifier is not None and variation == "nominal" and process != DATA_PROCESS
+                      else None)  # fmt: skip
         jet_variations = cfg.jet_variations if variations[0] == "nominal" and len(variations) > 1 else ("nominal",)
         try:
             if self.input_format == "nanoaod":
@@ -253,7 +282,11 @@ class TtbarAnalysis(processor.ProcessorABC):
         leptons = chunk_leptons(events, cfg) if ml_acc is not None else None
         for jet_variation, sel in selections.items():
             obs = sel.observable(cfg)
-            cls = self.classify(sel)
+            scores = self.scores(sel)
+            cls = self.classify(sel, scores)
+            if scores_acc is not None and jet_variation == "nominal":
+                scored = np.isin(sel.region, self._scored_regions())
+                scores_acc.fill(sel.region[scored], scores[scored])
             name = variation if jet_variation == "nominal" else jet_variation
             acc.fill(name, sel.region, obs, cls)
             for r, region in enumerate(cfg.region_names):
@@ -263,9 +296,11 @@ class TtbarAnalysis(processor.ProcessorABC):
             if ml_acc is not None:
                 self._fill_assignment(ml_acc, events, leptons, sel, jet_variation, name, process, len(variations) > 1)
         hists_ml = {"hists_ml": {dataset: ml_acc}} if ml_acc is not None else {}
+        ml_scores = {"ml_scores": {dataset: scores_acc}} if scores_acc is not None else {}
         return {
             "hists": {dataset: acc},
             **hists_ml,
+            **ml_scores,
             "nevents": {dataset: n_events},
             "entries": entries_read(events),
             "selected": {dataset: selected},

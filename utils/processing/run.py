@@ -26,6 +26,7 @@ from utils.histograms.accumulate import AnalysisHistograms, HistogramAccumulator
 from utils.ml.assignment.features import READ_BRANCHES as ASSIGNMENT_BRANCHES
 from utils.ml.assignment.features import Scorer
 from utils.ml.assignment.histograms import FeatureHistograms
+from utils.ml.scores import ScoreHistograms
 from utils.processing.executors import EXECUTORS, make_executor, warm_processor
 from utils.processing.nanoaod import READ_BRANCHES as NANOAOD_BRANCHES
 from utils.processing.nanoaod import TREE_NAME as NANOAOD_TREE
@@ -100,6 +101,8 @@ class ProcessingResult:
     feature_histograms: FeatureHistograms | None = None
     #: the luminosity (/pb) the MC was normalised to
     mc_luminosity: float | None = None
+    #: with a classifier: the score histograms of the nominal MC events per process (the score figures)
+    score_histograms: ScoreHistograms | None = None
 
 
 def process_fileset(
@@ -121,7 +124,8 @@ def process_fileset(
     (:func:`utils.datasets.fileset.data_luminosity` of the fileset after the input checks and
     the chunks lost; the configured luminosity stands for a data sample that records none).
     ``jet_assigner`` (NanoAOD): the jet-parton assignment, whose feature histograms come back in
-    ``feature_histograms``.
+    ``feature_histograms``. With a ``classifier``, ``score_histograms`` holds its scores of the
+    nominal MC events (:mod:`utils.ml.scores`), normalised as the analysis histograms.
     """
     expected = {p: n for e in fileset.values() for p, n in e.get("file_nevts", {}).items()}
     had_data = any(e["metadata"]["process"] == DATA_PROCESS for e in fileset.values())
@@ -196,24 +200,23 @@ def process_fileset(
     if luminosity is None and luminosity_from_data:
         luminosity = _processed_data_luminosity(fileset, config, had_data)
     histograms = None
+    norm = normalisation(fileset, config, luminosity)  # every sample's per-event weight
     if options.processor == "reference":
-        histograms = reference_histograms(output.get("hist", {}), fileset, normalisation(fileset, config, luminosity),
-                                          config, options.systematics)  # fmt: skip
+        histograms = reference_histograms(output.get("hist", {}), fileset, norm, config, options.systematics)
     elif not options.disable_processing:
         accumulators: dict[str, HistogramAccumulator] = output.get("hists", {})
-        histograms = AnalysisHistograms.from_accumulators(
-            accumulators, normalisation(fileset, config, luminosity), config
-        )
+        histograms = AnalysisHistograms.from_accumulators(accumulators, norm, config)
     feature_histograms = None
     if jet_assigner is not None and not options.disable_processing:
-        feature_histograms = FeatureHistograms.from_accumulators(
-            output.get("hists_ml", {}), normalisation(fileset, config, luminosity)
-        )
+        feature_histograms = FeatureHistograms.from_accumulators(output.get("hists_ml", {}), norm)
+    score_histograms = None
+    if classifier is not None and not options.disable_processing:
+        score_histograms = ScoreHistograms.from_accumulators(output.get("ml_scores", {}), norm, config.region_names)
     metrics["input_report"] = report.to_dict()
     metrics["merging_s"] = time.monotonic() - t_merge
     return ProcessingResult(histograms, metrics, dict(output.get("nevents", {})), dict(output.get("selected", {})),
                             report, fileset, feature_histograms,
-                            config.luminosity if luminosity is None else luminosity)  # fmt: skip
+                            config.luminosity if luminosity is None else luminosity, score_histograms)  # fmt: skip
 
 
 def _processor(options: ProcessingOptions, config: AnalysisConfig, classifier: Classifier | None,

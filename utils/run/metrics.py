@@ -119,7 +119,7 @@ def input_size_metrics(
 
 
 #: the notebook's StageTimer stages that are figures
-FIGURE_STAGES = ("figures", "variation_figures")
+FIGURE_STAGES = ("figures", "variation_figures", "score_figures")
 #: the notebook's StageTimer stages that save histograms (histograms_ml: the jet-assignment features)
 SAVING_STAGES = ("histograms", "histograms_ml")
 

@@ -8,7 +8,7 @@ stage the options it needs; the notebook calls them in order and tells the story
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -129,17 +129,16 @@ def process(
     classifier: Classifier | None = None,
     luminosity: float | None = None,
     jet_assigner: Any = None,
-    keep_workers: bool = False,
 ) -> ProcessingResult:
     """The processing stage with the options of ``params`` (``jet_assigner``: see
     :func:`make_jet_assigner`). With ``FIT_DATA = "data"`` the MC is
     normalised to the luminosity of the data actually processed (the files the subset and the
     input checks kept, see :func:`utils.datasets.fileset.data_luminosity`; a data sample that
-    records none stands for the analysis luminosity), unless ``luminosity`` is given.
-    ``keep_workers``: the futures workers stay after the stage (:func:`start_score_table` uses them)."""
+    records none stands for the analysis luminosity), unless ``luminosity`` is given. With a
+    classifier the result holds its score histograms too (:func:`score_figures`)."""
     return process_fileset(
         fileset,
-        replace(params.processing_options(), keep_workers=keep_workers),
+        params.processing_options(),
         config,
         classifier,
         luminosity,
@@ -148,32 +147,15 @@ def process(
     )
 
 
-def wants_score_figures(params: RunParameters, classifier: Classifier | None) -> bool:
-    """Whether the run draws the classifier's score distributions on its own events (one more
-    selection pass over the nominal MC files: done for the embedded datasets, local and small)."""
-    return classifier is not None and not params.disable_processing and params.dataset.startswith("embedded:")
-
-
-def start_score_table(params: RunParameters, fileset: dict[str, Any], config: AnalysisConfig):
-    """Start selecting the nominal MC events of ``fileset`` for the score figures in the
-    processing stage's futures workers, kept after it (``process(..., keep_workers=True)``), so
-    that the pass runs while the notebook draws its histograms; here, later, without them."""
-    from utils.ml.features import start_feature_table
-    from utils.processing.executors import kept_pool
-
-    pool = kept_pool(params.num_cores) if params.processing_options().executor == "futures" else None
-    return start_feature_table(fileset, config, pool)
-
-
-def score_figures(pending: Any, classifier: Any, config: AnalysisConfig, folder: Path) -> dict[str, Any]:
-    """The score figures (:func:`utils.ml.evaluation.score_figures`) of the table
-    :func:`start_score_table` started; the kept workers are shut down once it is selected."""
+def score_figures(result: ProcessingResult, classifier: Any, config: AnalysisConfig, folder: Path) -> dict[str, Any]:
+    """The classifier's score figures of the run's nominal MC events
+    (:func:`utils.ml.evaluation.score_figures`), from the score histograms the processing stage
+    filled; none without a classifier or without histograms (I/O-only mode)."""
+    if classifier is None or result.score_histograms is None:
+        return {}
     from utils.ml.evaluation import score_figures as draw
-    from utils.processing.executors import close_workers
 
-    table = pending.result()
-    close_workers()
-    return draw(classifier, table, config, folder)
+    return draw(classifier, result.score_histograms, config, folder)
 
 
 def start_ml_category_fit(params: RunParameters, result: ProcessingResult, config: AnalysisConfig, output_dir: Path,
@@ -186,4 +168,3 @@ def start_ml_category_fit(params: RunParameters, result: ProcessingResult, confi
     from utils.run.measurement import start_ml_category_fit as start
 
     return start(result.histograms, config, output_dir, fit_data=params.fit_data)
-
