@@ -131,3 +131,31 @@ def test_futures_workers_come_preloaded_from_the_fork_server_without_torch():
     with make_executor("futures", 1) as ex:
         loaded = ex.executor.pool.submit(_loaded, ("utils.processing.preload", "coffea.processor", "torch")).result()
     assert loaded == {"utils.processing.preload": True, "coffea.processor": True, "torch": False}
+
+
+_HELD: list[bytes] = []
+
+
+def _hold_mb(mb: int) -> int:
+    import os
+
+    _HELD.append(os.urandom(mb * 1_000_000))  # resident: random bytes are touched, not lazily mapped
+    return os.getpid()
+
+
+def test_a_worker_that_grows_by_a_chunks_memory_is_kept():
+    """loky replaces a worker whose memory grew by more than 300 MB since its first task (its leak
+    protection): a real-sized chunk grows a worker that much, and the replacement paid the
+    imports, numba's cache and torch again. The workers allow :data:`WORKER_MEMORY_GROWTH_BYTES`."""
+    import time
+
+    from utils.processing import executors
+
+    with make_executor("futures", 1) as ex:
+        pool = ex.executor.pool
+        first = pool.submit(_hold_mb, 1).result()  # loky's reference size is taken after a first task
+        assert pool.submit(_hold_mb, 500).result() == first
+        time.sleep(1.2)  # loky checks at most once a second, after a task
+        pids = {pool.submit(_linger_pid).result() for _ in range(3)}
+    assert pids == {first}, "the worker was replaced after growing by 500 MB"
+    assert executors.WORKER_MEMORY_GROWTH_BYTES >= 1_000_000_000

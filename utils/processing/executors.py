@@ -33,6 +33,13 @@ WARM_MODULES = ("utils.processing.processor",)
 # one thread per library pool in a worker process (what Dask's nanny sets too): a worker is one
 # core; torch's and BLAS's own thread pools would otherwise oversubscribe the machine
 SINGLE_THREAD_ENV = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1"}
+#: loky replaces a worker whose memory grew by more than this over its size after its first task
+#: (its leak protection; default 300 MB): a real-sized chunk (400k events) and torch's allocator
+#: grow a worker past 300 MB legitimately, and each replacement paid the imports, numba's cache
+#: and torch again (ML on: +0.2 s of processtime per 400k-event chunk). A worker that grows by
+#: more than 2 GB is still replaced.
+WORKER_MEMORY_GROWTH_BYTES = 2_000_000_000
+WORKER_ENV = {**SINGLE_THREAD_ENV, "LOKY_MAX_MEMORY_LEAK_SIZE": str(WORKER_MEMORY_GROWTH_BYTES)}
 DEFAULT_PORTS = {"tcp": 8786, "tls": 8786, "http": 80, "https": 443, "gateway": 8786}
 CONNECT_TIMEOUT_S = 3.0
 WORKER_WAIT_S = 60.0
@@ -170,7 +177,7 @@ def worker_context():
     """The start method of the futures workers: a fork server that has imported
     :data:`PRELOAD_MODULES` (coffea, the processor, numba initialised) forks each worker, so that a
     worker starts in milliseconds instead of importing for seconds, and the imports are paid once,
-    not once per worker. The server is started here, with :data:`SINGLE_THREAD_ENV` in its
+    not once per worker. The server is started here, with :data:`WORKER_ENV` in its
     environment (which its workers inherit). One server per process: ``multiprocessing`` keeps it
     for the process's lifetime."""
     import multiprocessing
@@ -178,8 +185,8 @@ def worker_context():
 
     ctx = multiprocessing.get_context("forkserver")
     ctx.set_forkserver_preload(list(PRELOAD_MODULES))
-    saved = {k: os.environ.get(k) for k in SINGLE_THREAD_ENV}
-    os.environ.update(SINGLE_THREAD_ENV)
+    saved = {k: os.environ.get(k) for k in WORKER_ENV}
+    os.environ.update(WORKER_ENV)
     try:
         forkserver.ensure_running()
     finally:
