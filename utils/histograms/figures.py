@@ -26,6 +26,7 @@ from matplotlib.figure import Figure  # noqa: E402
 from utils.config import AnalysisConfig  # noqa: E402
 from utils.errors import AGCError  # noqa: E402
 from utils.histograms.accumulate import AnalysisHistograms, pseudodata  # noqa: E402
+from utils.histograms.layout import NO_MINOR_TICKS, place_stacked  # noqa: E402
 from utils.io import save_figure  # noqa: E402
 
 log = logging.getLogger(__name__)
@@ -105,8 +106,7 @@ def _base(variation: str) -> str:
 
 
 def _cms_label(config: AnalysisConfig, ax: plt.Axes, data: bool) -> None:
-    mplhep.cms.label("Open Data" if data else "", data=data, lumi=round(config.luminosity / 1000.0, 2),
-                     com=13, ax=ax, loc=0, fontsize=18)  # fmt: skip
+    cms_header(ax, data=data, lumi_fb=round(config.luminosity / 1000.0, 2))
 
 
 def cms_header(ax: plt.Axes, data: bool, lumi_fb: float | None = None, com: float = 13, fontsize: float = 18) -> None:
@@ -123,9 +123,16 @@ def cms_header(ax: plt.Axes, data: bool, lumi_fb: float | None = None, com: floa
 
 
 def ratio_axes() -> tuple[plt.Figure, plt.Axes, plt.Axes]:
-    fig, (ax, rax) = plt.subplots(2, 1, sharex=True, gridspec_kw={"height_ratios": (3, 1), "hspace": 0.06},
-                                  layout="constrained")  # fmt: skip
+    """A distribution over its ratio panel (x shared), without minor ticks; place them with
+    :func:`utils.histograms.layout.place_stacked` once everything is drawn."""
+    with plt.rc_context(NO_MINOR_TICKS):
+        fig, (ax, rax) = plt.subplots(2, 1, sharex=True, gridspec_kw={"height_ratios": (3, 1)})
     return fig, ax, rax
+
+
+def _save(fig: plt.Figure, ax: plt.Axes, rax: plt.Axes, path: str | Path | None) -> plt.Figure:
+    place_stacked(fig, [ax, rax], hspace=0.06)
+    return save_figure(fig, path, png_compression=1)
 
 
 def headroom(ax: plt.Axes, top: float, fraction: float = 0.45) -> None:
@@ -181,7 +188,7 @@ def plot_stack(
     title = region_title(config, region) + ("" if classification is None else f", ML category {classification}")
     ax.legend(frameon=False, ncols=2, fontsize=15, title=title, title_fontsize=15, loc="upper right")
     _cms_label(config, ax, data=observed_label == "data")
-    return save_figure(fig, path)
+    return _save(fig, ax, rax, path)
 
 
 def _observed(
@@ -257,4 +264,4 @@ def plot_variations(
     ax.legend([handles[i] for i in order], [labels[i] for i in order], frameon=False, fontsize=13, title=f"{process_label(process)}, {region_title(config, region)}",
               title_fontsize=14, loc="upper right")  # fmt: skip
     _cms_label(config, ax, data=False)
-    return save_figure(fig, path)
+    return _save(fig, ax, rax, path)

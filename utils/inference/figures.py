@@ -21,10 +21,10 @@ from typing import Any
 
 import matplotlib.pyplot as plt
 import numpy as np
-from matplotlib.font_manager import FontProperties
 from matplotlib.ticker import NullLocator
 
 from utils.histograms.figures import FIGSIZE, cms_header, cms_style, headroom
+from utils.histograms.layout import NO_MINOR_TICKS, place, place_stacked, text_size, tick_strings, x_margin, y_margin
 from utils.inference.scan import LikelihoodScan
 from utils.io import save_figure
 
@@ -38,68 +38,12 @@ CORRELATION_THRESHOLD = 0.3
 ANNOTATE_MAX = 16
 SAMPLE_LABELS = {"ttbar": r"$t\bar{t}$"}
 BAND_COLOR = "#4d4d4d"
-#: on top of the CMS style: no minor ticks (each tick is a set of artists; they made up half of
-#: the drawing time of these figures)
-NO_MINOR_TICKS: dict[str, Any] = {"xtick.minor.visible": False, "ytick.minor.visible": False}
 
 
 @contextmanager
 def _style(figsize: tuple[float, float]) -> Iterator[None]:
     with cms_style(figsize), plt.rc_context(NO_MINOR_TICKS):  # type: ignore[arg-type]
         yield
-
-
-# -- layout: margins from the font metrics of the labels, instead of matplotlib's constrained
-# layout, which measures every artist of the figure once more at each draw (about as long as the
-# drawing itself); tests/inference/test_figures.py checks that every text stays inside the canvas
-
-
-def _text_size(fig: plt.Figure, texts: Sequence[str], size: float | str) -> tuple[float, float]:
-    """Largest width and height, in inches, of ``texts`` at font ``size``."""
-    renderer = fig.canvas.get_renderer()  # type: ignore[attr-defined]  # Agg
-    prop = FontProperties(size=size)
-    width = height = 0.0
-    for text in texts:
-        w, h, _ = renderer.get_text_width_height_descent(text, prop, ismath="$" in text)
-        width, height = max(width, w), max(height, h)
-    return width / fig.dpi, height / fig.dpi
-
-
-def _tick_strings(ax: plt.Axes, axis: str) -> list[str]:
-    """The major tick labels ``ax`` will draw on ``axis`` ("x" or "y") within its limits."""
-    which = ax.xaxis if axis == "x" else ax.yaxis
-    low, high = sorted(ax.get_xlim() if axis == "x" else ax.get_ylim())
-    locs = [v for v in which.get_major_locator().tick_values(low, high) if low - 1e-9 <= v <= high + 1e-9]
-    return [t for t in which.get_major_formatter().format_ticks(locs) if t]
-
-
-def _place(fig: plt.Figure, left: float, right: float, bottom: float, top: float, **space: float) -> None:
-    """Margins in inches (``hspace``/``wspace`` as fractions, as ``subplots_adjust``)."""
-    width, height = fig.get_size_inches()
-    fig.subplots_adjust(left=left / width, right=1 - right / width, bottom=bottom / height, top=1 - top / height,
-                        **space)  # fmt: skip
-
-
-def _label_height(fig: plt.Figure, text: str, size: float | str) -> float:
-    return _text_size(fig, [text], size)[1] if text else 0.0
-
-
-def _y_margin(fig: plt.Figure, axes: Sequence[plt.Axes]) -> float:
-    """Room left of ``axes`` for their y tick labels and y labels, in inches."""
-    room = 0.0
-    for ax in axes:
-        ticks = _text_size(fig, _tick_strings(ax, "y"), plt.rcParams["ytick.labelsize"])[0]
-        label = _label_height(fig, ax.get_ylabel(), ax.yaxis.label.get_fontsize())
-        room = max(room, ticks + label + (plt.rcParams["ytick.major.pad"] + plt.rcParams["axes.labelpad"]) / 72)
-    return room + 0.25
-
-
-def _x_margin(fig: plt.Figure, ax: plt.Axes) -> float:
-    """Room below ``ax`` for its x tick labels and x label, in inches."""
-    ticks = _text_size(fig, _tick_strings(ax, "x") or ["0"], ax.xaxis.get_ticklabels()[0].get_fontsize()
-                       if ax.xaxis.get_ticklabels() else plt.rcParams["xtick.labelsize"])[1]  # fmt: skip
-    label = _label_height(fig, ax.get_xlabel(), ax.xaxis.label.get_fontsize())
-    return ticks + label + (plt.rcParams["xtick.major.pad"] + plt.rcParams["axes.labelpad"]) / 72 + 0.15
 
 
 def _save(fig: plt.Figure, path: str | Path | None) -> plt.Figure:
@@ -203,9 +147,7 @@ def data_mc(
         ax.legend(frameon=False, ncols=2, fontsize=13, title=f"{region}, {prediction.label}", title_fontsize=15,
                   loc="upper right")  # fmt: skip
         cms_header(ax, data=observed_label == "data", lumi_fb=lumi_fb)
-        for _ in range(2):  # the number of ticks follows the size of the axes: place, then again
-            right = 0.5 * _text_size(fig, _tick_strings(rax, "x")[-1:], plt.rcParams["xtick.labelsize"])[0] + 0.15
-            _place(fig, _y_margin(fig, [ax, rax]), right, _x_margin(fig, rax), 0.5, hspace=0.08)
+        place_stacked(fig, [ax, rax])
         _save(fig, path)  # inside the style: its fonts are the ones measured
     return fig
 
@@ -246,8 +188,8 @@ def pulls(fit_results: Any, path: str | Path | None = None, exclude: Sequence[st
         ax.xaxis.label.set_fontsize(16)
         if not chosen:
             ax.text(0.5, 0.5, "no constrained nuisance parameter", transform=ax.transAxes, ha="center")
-        left = _text_size(fig, labels, 14)[0] + plt.rcParams["ytick.major.pad"] / 72 + 0.15
-        _place(fig, left, 0.3, _x_margin(fig, ax), 0.2)
+        left = text_size(fig, labels, 14)[0] + plt.rcParams["ytick.major.pad"] / 72 + 0.15
+        place(fig, left, 0.3, x_margin(fig, ax), 0.2)
         _save(fig, path)  # inside the style: its fonts are the ones measured
     return fig
 
@@ -271,7 +213,7 @@ def correlation_matrix(
     side = 1.4 + 0.42 * max(n, 2) + 0.11 * longest  # cells of 0.42 in and room for the labels
     with _style((side + 1.9, side + 0.6)):
         fig = plt.figure()
-        labels_in = _text_size(fig, labels or ["x"], 13)
+        labels_in = text_size(fig, labels or ["x"], 13)
         # rotated by 60 degrees: the labels below reach width * sin 60 + height * cos 60 down
         below = labels_in[0] * 0.87 + labels_in[1] * 0.5 + 0.5
         left = labels_in[0] + 0.5
@@ -348,10 +290,10 @@ def ranking(
             ax.yaxis.set_minor_locator(NullLocator())
             ax.tick_params(axis="x", labelsize=14)
             ax.xaxis.label.set_fontsize(16)
-        left = _text_size(fig, [r.labels[i] for i in order] or ["x"], 14)[0] + plt.rcParams["ytick.major.pad"] / 72
+        left = text_size(fig, [r.labels[i] for i in order] or ["x"], 14)[0] + plt.rcParams["ytick.major.pad"] / 72
         legend_rows = 3 if len(rows) else 2
-        legend_height = legend_rows * 1.6 * _text_size(fig, ["Ag"], 13)[1] + 0.45
-        _place(fig, left + 0.15, 0.35, max(_x_margin(fig, pax), _x_margin(fig, iax)), legend_height, wspace=0.06)
+        legend_height = legend_rows * 1.6 * text_size(fig, ["Ag"], 13)[1] + 0.45
+        place(fig, left + 0.15, 0.35, max(x_margin(fig, pax), x_margin(fig, iax)), legend_height, wspace=0.06)
         _save(fig, path)  # inside the style: its fonts are the ones measured
     return fig
 
@@ -394,8 +336,8 @@ def likelihood_scan(scan: LikelihoodScan, path: str | Path | None = None) -> plt
         ax.set_ylabel(r"$-2\,\Delta\ln L$")
         ax.legend(frameon=False, fontsize=15, loc="upper center")
         for _ in range(2):  # the number of ticks follows the size of the axes: place, then again
-            right = 0.5 * _text_size(fig, _tick_strings(ax, "x")[-1:], plt.rcParams["xtick.labelsize"])[0] + 0.2
-            _place(fig, _y_margin(fig, [ax]), right, _x_margin(fig, ax), 0.2)
+            right = 0.5 * text_size(fig, tick_strings(ax, "x")[-1:], plt.rcParams["xtick.labelsize"])[0] + 0.2
+            place(fig, y_margin(fig, [ax]), right, x_margin(fig, ax), 0.2)
         _save(fig, path)  # inside the style: its fonts are the ones measured
     return fig
 
