@@ -120,26 +120,22 @@ def kinematics_problem(arrays: ChunkArrays, jet_pt_max: float) -> str | None:
     """What is wrong with a chunk's kinematics (non-finite values, a jet above ``jet_pt_max``),
     or None. Such values would overflow the fixed-point sums or fill flow bins with nonsense."""
     problems = []
-    jet_event = np.repeat(np.arange(arrays.n_events), np.diff(arrays.jet_offsets))
     bad_events: set[int] = set()
-    columns = {"jet_pt": arrays.jet_pt, "jet_eta": arrays.jet_eta, "jet_phi": arrays.jet_phi,
-               "jet_mass": arrays.jet_mass, "jet_btag": arrays.jet_btag}  # fmt: skip
-    for name, values in columns.items():
+    # (branch, offsets, values, whether the pT ceiling applies)
+    columns = [("jet_pt", arrays.jet_offsets, arrays.jet_pt, True),
+               *((name, arrays.jet_offsets, getattr(arrays, name), False)
+                 for name in ("jet_eta", "jet_phi", "jet_mass", "jet_btag")),
+               ("electron_pt", arrays.el_offsets, arrays.el_pt, True),
+               ("muon_pt", arrays.mu_offsets, arrays.mu_pt, True)]  # fmt: skip
+    for name, offsets, values, ceiling in columns:
         bad = ~np.isfinite(values)
-        if name == "jet_pt":
+        if ceiling:
             bad |= np.abs(values) > jet_pt_max
-        if bad.any():
-            events = set(jet_event[bad].tolist())
-            bad_events |= events
-            problems.append(f"{name} non-finite or above {jet_pt_max:g} GeV in {len(events)} event(s)"
-                            if name == "jet_pt" else f"{name} non-finite in {len(events)} event(s)")  # fmt: skip
-    for name, offsets, values in (("electron_pt", arrays.el_offsets, arrays.el_pt),
-                                  ("muon_pt", arrays.mu_offsets, arrays.mu_pt)):  # fmt: skip
-        bad = ~np.isfinite(values) | (np.abs(values) > jet_pt_max)
-        if bad.any():
+        if bad.any():  # the events are found only then: np.repeat over every jet costs more than the checks
             events = set(np.repeat(np.arange(arrays.n_events), np.diff(offsets))[bad].tolist())
             bad_events |= events
-            problems.append(f"{name} non-finite or above {jet_pt_max:g} GeV in {len(events)} event(s)")
+            problems.append(f"{name} non-finite or above {jet_pt_max:g} GeV in {len(events)} event(s)"
+                            if ceiling else f"{name} non-finite in {len(events)} event(s)")  # fmt: skip
     if not problems:
         return None
     return (f"{len(bad_events)} event(s) with absurd kinematics ({'; '.join(problems)}; "

@@ -69,6 +69,8 @@ def jet_mode(config: AnalysisConfig, variation: str) -> JetMode:
 # (SplitMix64 finaliser) of the bit patterns of its stored pt, eta and phi and the configured seed,
 # turned into a normal number by the Box-Muller transform and clipped at 5 sigma.
 
+#: the resolution smearing's normal numbers are clipped at this many sigma
+NORMAL_CLIP = 5.0
 #: the golden-ratio increment of SplitMix64
 GOLDEN_GAMMA = 0x9E3779B97F4A7C15
 
@@ -103,7 +105,7 @@ def normal_of_key(key, seed):
     u1 = ((h1 >> numba.uint64(11)) + numba.uint64(1)) * (1.0 / 9007199254740992.0)
     u2 = (h2 >> numba.uint64(11)) * (1.0 / 9007199254740992.0)
     z = math.sqrt(-2.0 * math.log(u1)) * math.cos(2.0 * math.pi * u2)
-    return min(5.0, max(-5.0, z))
+    return min(NORMAL_CLIP, max(-NORMAL_CLIP, z))
 
 
 @numba.njit(cache=True)
@@ -169,12 +171,29 @@ def _select_kernel(
         max_jets = max(max_jets, jet_offsets[i + 1] - jet_offsets[i])
     sel = np.empty(max_jets, dtype=np.int64)
     fac = np.empty(max_jets, dtype=np.float64)
+    # per jet of the event, shared by the variations: the direction's trigonometry
+    cos_phi = np.empty(max_jets, dtype=np.float64)
+    sin_phi = np.empty(max_jets, dtype=np.float64)
+    sinh_eta = np.empty(max_jets, dtype=np.float64)
+    # per selected jet of a variation: its varied four-momentum and b-tag
+    jpx = np.empty(max_jets, dtype=np.float64)
+    jpy = np.empty(max_jets, dtype=np.float64)
+    jpz = np.empty(max_jets, dtype=np.float64)
+    jen = np.empty(max_jets, dtype=np.float64)
+    jb = np.empty(max_jets, dtype=np.bool_)
     pt_bits = jet_pt.view(np.uint32)
     eta_bits = jet_eta.view(np.uint32)
     phi_bits = jet_phi.view(np.uint32)
     n_regions = region_min_btags.shape[0]
+    # the largest factor any variation applies to a jet's pT: a jet below jet_pt_min / max_factor
+    # is selected by none, and its trigonometry is never needed
+    max_factor = 1.0
     for k in range(modes.shape[0]):
         out_count[k] = 0
+        if modes[k] == JetMode.SCALE:
+            max_factor = max(max_factor, scale_factor)
+        elif modes[k] == JetMode.RESOLUTION:
+            max_factor = max(max_factor, 1.0 + abs(res_sigma) * NORMAL_CLIP)
     for i in range(n_events):
         # leptons: the same under every jet variation
         n_lep = 0
@@ -187,14 +206,23 @@ def _select_kernel(
             if mu_pt[j] > lepton_pt_min:
                 n_lep += 1
                 lep_pt += mu_pt[j]
-        if n_lep != n_leptons or jet_offsets[i + 1] - jet_offsets[i] < min_jets:
+        first = jet_offsets[i]
+        if n_lep != n_leptons or jet_offsets[i + 1] - first < min_jets:
             continue
+        for j in range(first, jet_offsets[i + 1]):
+            if not jet_pt[j] * max_factor > jet_pt_min:
+                continue
+            cos_phi[j - first] = math.cos(jet_phi[j])
+            sin_phi[j - first] = math.sin(jet_phi[j])
+            sinh_eta[j - first] = math.sinh(jet_eta[j])
         for k in range(modes.shape[0]):
             mode = modes[k]
             # jets, after the jet-pT variation
             n_sel = 0
             n_b = 0
-            for j in range(jet_offsets[i], jet_offsets[i + 1]):
+            for j in range(first, jet_offsets[i + 1]):
+                if not jet_pt[j] * max_factor > jet_pt_min:
+                    continue
                 if mode == JetMode.NOMINAL:
                     f = 1.0
                 elif mode == JetMode.SCALE:
@@ -204,6 +232,7 @@ def _select_kernel(
                 if jet_pt[j] * f > jet_pt_min:
                     sel[n_sel] = j
                     fac[n_sel] = f
+                    jb[n_sel] = jet_btag[j] > btag_threshold
                     n_sel += 1
                     if jet_btag[j] > btag_threshold:
                         n_b += 1
@@ -220,7 +249,7 @@ def _select_kernel(
             out_count[k] = row + 1
             out_index[k, row] = i
             out_region[k, row] = region
-            # HT, leading jet, sphericity tensor
+            # the selected jets' four-momenta; HT, leading jet, sphericity tensor
             ht = 0.0
             lead = 0.0
             sxx = syy = szz = sxy = sxz = syz = 0.0
@@ -228,11 +257,16 @@ def _select_kernel(
             for m in range(n_sel):
                 j = sel[m]
                 pt = jet_pt[j] * fac[m]
+                mass = jet_mass[j] * fac[m]
+                px = pt * cos_phi[j - first]
+                py = pt * sin_phi[j - first]
+                pz = pt * sinh_eta[j - first]
+                jpx[m] = px
+                jpy[m] = py
+                jpz[m] = pz
+                jen[m] = math.sqrt(px * px + py * py + pz * pz + mass * mass)
                 ht += pt
                 lead = max(lead, pt)
-                px = pt * math.cos(jet_phi[j])
-                py = pt * math.sin(jet_phi[j])
-                pz = pt * math.sinh(jet_eta[j])
                 sxx += px * px
                 syy += py * py
                 szz += pz * pz
@@ -243,41 +277,35 @@ def _select_kernel(
             lam = _smallest_eigenvalue_sym3(sxx / norm, syy / norm, szz / norm, sxy / norm, sxz / norm, syz / norm)
             # hadronic top candidate: trijet with >= 1 b-tag and the largest vector-sum pT
             best_pt2 = -1.0
+            best_a = best_b = best_c = -1
             best_m = np.nan
-            best_dr = np.nan
             for a in range(n_sel - 2):
-                ja = sel[a]
                 for b in range(a + 1, n_sel - 1):
-                    jb = sel[b]
+                    pxab = jpx[a] + jpx[b]
+                    pyab = jpy[a] + jpy[b]
+                    bab = jb[a] or jb[b]
                     for c in range(b + 1, n_sel):
-                        jc = sel[c]
-                        if not (
-                            jet_btag[ja] > btag_threshold
-                            or jet_btag[jb] > btag_threshold
-                            or jet_btag[jc] > btag_threshold
-                        ):
+                        if not (bab or jb[c]):
                             continue
-                        px = py = pz = en = 0.0
-                        for m in (a, b, c):
-                            j = sel[m]
-                            pt = jet_pt[j] * fac[m]
-                            mass = jet_mass[j] * fac[m]
-                            jpx = pt * math.cos(jet_phi[j])
-                            jpy = pt * math.sin(jet_phi[j])
-                            jpz = pt * math.sinh(jet_eta[j])
-                            px += jpx
-                            py += jpy
-                            pz += jpz
-                            en += math.sqrt(jpx * jpx + jpy * jpy + jpz * jpz + mass * mass)
+                        px = pxab + jpx[c]
+                        py = pyab + jpy[c]
                         pt2 = px * px + py * py
                         if pt2 > best_pt2:
                             best_pt2 = pt2
-                            best_m = math.sqrt(max(en * en - px * px - py * py - pz * pz, 0.0))
-                            best_dr = (
-                                _delta_r(jet_eta[ja], jet_phi[ja], jet_eta[jb], jet_phi[jb])
-                                + _delta_r(jet_eta[ja], jet_phi[ja], jet_eta[jc], jet_phi[jc])
-                                + _delta_r(jet_eta[jb], jet_phi[jb], jet_eta[jc], jet_phi[jc])
-                            ) / 3.0
+                            best_a, best_b, best_c = a, b, c
+            best_dr = np.nan
+            if best_a >= 0:
+                px = jpx[best_a] + jpx[best_b] + jpx[best_c]
+                py = jpy[best_a] + jpy[best_b] + jpy[best_c]
+                pz = jpz[best_a] + jpz[best_b] + jpz[best_c]
+                en = jen[best_a] + jen[best_b] + jen[best_c]
+                best_m = math.sqrt(max(en * en - px * px - py * py - pz * pz, 0.0))
+                ja, jbb, jc = sel[best_a], sel[best_b], sel[best_c]
+                best_dr = (
+                    _delta_r(jet_eta[ja], jet_phi[ja], jet_eta[jbb], jet_phi[jbb])
+                    + _delta_r(jet_eta[ja], jet_phi[ja], jet_eta[jc], jet_phi[jc])
+                    + _delta_r(jet_eta[jbb], jet_phi[jbb], jet_eta[jc], jet_phi[jc])
+                ) / 3.0
             out_features[k, row, Feature.HT] = ht
             out_features[k, row, Feature.M_BJJ] = best_m
             out_features[k, row, Feature.TRIJET_MEAN_DELTA_R] = best_dr
