@@ -14,7 +14,7 @@ import uproot
 from coffea.nanoevents import NanoAODSchema, NanoEventsFactory
 
 from utils.errors import ConfigError
-from utils.processing.nanoaod import TREE_NAME, jet_normals, select_nanoaod
+from utils.processing.nanoaod import TREE_NAME, jet_normals, select_nanoaod, select_nanoaod_variations, selected_jets
 from utils.processing.run import ProcessingOptions, process_fileset
 
 # hand-made files hold only the branches the selection reads, not every cross-reference index
@@ -77,6 +77,22 @@ def write_nanoaod(path: Path, events=EVENTS) -> Path:
     return path
 
 
+def compiled(events, config, variation="nominal"):
+    """The processor's selection (one compiled pass per variation) of one variation."""
+    return select_nanoaod_variations(events, config, (variation,))[variation]
+
+
+#: the awkward selection (the specification) and the processor's compiled one answer every test
+SELECTIONS = pytest.mark.parametrize("select", [select_nanoaod, compiled], ids=["awkward", "compiled"])
+
+FIELDS = ("index", "region", "ht", "m_bjj", "weight_jet_pt")
+
+
+def assert_identical(a, b) -> None:
+    for field in FIELDS:
+        np.testing.assert_array_equal(getattr(a, field), getattr(b, field), err_msg=field, strict=True)
+
+
 @pytest.fixture(scope="module")
 def handmade(tmp_path_factory) -> Path:
     return write_nanoaod(tmp_path_factory.mktemp("nano") / "handmade.root")
@@ -86,15 +102,17 @@ def events_of(path: Path):
     return NanoEventsFactory.from_root({str(path): TREE_NAME}, schemaclass=NanoAODSchema, mode="eager").events()
 
 
-def test_each_cut_of_the_facts_sheet(handmade, config):
-    sel = select_nanoaod(events_of(handmade), config)
+@SELECTIONS
+def test_each_cut_of_the_facts_sheet(handmade, config, select):
+    sel = select(events_of(handmade), config)
     names = [EVENTS[i][0] for i in sel.index]
     assert names == ["4j1b", "4j1b with an electron", "4j2b"]
     assert [config.region_names[r] for r in sel.region] == ["4j1b", "4j1b", "4j2b"]
 
 
-def test_ht_and_m_bjj_by_hand(handmade, config):
-    sel = select_nanoaod(events_of(handmade), config)
+@SELECTIONS
+def test_ht_and_m_bjj_by_hand(handmade, config, select):
+    sel = select(events_of(handmade), config)
     assert sel.ht.tolist() == pytest.approx([280.0, 280.0, 280.0])
     # trijets of the 4j2b event (all at eta 0, massless): vector pT^2 of (0,1,2) 4000, (0,1,3) 2000,
     # (0,2,3) 10400, (1,2,3) 6800: (0,2,3) wins, E = 200, |p|^2 = 10400
@@ -103,15 +121,16 @@ def test_ht_and_m_bjj_by_hand(handmade, config):
     assert sel.weight_jet_pt[0].tolist() == pytest.approx([100.0, 80.0, 60.0, 40.0])
 
 
-def test_jet_variations_move_acceptance_and_scale_the_mass(handmade, config):
+@SELECTIONS
+def test_jet_variations_move_acceptance_and_scale_the_mass(handmade, config, select):
     events = events_of(handmade)
-    up = select_nanoaod(events, config, config.pt_scale_name)
+    up = select(events, config, config.pt_scale_name)
     # the 29 GeV jet passes at 29 x 1.03 = 29.87 < 30: still out; HT scales by the factor
     assert [EVENTS[i][0] for i in up.index] == ["4j1b", "4j1b with an electron", "4j2b"]
     assert up.ht.tolist() == pytest.approx([280.0 * config.pt_scale_factor] * 3)
     assert up.m_bjj[2] == pytest.approx(config.pt_scale_factor * math.sqrt(200.0**2 - 10400.0), rel=1e-6)
     with pytest.raises(ConfigError, match="unknown jet variation"):
-        select_nanoaod(events, config, "pt_scale_down")
+        select(events, config, "pt_scale_down")
 
 
 def test_resolution_normals_are_per_jet_and_survive_chunking():
@@ -143,7 +162,36 @@ def test_a_real_nanoaod_file_goes_through_the_processor(config):
         muon_sip3d_max=math.inf, muon_iso_max=math.inf, jet_pt_min=25, jet_abs_eta_max=math.inf, jet_id_mask=0,
     )  # fmt: skip
     v1 = dataclasses.replace(config, nanoaod=loose)
-    assert len(select_nanoaod(events_of(REAL_FILE), v1).index) == 4
+    events = events_of(REAL_FILE)
+    assert len(select_nanoaod(events, v1).index) == 4
+    for variation, sel in select_nanoaod_variations(events, v1, v1.jet_variations).items():
+        assert_identical(sel, select_nanoaod(events, v1, variation))
+
+
+def _loose(config):
+    """Cuts that select many more events of the generated files, a b-tag threshold that float32
+    cannot hold exactly and no jet ID requirement."""
+    loose = dataclasses.replace(config.nanoaod, electron_cut_based=1, muon_tight_id=False, muon_iso_max=0.4,
+                                jet_pt_min=25.3, jet_id_mask=0)  # fmt: skip
+    return dataclasses.replace(config, nanoaod=loose, btag_threshold=0.8484, min_jets=3)
+
+
+@pytest.mark.parametrize("cuts", ["analysis", "loose"])
+def test_the_compiled_selection_is_the_awkward_one_bit_for_bit(tiny_nanoaod, config, cuts):
+    """Every jet variation, every output, on generated files of three processes: exactly equal
+    (same events, regions, HT, m_bjj and b-tag weight pTs to the last bit)."""
+    cfg = config if cuts == "analysis" else _loose(config)
+    for sample in ("ttbar__nominal", "wjets__nominal", "single_top_tW__nominal"):
+        events = events_of(tiny_nanoaod.parent / sample / "0.root")
+        compiled_all = select_nanoaod_variations(events, cfg, cfg.jet_variations)
+        assert tuple(compiled_all) == cfg.jet_variations
+        for variation, sel in compiled_all.items():
+            spec = select_nanoaod(events, cfg, variation)
+            assert_identical(sel, spec)
+            if sample == "ttbar__nominal":
+                assert len(spec.index) > 20 and set(spec.region.tolist()) == {0, 1}, (variation, len(spec.index))
+        nominal, res = compiled_all["nominal"], compiled_all[cfg.pt_res_name]
+        assert not np.array_equal(nominal.ht, res.ht) or not np.array_equal(nominal.index, res.index)
 
 
 def test_handmade_file_through_the_processor_fills_the_regions(handmade, config):
@@ -175,3 +223,19 @@ def test_the_real_nanoaod_list_is_a_dataset_loaded_unchanged():
     with pytest.raises(ConfigError, match="USE_ML=True with INPUT_FORMAT='nanoaod'"):
         RunParameters(dataset=REAL_NANOAOD_NAME)
     assert RunParameters().resolved_input_format == "ntuple"
+
+
+def test_the_compiled_b_tag_cut_rounds_the_threshold_as_awkward_does(tiny_nanoaod, config):
+    """awkward compares the float32 b-tag scores with a Python float in float32 (NumPy's NEP 50):
+    a threshold one float64 step below a jet's score rounds to that score, and the jet is not
+    tagged. The compiled selection must agree (a float64 comparison would tag it)."""
+    events = events_of(tiny_nanoaod.parent / "ttbar__nominal" / "0.root")
+    cfg = _loose(config)
+    one_tag = select_nanoaod(events, cfg)
+    event = int(one_tag.index[np.flatnonzero(one_tag.region == cfg.region_names.index("4j1b"))[0]])
+    jets = selected_jets(events[event : event + 1], cfg)
+    score = float(jets.btag[0][jets.btag[0] > cfg.btag_threshold][0])
+    edge = dataclasses.replace(cfg, btag_threshold=float(np.nextafter(score, -np.inf)))
+    spec = select_nanoaod(events, edge)
+    assert event not in spec.index  # its only tag is lost: 0 b-tags
+    assert_identical(compiled(events, edge), spec)

@@ -268,9 +268,9 @@ def _drop_empty_bins(refs: list[TemplateRef], binned: dict[str, HistogramData],
         data = [binned[r.name].values[empty].sum() for r in region_refs if r.sample.get("Data", False)]
         for r in region_refs:
             hist = binned[r.name]
-            values, variances = hist.values.copy(), hist.variances.copy()
-            values[empty] = variances[empty] = 0.0
-            binned[r.name] = hist._replace(values=values, variances=variances)
+            kept, kept_variances = hist.values.copy(), hist.variances.copy()
+            kept[empty] = kept_variances[empty] = 0.0
+            binned[r.name] = hist._replace(values=kept, variances=kept_variances)
         bins = [int(b) + 1 for b in np.flatnonzero(empty)]
         records.append(
             TreatmentRecord(

@@ -1,4 +1,7 @@
-"""The AGC selection on CMS NanoAOD (the AGC main line), in columnar awkward code.
+"""The AGC selection on CMS NanoAOD (the AGC main line): :func:`select_nanoaod`, in columnar
+awkward code, is its specification; :func:`select_nanoaod_variations`, what the processor runs,
+does the same arithmetic in one compiled pass per jet variation and is tested equal to it bit for
+bit (the lepton and static jet cuts, the trigonometry and the random numbers are shared).
 
 Objects (cuts from ``analysis_config.yml``, section ``nanoaod``):
 
@@ -109,17 +112,22 @@ class NanoSelection:
         return obs
 
 
+def _jet_factors(events: ak.Array, counts: np.ndarray, config: AnalysisConfig, variation: str) -> np.ndarray:
+    """Each jet's pT (and mass) factor under ``variation``, flat in stored order (float64)."""
+    if variation == "nominal":
+        return np.ones(int(counts.sum()), dtype=np.float64)
+    if variation == config.pt_scale_name:
+        return np.full(int(counts.sum()), config.pt_scale_factor, dtype=np.float64)
+    if variation == config.pt_res_name:
+        normals = jet_normals(events.run, events.luminosityBlock, events.event, counts, config.pt_res_seed)
+        return 1.0 + config.pt_res_sigma * normals
+    raise ConfigError(f"unknown jet variation {variation!r}; configured: {list(config.jet_variations)}")
+
+
 def varied_jets(jets: ak.Array, events: ak.Array, config: AnalysisConfig, variation: str) -> ak.Array:
     """The jets with pT (and mass, by the same factor) under ``variation``."""
-    if variation == "nominal":
-        factor = ak.ones_like(jets.pt, dtype=np.float64)
-    elif variation == config.pt_scale_name:
-        factor = ak.full_like(jets.pt, config.pt_scale_factor, dtype=np.float64)
-    elif variation == config.pt_res_name:
-        normals = jet_normals(events.run, events.luminosityBlock, events.event, ak.num(jets.pt), config.pt_res_seed)
-        factor = ak.unflatten(1.0 + config.pt_res_sigma * normals, ak.num(jets.pt))
-    else:
-        raise ConfigError(f"unknown jet variation {variation!r}; configured: {list(config.jet_variations)}")
+    counts = ak.to_numpy(ak.num(jets.pt, axis=1)).astype(np.int64)
+    factor = ak.unflatten(_jet_factors(events, counts, config, variation), counts)
     return ak.zip(
         {"pt": jets.pt * factor, "eta": jets.eta, "phi": jets.phi, "mass": jets.mass * factor,
          "btag": jets.btagCSVV2, "jetId": jets.jetId},
@@ -168,8 +176,13 @@ def selected_jets(events: ak.Array, config: AnalysisConfig, variation: str = "no
     cuts = nanoaod_cuts(config)
     jets = varied_jets(events.Jet, events, config, variation)
     jets = ak.with_field(jets, ak.local_index(jets.pt, axis=1), "index")
-    jet_id = (jets.jetId & cuts.jet_id_mask) != 0 if cuts.jet_id_mask else ak.ones_like(jets.pt, dtype=bool)
-    return jets[(jets.pt > cuts.jet_pt_min) & (abs(jets.eta) < cuts.jet_abs_eta_max) & jet_id]
+    return jets[(jets.pt > cuts.jet_pt_min) & _static_jet_mask(jets.eta, jets.jetId, cuts)]
+
+
+def _static_jet_mask(eta: ak.Array, jet_id: ak.Array, cuts: NanoAODCuts) -> ak.Array:
+    """The jet cuts no jet variation changes: |eta| and the jet ID bits."""
+    central = abs(eta) < cuts.jet_abs_eta_max
+    return central & ((jet_id & cuts.jet_id_mask) != 0) if cuts.jet_id_mask else central
 
 
 def select_nanoaod(events: ak.Array, config: AnalysisConfig, variation: str = "nominal") -> NanoSelection:
@@ -196,5 +209,109 @@ def select_nanoaod(events: ak.Array, config: AnalysisConfig, variation: str = "n
     return NanoSelection(variation, index, region[index], ht, np.asarray(m_bjj, dtype=np.float64), weight_jet_pt)
 
 
+# --- the same selection, one compiled pass per jet variation -------------------------------------
+
+
+@numba.njit(cache=True)
+def _select_kernel(offsets, pt, mass, cos_phi, sin_phi, sinh_eta, btag, jet_ok, factor, n_leptons,
+                   n_leptons_req, min_jets, pt_min, threshold, min_btags, region_min, region_max, n_weight_jets,
+                   region, ht, m_bjj, weight_jet_pt):  # fmt: skip
+    """The arithmetic of :func:`select_nanoaod` in its order (float32 cuts where awkward compares
+    float32, the same additions in the same order), event by event."""
+    n_regions = region_min.shape[0]
+    jets = np.empty(offsets[-1] - offsets[0], dtype=np.int64)  # the selected jets of one event
+    px = np.empty(jets.shape[0])
+    py = np.empty(jets.shape[0])
+    pz = np.empty(jets.shape[0])
+    en = np.empty(jets.shape[0])
+    for i in range(offsets.shape[0] - 1):
+        region[i] = -1
+        if n_leptons[i] != n_leptons_req:
+            continue
+        n = 0
+        nb = 0
+        for j in range(offsets[i], offsets[i + 1]):
+            if jet_ok[j] and pt[j] * factor[j] > pt_min:
+                jets[n] = j
+                n += 1
+                if btag[j] > threshold:
+                    nb += 1
+        if n < min_jets or nb < min_btags:
+            continue
+        for r in range(n_regions):
+            if nb >= region_min[r] and (region_max[r] < 0 or nb <= region_max[r]):
+                region[i] = r
+                break
+        if region[i] < 0:
+            continue
+        total = 0.0
+        for k in range(n):
+            j = jets[k]
+            p = pt[j] * factor[j]
+            m = mass[j] * factor[j]
+            total += p
+            px[k] = p * cos_phi[j]
+            py[k] = p * sin_phi[j]
+            pz[k] = p * sinh_eta[j]
+            en[k] = np.sqrt(px[k] * px[k] + py[k] * py[k] + pz[k] * pz[k] + m * m)
+            if k < n_weight_jets:
+                weight_jet_pt[i, k] = p
+        ht[i] = total
+        for k in range(n, n_weight_jets):
+            weight_jet_pt[i, k] = 0.0
+        best = -np.inf
+        best_m2 = np.nan
+        for a in range(n - 2):
+            for b in range(a + 1, n - 1):
+                for c in range(b + 1, n):
+                    sx = px[a] + px[b] + px[c]
+                    sy = py[a] + py[b] + py[c]
+                    tagged = btag[jets[a]] > threshold or btag[jets[b]] > threshold or btag[jets[c]] > threshold
+                    pt2 = sx * sx + sy * sy if tagged else -1.0
+                    if pt2 > best:
+                        best = pt2
+                        sz = pz[a] + pz[b] + pz[c]
+                        se = en[a] + en[b] + en[c]
+                        best_m2 = se * se - sx * sx - sy * sy - sz * sz
+        m_bjj[i] = np.sqrt(max(best_m2, 0.0)) if n >= 3 else np.nan
+
+
+def _flat(array: ak.Array, dtype=None) -> np.ndarray:
+    out = ak.to_numpy(ak.flatten(array, axis=1))
+    return out if dtype is None else out.astype(dtype, copy=False)
+
+
 def select_nanoaod_variations(events: ak.Array, config: AnalysisConfig, variations: tuple[str, ...]) -> dict[str, Any]:
-    return {v: select_nanoaod(events, config, v) for v in variations}
+    """:func:`select_nanoaod` under every jet variation in ``variations``, bit for bit, with the
+    lepton and static jet cuts, the jets' trigonometry (numpy's float32 functions, as the awkward
+    selection calls them) and the per-jet random numbers computed once for all variations."""
+    cuts = nanoaod_cuts(config)
+    electrons, muons = selected_leptons(events, cuts)
+    n_leptons = ak.to_numpy(ak.sum(electrons, axis=1) + ak.sum(muons, axis=1)).astype(np.int64)
+    raw = events.Jet
+    counts = ak.to_numpy(ak.num(raw.pt, axis=1)).astype(np.int64)
+    offsets = np.zeros(len(counts) + 1, dtype=np.int64)
+    np.cumsum(counts, out=offsets[1:])
+    pt, mass, phi, eta = _flat(raw.pt), _flat(raw.mass), _flat(raw.phi), _flat(raw.eta)
+    btag = _flat(raw.btagCSVV2)
+    jet_ok = _flat(_static_jet_mask(raw.eta, raw.jetId, cuts))
+    cos_phi, sin_phi, sinh_eta = np.cos(phi), np.sin(phi), np.sinh(eta)
+    # awkward compares a float32 array with a Python float in float32 (NEP 50): the kernel does too
+    threshold = np.asarray(config.btag_threshold, dtype=btag.dtype)[()]
+    region_min = np.array([r.min_btags for r in config.regions], dtype=np.int64)
+    region_max = np.array([-1 if r.max_btags is None else r.max_btags for r in config.regions], dtype=np.int64)
+    n = len(counts)
+    out: dict[str, Any] = {}
+    for variation in variations:
+        factor = _jet_factors(events, counts, config, variation)
+        region = np.empty(n, dtype=np.int64)
+        ht, m_bjj = np.empty(n), np.empty(n)
+        weight_jet_pt = np.empty((n, config.btag_n_jets))
+        _select_kernel(
+            offsets, pt, mass, cos_phi, sin_phi, sinh_eta, btag, jet_ok, factor, n_leptons,
+            config.n_leptons, config.min_jets, float(cuts.jet_pt_min), threshold, config.min_btags,
+            region_min, region_max, config.btag_n_jets, region, ht, m_bjj, weight_jet_pt,
+        )  # fmt: skip
+        index = np.flatnonzero(region >= 0)
+        out[variation] = NanoSelection(variation, index, region[index], ht[index], m_bjj[index], weight_jet_pt[index])
+    return out
