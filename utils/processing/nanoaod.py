@@ -28,7 +28,7 @@ import numpy as np
 
 from utils.config import AnalysisConfig, NanoAODCuts
 from utils.errors import ConfigError
-from utils.processing.selection import GOLDEN_GAMMA, normal_of_key, splitmix64
+from utils.processing.selection import GOLDEN_GAMMA, normal_of_key, offsets_and_content, splitmix64
 
 TREE_NAME = "Events"
 
@@ -137,21 +137,30 @@ def varied_jets(jets: ak.Array, events: ak.Array, config: AnalysisConfig, variat
 
 def selected_leptons(events: ak.Array, cuts: NanoAODCuts) -> tuple[ak.Array, ak.Array]:
     """Masks of the selected electrons and muons."""
-    e, mu = events.Electron, events.Muon
-    electrons = (
-        (e.pt > cuts.electron_pt_min)
-        & (abs(e.eta) < cuts.electron_abs_eta_max)
-        & (e.cutBased >= cuts.electron_cut_based)
-        & (e.sip3d < cuts.electron_sip3d_max)
-    )
-    muons = (
-        (mu.pt > cuts.muon_pt_min)
-        & (abs(mu.eta) < cuts.muon_abs_eta_max)
-        & (mu.tightId | (not cuts.muon_tight_id))
-        & (mu.sip3d < cuts.muon_sip3d_max)
-        & (mu.pfRelIso04_all < cuts.muon_iso_max)
-    )
+    e, mu = events["Electron"], events["Muon"]
+    electrons = _electron_mask(e["pt"], e["eta"], e["cutBased"], e["sip3d"], cuts)
+    muons = _muon_mask(mu["pt"], mu["eta"], mu["tightId"], mu["sip3d"], mu["pfRelIso04_all"], cuts)
     return electrons, muons
+
+
+# the lepton cuts, on awkward or flat numpy arrays alike (the same element-wise operations)
+def _electron_mask(pt, eta, cut_based, sip3d, cuts: NanoAODCuts):
+    return (
+        (pt > cuts.electron_pt_min)
+        & (abs(eta) < cuts.electron_abs_eta_max)
+        & (cut_based >= cuts.electron_cut_based)
+        & (sip3d < cuts.electron_sip3d_max)
+    )
+
+
+def _muon_mask(pt, eta, tight_id, sip3d, iso, cuts: NanoAODCuts):
+    return (
+        (pt > cuts.muon_pt_min)
+        & (abs(eta) < cuts.muon_abs_eta_max)
+        & (tight_id | (not cuts.muon_tight_id))
+        & (sip3d < cuts.muon_sip3d_max)
+        & (iso < cuts.muon_iso_max)
+    )
 
 
 def _trijet_mass(jets: ak.Array, threshold: float) -> ak.Array:
@@ -276,25 +285,30 @@ def _select_kernel(offsets, pt, mass, cos_phi, sin_phi, sinh_eta, btag, jet_ok, 
         m_bjj[i] = np.sqrt(max(best_m2, 0.0)) if n >= 3 else np.nan
 
 
-def _flat(array: ak.Array, dtype=None) -> np.ndarray:
-    out = ak.to_numpy(ak.flatten(array, axis=1))
-    return out if dtype is None else out.astype(dtype, copy=False)
+def _count_per_event(offsets: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """How many entries of each event (``offsets`` into the flat ``mask``) are set."""
+    cumulative = np.zeros(len(mask) + 1, dtype=np.int64)
+    np.cumsum(mask, out=cumulative[1:])
+    return cumulative[offsets[1:]] - cumulative[offsets[:-1]]
 
 
 def select_nanoaod_variations(events: ak.Array, config: AnalysisConfig, variations: tuple[str, ...]) -> dict[str, Any]:
     """:func:`select_nanoaod` under every jet variation in ``variations``, bit for bit, with the
     lepton and static jet cuts, the jets' trigonometry (numpy's float32 functions, as the awkward
-    selection calls them) and the per-jet random numbers computed once for all variations."""
+    selection calls them) and the per-jet random numbers computed once for all variations. The
+    branches are taken as flat arrays (no record or vector behaviour)."""
     cuts = nanoaod_cuts(config)
-    electrons, muons = selected_leptons(events, cuts)
-    n_leptons = ak.to_numpy(ak.sum(electrons, axis=1) + ak.sum(muons, axis=1)).astype(np.int64)
-    raw = events.Jet
-    counts = ak.to_numpy(ak.num(raw.pt, axis=1)).astype(np.int64)
-    offsets = np.zeros(len(counts) + 1, dtype=np.int64)
-    np.cumsum(counts, out=offsets[1:])
-    pt, mass, phi, eta = _flat(raw.pt), _flat(raw.mass), _flat(raw.phi), _flat(raw.eta)
-    btag = _flat(raw.btagCSVV2)
-    jet_ok = _flat(_static_jet_mask(raw.eta, raw.jetId, cuts))
+    el, mu, jet = events["Electron"], events["Muon"], events["Jet"]
+    el_offsets, el_pt = offsets_and_content(el["pt"])
+    mu_offsets, mu_pt = offsets_and_content(mu["pt"])
+    electrons = _electron_mask(el_pt, *(offsets_and_content(el[f])[1] for f in ("eta", "cutBased", "sip3d")), cuts)
+    muons = _muon_mask(mu_pt, *(offsets_and_content(mu[f])[1] for f in ("eta", "tightId", "sip3d", "pfRelIso04_all")),
+                       cuts)  # fmt: skip
+    n_leptons = _count_per_event(el_offsets, electrons) + _count_per_event(mu_offsets, muons)
+    offsets, pt = offsets_and_content(jet["pt"])
+    counts = np.diff(offsets)
+    mass, phi, eta, btag, jet_id = (offsets_and_content(jet[f])[1] for f in ("mass", "phi", "eta", "btagCSVV2", "jetId"))
+    jet_ok = np.asarray(_static_jet_mask(eta, jet_id, cuts), dtype=np.bool_)
     cos_phi, sin_phi, sinh_eta = np.cos(phi), np.sin(phi), np.sinh(eta)
     # awkward compares a float32 array with a Python float in float32 (NEP 50): the kernel does too
     threshold = np.asarray(config.btag_threshold, dtype=btag.dtype)[()]

@@ -368,8 +368,9 @@ class ChunkArrays:
         return len(self.jet_offsets) - 1
 
 
-def _offsets_and_content(array: ak.Array, dtype) -> tuple[np.ndarray, np.ndarray]:
-    """Offsets (int64, starting at 0) and flat content of a singly-jagged numeric array."""
+def offsets_and_content(array: ak.Array, dtype=None) -> tuple[np.ndarray, np.ndarray]:
+    """Offsets (int64, starting at 0) and flat content (as stored, or as ``dtype``) of a
+    singly-jagged numeric array."""
     layout = ak.to_layout(array)
     if isinstance(layout, ak.contents.ListOffsetArray) and isinstance(layout.content, ak.contents.NumpyArray):
         offsets = np.asarray(layout.offsets.data, dtype=np.int64)
@@ -415,14 +416,14 @@ def chunk_arrays(events) -> ChunkArrays:
     with ``jet``, ``electron`` and ``muon`` collections); sibling jet branches with other counts
     per event than ``jet_pt`` raise :class:`MisalignedBranchError`."""
     jets = events.jet
-    jet_offsets, jet_pt = _offsets_and_content(jets.pt, np.float32)
+    jet_offsets, jet_pt = offsets_and_content(jets.pt, np.float32)
     check_sibling_counts(events, jet_offsets, "jet", JET_FIELDS)
     cols = {}
     for f in ("eta", "phi", "mass"):
-        cols[f] = _offsets_and_content(jets[f], np.float32)[1]
-    jet_btag = _offsets_and_content(jets.btag, np.float64)[1]
-    el_offsets, el_pt = _offsets_and_content(events.electron.pt, np.float32)
-    mu_offsets, mu_pt = _offsets_and_content(events.muon.pt, np.float32)
+        cols[f] = offsets_and_content(jets[f], np.float32)[1]
+    jet_btag = offsets_and_content(jets.btag, np.float64)[1]
+    el_offsets, el_pt = offsets_and_content(events.electron.pt, np.float32)
+    mu_offsets, mu_pt = offsets_and_content(events.muon.pt, np.float32)
     return ChunkArrays(jet_offsets, jet_pt, cols["eta"], cols["phi"], cols["mass"], jet_btag,
                        el_offsets, el_pt, mu_offsets, mu_pt)  # fmt: skip
 
