@@ -6,7 +6,14 @@ import numpy as np
 import pytest
 from handmade_events import CFG, EVENTS, TETRA_PT, make_events
 
-from utils.processing.selection import FEATURE_NAMES, chunk_arrays, jet_resolution_factors, select_events
+from utils.processing.selection import (
+    FEATURE_NAMES,
+    OPTIONAL_FEATURES,
+    chunk_arrays,
+    jet_resolution_factors,
+    select_events,
+    select_variations,
+)
 
 
 @pytest.fixture(scope="module")
@@ -103,3 +110,36 @@ def test_btag_weight_jets_are_the_selected_leading_jets(arrays):
 def test_unknown_variation_is_rejected(arrays):
     with pytest.raises(ValueError, match="unknown jet variation"):
         select_events(arrays, CFG, "pt_scale_down")
+
+
+def test_classifier_only_features_are_computed_where_asked_and_refused_elsewhere(arrays):
+    """The processor asks only for the features its classifier reads: the others are not
+    computed (NaN), asking for them raises, and everything computed is bit-identical."""
+    variations = CFG.jet_variations
+    full = select_variations(arrays, CFG, variations)
+    none = select_variations(arrays, CFG, variations, features={})
+    only_2b = select_variations(arrays, CFG, variations, features={"4j2b": ("m_bjj", "trijet_mean_delta_r")})
+    keep = [FEATURE_NAMES.index(n) for n in FEATURE_NAMES if n not in OPTIONAL_FEATURES]
+    for v in variations:
+        for sel in (none[v], only_2b[v]):
+            for field in ("index", "region", "weight_jet_pt"):
+                np.testing.assert_array_equal(getattr(sel, field), getattr(full[v], field))
+            np.testing.assert_array_equal(sel.features[:, keep], full[v].features[:, keep])
+            np.testing.assert_array_equal(sel.observable(CFG), full[v].observable(CFG))
+    sel, ref = none["nominal"], full["nominal"]
+    assert np.isnan(sel.features[:, [FEATURE_NAMES.index(n) for n in OPTIONAL_FEATURES]]).all()
+    with pytest.raises(ValueError, match=r"\['aplanarity'\] not computed in region"):
+        sel.feature("aplanarity")
+    with pytest.raises(ValueError, match="not computed"):
+        sel.feature_matrix(("ht", "trijet_mean_delta_r"))
+    assert sel.feature_matrix(("ht", "lepton_pt")).tolist() == ref.feature_matrix(("ht", "lepton_pt")).tolist()
+    # asked in 4j2b only: computed (bit-identical) there, refused in 4j1b
+    sel = only_2b["nominal"]
+    in_2b = sel.region == CFG.region_names.index("4j2b")
+    assert in_2b.any() and (~in_2b).any()
+    np.testing.assert_array_equal(sel.feature_matrix(("trijet_mean_delta_r",), in_2b),
+                                  ref.feature_matrix(("trijet_mean_delta_r",), in_2b))  # fmt: skip
+    with pytest.raises(ValueError, match="not computed in region"):
+        sel.feature_matrix(("trijet_mean_delta_r",), ~in_2b)
+    with pytest.raises(ValueError, match="unknown region"):
+        select_variations(arrays, CFG, variations, features={"5j3b": ("aplanarity",)})

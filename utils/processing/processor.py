@@ -233,6 +233,12 @@ class TtbarAnalysis(processor.ProcessorABC):
         s = self.scores(sel) if scores is None else scores
         return (s > self.classifier.threshold).astype(np.int64)
 
+    def _classifier_features(self) -> dict[str, tuple[str, ...]]:
+        """The features the classifier reads in each region (none without a classifier)."""
+        if self.classifier is None:
+            return {}
+        return {r: self.classifier.feature_names(r) or () for r in self.config.region_names}
+
     def _scored_regions(self) -> np.ndarray:
         """Indices of the regions that have a model (the classifier's)."""
         assert self.classifier is not None
@@ -273,7 +279,7 @@ class TtbarAnalysis(processor.ProcessorABC):
             insane = kinematics_problem(arrays, cfg.jet_pt_max)
             if insane is not None:
                 return self._bad_chunk(events, acc, f"entries {_range(meta)}: {insane}")
-            selections = select_variations(arrays, cfg, jet_variations)
+            selections = select_variations(arrays, cfg, jet_variations, self._classifier_features())
         selected: dict[str, int] = {}
         leptons = chunk_leptons(events, cfg) if ml_acc is not None else None
         for jet_variation, sel in selections.items():

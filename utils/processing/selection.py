@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import math
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 from enum import IntEnum
 
@@ -52,6 +53,8 @@ class Feature(IntEnum):
 
 # Column names of ``EventSelection.features`` ("ht", "m_bjj", ...), in column order.
 FEATURE_NAMES: tuple[str, ...] = tuple(f.name.lower() for f in Feature)
+#: features only the classifier reads, computed where asked (see :func:`select_variations`)
+OPTIONAL_FEATURES = ("aplanarity", "trijet_mean_delta_r")
 OBSERVABLES = ("ht", "m_bjj")
 
 
@@ -160,11 +163,13 @@ def _select_kernel(
     el_offsets, el_pt, mu_offsets, mu_pt,
     modes, scale_factor, res_seed, res_sigma,
     lepton_pt_min, jet_pt_min, btag_threshold, n_leptons, min_jets, min_btags,
-    region_min_btags, region_max_btags, n_weight_jets,
+    region_min_btags, region_max_btags, n_weight_jets, region_aplanarity, region_delta_r,
     out_count, out_index, out_region, out_features, out_weight_jet_pt,
 ):  # fmt: skip
     """One pass over the events for every jet variation in ``modes``; selected events are
-    appended to row ``k`` of the outputs of variation ``k`` (``out_count[k]`` of them)."""
+    appended to row ``k`` of the outputs of variation ``k`` (``out_count[k]`` of them). Aplanarity
+    and the trijet's mean Delta R (ML features only) are computed in the regions flagged in
+    ``region_aplanarity`` and ``region_delta_r``, NaN elsewhere."""
     n_events = jet_offsets.shape[0] - 1
     max_jets = 0
     for i in range(n_events):
@@ -274,7 +279,10 @@ def _select_kernel(
                 sxz += px * pz
                 syz += py * pz
                 norm += px * px + py * py + pz * pz
-            lam = _smallest_eigenvalue_sym3(sxx / norm, syy / norm, szz / norm, sxy / norm, sxz / norm, syz / norm)
+            aplanarity = np.nan
+            if region_aplanarity[region]:
+                lam = _smallest_eigenvalue_sym3(sxx / norm, syy / norm, szz / norm, sxy / norm, sxz / norm, syz / norm)
+                aplanarity = 1.5 * max(lam, 0.0)
             # hadronic top candidate: trijet with >= 1 b-tag and the largest vector-sum pT
             best_pt2 = -1.0
             best_a = best_b = best_c = -1
@@ -300,6 +308,7 @@ def _select_kernel(
                 pz = jpz[best_a] + jpz[best_b] + jpz[best_c]
                 en = jen[best_a] + jen[best_b] + jen[best_c]
                 best_m = math.sqrt(max(en * en - px * px - py * py - pz * pz, 0.0))
+            if best_a >= 0 and region_delta_r[region]:
                 ja, jbb, jc = sel[best_a], sel[best_b], sel[best_c]
                 best_dr = (
                     _delta_r(jet_eta[ja], jet_phi[ja], jet_eta[jbb], jet_phi[jbb])
@@ -309,7 +318,7 @@ def _select_kernel(
             out_features[k, row, Feature.HT] = ht
             out_features[k, row, Feature.M_BJJ] = best_m
             out_features[k, row, Feature.TRIJET_MEAN_DELTA_R] = best_dr
-            out_features[k, row, Feature.APLANARITY] = 1.5 * max(lam, 0.0)
+            out_features[k, row, Feature.APLANARITY] = aplanarity
             out_features[k, row, Feature.LEPTON_PT] = lep_pt
             out_features[k, row, Feature.LEADING_JET_PT] = lead
             for m in range(n_weight_jets):
@@ -323,6 +332,8 @@ class EventSelection:
     ``index`` are the positions of the selected events in the chunk, ``region`` the index into
     ``AnalysisConfig.regions``, ``features`` one row per selected event with columns
     ``FEATURE_NAMES``, ``weight_jet_pt`` the pT of the first selected jets (for b-tag weights).
+    ``omitted`` holds, per region, the :data:`OPTIONAL_FEATURES` not computed there (NaN in
+    ``features``); asking for them raises.
     """
 
     variation: str
@@ -330,8 +341,22 @@ class EventSelection:
     region: np.ndarray
     features: np.ndarray
     weight_jet_pt: np.ndarray
+    omitted: tuple[frozenset[str], ...] = ()
+
+    def _check_computed(self, names, mask: np.ndarray | None) -> None:
+        if not any(self.omitted):
+            return
+        regions = self.region if mask is None else self.region[mask]
+        for r in np.unique(regions):
+            missing = self.omitted[r] & set(names)
+            if missing:
+                raise ValueError(
+                    f"feature(s) {sorted(missing)} not computed in region {int(r)} of this selection: "
+                    "name them in select_variations(..., features=...)"
+                )
 
     def feature(self, name: str) -> np.ndarray:
+        self._check_computed((name,), None)
         return self.features[:, FEATURE_NAMES.index(name)]
 
     def observable(self, config: AnalysisConfig) -> np.ndarray:
@@ -339,10 +364,11 @@ class EventSelection:
         obs = np.empty(len(self.index), dtype=np.float64)
         for r, region in enumerate(config.regions):
             m = self.region == r
-            obs[m] = self.feature(region.observable)[m]
+            obs[m] = self.features[m, FEATURE_NAMES.index(region.observable)]
         return obs
 
     def feature_matrix(self, names: tuple[str, ...], mask: np.ndarray | None = None) -> np.ndarray:
+        self._check_computed(names, mask)
         cols = [FEATURE_NAMES.index(n) for n in names]
         rows = self.features if mask is None else self.features[mask]
         return np.ascontiguousarray(rows[:, cols], dtype=np.float32)
@@ -429,14 +455,26 @@ def chunk_arrays(events) -> ChunkArrays:
 
 
 def select_variations(
-    arrays: ChunkArrays, config: AnalysisConfig, variations: tuple[str, ...] = ("nominal",)
+    arrays: ChunkArrays,
+    config: AnalysisConfig,
+    variations: tuple[str, ...] = ("nominal",),
+    features: Mapping[str, Collection[str]] | None = None,
 ) -> dict[str, EventSelection]:
     """Apply the object and event selection under each jet-kinematic variation, in one pass.
 
     A variation is ``"nominal"``, the jet-pT scale variation name or the resolution variation
     name of the configuration. A varied jet has its whole four-momentum scaled (pt and mass by the
-    same factor, eta and phi unchanged), before the jet pT cut.
+    same factor, eta and phi unchanged), before the jet pT cut. ``features``: the features needed
+    in each region (by region name); of the :data:`OPTIONAL_FEATURES`, only those are computed
+    (``None``: every feature in every region).
     """
+    names = config.region_names
+    if features is not None and set(features) - set(names):
+        raise ValueError(f"features for unknown region(s) {sorted(set(features) - set(names))}; regions: {names}")
+    wanted = [set(FEATURE_NAMES) if features is None else set(features.get(n, ())) for n in names]
+    omitted = tuple(frozenset(OPTIONAL_FEATURES) - w for w in wanted)
+    want_aplanarity = np.array(["aplanarity" in w for w in wanted], dtype=np.bool_)
+    want_delta_r = np.array(["trijet_mean_delta_r" in w for w in wanted], dtype=np.bool_)
     modes = np.array([jet_mode(config, v) for v in variations], dtype=np.int64)
     n, nv = arrays.n_events, len(variations)
     count = np.zeros(nv, dtype=np.int64)
@@ -453,14 +491,14 @@ def select_variations(
         config.pt_scale_factor, config.pt_res_seed, config.pt_res_sigma,
         config.lepton_pt_min, config.jet_pt_min, config.btag_threshold,
         config.n_leptons, config.min_jets, config.min_btags,
-        min_b, max_b, config.btag_n_jets,
+        min_b, max_b, config.btag_n_jets, want_aplanarity, want_delta_r,
         count, index, region, features, weight_pt,
     )  # fmt: skip
     out = {}
     for k, v in enumerate(variations):
         c = count[k]
         out[v] = EventSelection(v, index[k, :c].copy(), region[k, :c].copy(), features[k, :c].copy(),
-                                weight_pt[k, :c].copy())  # fmt: skip
+                                weight_pt[k, :c].copy(), omitted)  # fmt: skip
     return out
 
 
