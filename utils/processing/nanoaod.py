@@ -301,13 +301,18 @@ def select_nanoaod_variations(events: ak.Array, config: AnalysisConfig, variatio
     el, mu, jet = events["Electron"], events["Muon"], events["Jet"]
     el_offsets, el_pt = offsets_and_content(el["pt"])
     mu_offsets, mu_pt = offsets_and_content(mu["pt"])
-    electrons = _electron_mask(el_pt, *(offsets_and_content(el[f])[1] for f in ("eta", "cutBased", "sip3d")), cuts)
-    muons = _muon_mask(mu_pt, *(offsets_and_content(mu[f])[1] for f in ("eta", "tightId", "sip3d", "pfRelIso04_all")),
-                       cuts)  # fmt: skip
+    el_eta, cut_based, el_sip3d = (offsets_and_content(el[f])[1] for f in ("eta", "cutBased", "sip3d"))
+    mu_eta, tight_id, mu_sip3d, iso = (
+        offsets_and_content(mu[f])[1] for f in ("eta", "tightId", "sip3d", "pfRelIso04_all")
+    )
+    electrons = _electron_mask(el_pt, el_eta, cut_based, el_sip3d, cuts)
+    muons = _muon_mask(mu_pt, mu_eta, tight_id, mu_sip3d, iso, cuts)
     n_leptons = _count_per_event(el_offsets, electrons) + _count_per_event(mu_offsets, muons)
     offsets, pt = offsets_and_content(jet["pt"])
     counts = np.diff(offsets)
-    mass, phi, eta, btag, jet_id = (offsets_and_content(jet[f])[1] for f in ("mass", "phi", "eta", "btagCSVV2", "jetId"))
+    mass, phi, eta, btag, jet_id = (
+        offsets_and_content(jet[f])[1] for f in ("mass", "phi", "eta", "btagCSVV2", "jetId")
+    )
     jet_ok = np.asarray(_static_jet_mask(eta, jet_id, cuts), dtype=np.bool_)
     cos_phi, sin_phi, sinh_eta = np.cos(phi), np.sin(phi), np.sinh(eta)
     # awkward compares a float32 array with a Python float in float32 (NEP 50): the kernel does too

@@ -480,7 +480,7 @@ def select_variations(
     count = np.zeros(nv, dtype=np.int64)
     index = np.empty((nv, n), dtype=np.int64)
     region = np.empty((nv, n), dtype=np.int64)
-    features = np.empty((nv, n, len(FEATURE_NAMES)), dtype=np.float64)
+    rows = np.empty((nv, n, len(FEATURE_NAMES)), dtype=np.float64)
     weight_pt = np.empty((nv, n, config.btag_n_jets), dtype=np.float64)
     min_b = np.array([r.min_btags for r in config.regions], dtype=np.int64)
     max_b = np.array([-1 if r.max_btags is None else r.max_btags for r in config.regions], dtype=np.int64)
@@ -492,12 +492,12 @@ def select_variations(
         config.lepton_pt_min, config.jet_pt_min, config.btag_threshold,
         config.n_leptons, config.min_jets, config.min_btags,
         min_b, max_b, config.btag_n_jets, want_aplanarity, want_delta_r,
-        count, index, region, features, weight_pt,
+        count, index, region, rows, weight_pt,
     )  # fmt: skip
     out = {}
     for k, v in enumerate(variations):
         c = count[k]
-        out[v] = EventSelection(v, index[k, :c].copy(), region[k, :c].copy(), features[k, :c].copy(),
+        out[v] = EventSelection(v, index[k, :c].copy(), region[k, :c].copy(), rows[k, :c].copy(),
                                 weight_pt[k, :c].copy(), omitted)  # fmt: skip
     return out
 
