@@ -16,7 +16,6 @@ Writes a JSON with the per-round sums and ratios and prints a one-line summary p
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import os
 import platform
