@@ -23,12 +23,13 @@ from utils.ml.assignment.features import (
     assign,
     assignment_inputs,
     baseline_permutation,
+    chunk_leptons,
     permutation_features,
     permutation_index,
     permutations,
 )
 from utils.ml.assignment.truth import jet_labels, truth_permutation
-from utils.processing.nanoaod import select_nanoaod
+from utils.processing.nanoaod import nanoaod_cuts, select_nanoaod, select_nanoaod_variations, selected_leptons
 
 pytestmark = pytest.mark.filterwarnings("ignore:Missing cross-reference index")
 
@@ -137,6 +138,28 @@ def test_the_20_features_by_hand(handmade_inputs):
     assert ranges["deltar_w1w2"] == (0, 6) and ranges["mass_w1w2"] == (50, 300)
     assert ranges["pt_w1w2btophad"] == (50, 550) and ranges["pt_btoplep"] == (25, 300)
     assert ranges["btag_w1"] == (0, 1) and ranges["qgl_btophad"] == (-1, 1)
+
+
+def test_inputs_of_the_compiled_selection_are_those_of_the_awkward_one(tiny_nanoaod, config):
+    """The processor's inputs (flat arrays, the compiled selection's jets) equal the ones built from
+    the awkward specification under every jet variation, and the chunk's leptons equal an awkward
+    first-of-(electrons, muons)."""
+    events = NanoEventsFactory.from_root({str(tiny_nanoaod.parent / "ttbar__nominal" / "0.root"): "Events"},
+                                         schemaclass=NanoAODSchema, mode="virtual").events()  # fmt: skip
+    leptons = chunk_leptons(events, config)
+    electrons, muons = selected_leptons(events, nanoaod_cuts(config))
+    for i, field in enumerate(("pt", "eta", "phi", "mass")):
+        both = ak.concatenate([events.Electron[field][electrons], events.Muon[field][muons]], axis=1)
+        expected = ak.to_numpy(ak.fill_none(ak.firsts(both), np.nan)).astype(np.float64)
+        np.testing.assert_array_equal(leptons[:, i], expected)
+    compiled = select_nanoaod_variations(events, config, config.jet_variations)
+    for variation in config.jet_variations:
+        spec, spec_mask = assignment_inputs(events, config, select_nanoaod(events, config, variation))
+        fast, fast_mask = assignment_inputs(events, config, compiled[variation], leptons)
+        assert len(spec) > 10 and spec_mask.tolist() == fast_mask.tolist()
+        for field in ("jets", "n_jets", "lepton", "event"):
+            np.testing.assert_array_equal(getattr(fast, field), getattr(spec, field), err_msg=field, strict=True)
+        assert set(spec.n_jets.tolist()) >= {4, 5, 6}
 
 
 def test_baseline_takes_the_leading_b_tags(handmade_inputs, config):

@@ -85,7 +85,7 @@ def compiled(events, config, variation="nominal"):
 #: the awkward selection (the specification) and the processor's compiled one answer every test
 SELECTIONS = pytest.mark.parametrize("select", [select_nanoaod, compiled], ids=["awkward", "compiled"])
 
-FIELDS = ("index", "region", "ht", "m_bjj", "weight_jet_pt")
+FIELDS = ("index", "region", "ht", "m_bjj", "weight_jet_pt", "jet_selected", "jet_factor")
 
 
 def assert_identical(a, b) -> None:

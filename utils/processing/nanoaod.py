@@ -95,7 +95,9 @@ def jet_normals(run, lumi, event, counts, seed: int) -> np.ndarray:
 class NanoSelection:
     """Selected events of one chunk under one jet variation: positions in the chunk, region index
     (into ``AnalysisConfig.regions``), HT, m_bjj, and the pT of the leading selected jets (for the
-    b-tag weights)."""
+    b-tag weights). Flat over the chunk's ``Jet`` collection (stored order): ``jet_selected``, the
+    selected jets of the selected events, and ``jet_factor``, each jet's pT and mass factor under
+    the variation (for the jet-parton assignment's inputs)."""
 
     variation: str
     index: np.ndarray
@@ -103,6 +105,8 @@ class NanoSelection:
     ht: np.ndarray
     m_bjj: np.ndarray
     weight_jet_pt: np.ndarray
+    jet_selected: np.ndarray
+    jet_factor: np.ndarray
 
     def observable(self, config: AnalysisConfig) -> np.ndarray:
         obs = np.empty(len(self.index), dtype=np.float64)
@@ -138,13 +142,13 @@ def varied_jets(jets: ak.Array, events: ak.Array, config: AnalysisConfig, variat
 def selected_leptons(events: ak.Array, cuts: NanoAODCuts) -> tuple[ak.Array, ak.Array]:
     """Masks of the selected electrons and muons."""
     e, mu = events["Electron"], events["Muon"]
-    electrons = _electron_mask(e["pt"], e["eta"], e["cutBased"], e["sip3d"], cuts)
-    muons = _muon_mask(mu["pt"], mu["eta"], mu["tightId"], mu["sip3d"], mu["pfRelIso04_all"], cuts)
+    electrons = electron_mask(e["pt"], e["eta"], e["cutBased"], e["sip3d"], cuts)
+    muons = muon_mask(mu["pt"], mu["eta"], mu["tightId"], mu["sip3d"], mu["pfRelIso04_all"], cuts)
     return electrons, muons
 
 
 # the lepton cuts, on awkward or flat numpy arrays alike (the same element-wise operations)
-def _electron_mask(pt, eta, cut_based, sip3d, cuts: NanoAODCuts):
+def electron_mask(pt, eta, cut_based, sip3d, cuts: NanoAODCuts):
     return (
         (pt > cuts.electron_pt_min)
         & (abs(eta) < cuts.electron_abs_eta_max)
@@ -153,7 +157,7 @@ def _electron_mask(pt, eta, cut_based, sip3d, cuts: NanoAODCuts):
     )
 
 
-def _muon_mask(pt, eta, tight_id, sip3d, iso, cuts: NanoAODCuts):
+def muon_mask(pt, eta, tight_id, sip3d, iso, cuts: NanoAODCuts):
     return (
         (pt > cuts.muon_pt_min)
         & (abs(eta) < cuts.muon_abs_eta_max)
@@ -215,7 +219,12 @@ def select_nanoaod(events: ak.Array, config: AnalysisConfig, variation: str = "n
     m_bjj = _trijet_mass(jets, config.btag_threshold) if len(index) else np.zeros(0)
     leading = ak.fill_none(ak.pad_none(jets.pt, config.btag_n_jets, clip=True), 0.0)
     weight_jet_pt = ak.to_numpy(leading).astype(np.float64).reshape(len(index), config.btag_n_jets)
-    return NanoSelection(variation, index, region[index], ht, np.asarray(m_bjj, dtype=np.float64), weight_jet_pt)
+    counts = ak.to_numpy(ak.num(events["Jet"]["pt"], axis=1)).astype(np.int64)
+    starts = np.cumsum(counts) - counts
+    jet_selected = np.zeros(int(counts.sum()), dtype=np.bool_)
+    jet_selected[ak.to_numpy(ak.flatten(jets.index + starts[index]))] = True
+    return NanoSelection(variation, index, region[index], ht, np.asarray(m_bjj, dtype=np.float64), weight_jet_pt,
+                         jet_selected, _jet_factors(events, counts, config, variation))  # fmt: skip
 
 
 # --- the same selection, one compiled pass per jet variation -------------------------------------
@@ -224,9 +233,10 @@ def select_nanoaod(events: ak.Array, config: AnalysisConfig, variation: str = "n
 @numba.njit(cache=True)
 def _select_kernel(offsets, pt, mass, cos_phi, sin_phi, sinh_eta, btag, jet_ok, factor, n_leptons,
                    n_leptons_req, min_jets, pt_min, threshold, min_btags, region_min, region_max, n_weight_jets,
-                   region, ht, m_bjj, weight_jet_pt):  # fmt: skip
+                   region, ht, m_bjj, weight_jet_pt, jet_selected):  # fmt: skip
     """The arithmetic of :func:`select_nanoaod` in its order (float32 cuts where awkward compares
-    float32, the same additions in the same order), event by event."""
+    float32, the same additions in the same order), event by event; ``jet_selected`` (all False
+    on entry) gets the selected jets of the selected events."""
     n_regions = region_min.shape[0]
     jets = np.empty(offsets[-1] - offsets[0], dtype=np.int64)  # the selected jets of one event
     px = np.empty(jets.shape[0])
@@ -256,6 +266,7 @@ def _select_kernel(offsets, pt, mass, cos_phi, sin_phi, sinh_eta, btag, jet_ok, 
         total = 0.0
         for k in range(n):
             j = jets[k]
+            jet_selected[j] = True
             p = pt[j] * factor[j]
             m = mass[j] * factor[j]
             total += p
@@ -305,8 +316,8 @@ def select_nanoaod_variations(events: ak.Array, config: AnalysisConfig, variatio
     mu_eta, tight_id, mu_sip3d, iso = (
         offsets_and_content(mu[f])[1] for f in ("eta", "tightId", "sip3d", "pfRelIso04_all")
     )
-    electrons = _electron_mask(el_pt, el_eta, cut_based, el_sip3d, cuts)
-    muons = _muon_mask(mu_pt, mu_eta, tight_id, mu_sip3d, iso, cuts)
+    electrons = electron_mask(el_pt, el_eta, cut_based, el_sip3d, cuts)
+    muons = muon_mask(mu_pt, mu_eta, tight_id, mu_sip3d, iso, cuts)
     n_leptons = _count_per_event(el_offsets, electrons) + _count_per_event(mu_offsets, muons)
     offsets, pt = offsets_and_content(jet["pt"])
     counts = np.diff(offsets)
@@ -326,11 +337,13 @@ def select_nanoaod_variations(events: ak.Array, config: AnalysisConfig, variatio
         region = np.empty(n, dtype=np.int64)
         ht, m_bjj = np.empty(n), np.empty(n)
         weight_jet_pt = np.empty((n, config.btag_n_jets))
+        jet_selected = np.zeros(len(pt), dtype=np.bool_)
         _select_kernel(
             offsets, pt, mass, cos_phi, sin_phi, sinh_eta, btag, jet_ok, factor, n_leptons,
             config.n_leptons, config.min_jets, float(cuts.jet_pt_min), threshold, config.min_btags,
-            region_min, region_max, config.btag_n_jets, region, ht, m_bjj, weight_jet_pt,
+            region_min, region_max, config.btag_n_jets, region, ht, m_bjj, weight_jet_pt, jet_selected,
         )  # fmt: skip
         index = np.flatnonzero(region >= 0)
-        out[variation] = NanoSelection(variation, index, region[index], ht[index], m_bjj[index], weight_jet_pt[index])
+        out[variation] = NanoSelection(variation, index, region[index], ht[index], m_bjj[index], weight_jet_pt[index],
+                                       jet_selected, factor)  # fmt: skip
     return out

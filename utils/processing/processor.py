@@ -347,7 +347,7 @@ class TtbarAnalysis(processor.ProcessorABC):
         """The chosen assignment's features of the selection's 4j2b events, for the variation
         ``name`` and (nominal jets of a nominal sample) every weight variation."""
         assert self.jet_assigner is not None
-        inputs, in_region = assignment_inputs(events, self.config, sel, jet_variation, leptons)
+        inputs, in_region = assignment_inputs(events, self.config, sel, leptons)
         features = assign(inputs, self.jet_assigner).features
         ml_acc.fill(name, features)
         if jet_variation == "nominal" and weight_variations:

@@ -27,7 +27,8 @@ import awkward as ak
 import numpy as np
 
 from utils.config import AnalysisConfig
-from utils.processing.nanoaod import NanoSelection, nanoaod_cuts, selected_jets, selected_leptons
+from utils.processing.nanoaod import NanoSelection, electron_mask, muon_mask, nanoaod_cuts
+from utils.processing.selection import offsets_and_content
 
 #: the region whose events are assigned
 REGION = "4j2b"
@@ -235,35 +236,76 @@ def baseline_permutation(inputs: AssignmentInputs, btag_threshold: float) -> np.
     return np.stack([w.max(axis=1), w.min(axis=1), b_had, b_lep], axis=1)
 
 
-def _padded(values: Any, width: int) -> np.ndarray:
-    return ak.to_numpy(ak.fill_none(ak.pad_none(values, width, clip=True), np.nan)).astype(np.float64)
-
-
 def chunk_leptons(events: Any, config: AnalysisConfig) -> np.ndarray:
     """The first selected lepton (electrons, then muons) of every event of a chunk, ``[n, 4]``
     (pT, eta, phi, mass; NaN where none): the same under every jet variation, so computed once."""
-    electrons, muons = selected_leptons(events, nanoaod_cuts(config))
-    el, mu = events.Electron[electrons], events.Muon[muons]
-    first = [ak.firsts(ak.concatenate([el[f], mu[f]], axis=1)) for f in ("pt", "eta", "phi", "mass")]
-    return np.stack([ak.to_numpy(ak.fill_none(c, np.nan)).astype(np.float64) for c in first], axis=-1)
+    cuts = nanoaod_cuts(config)
+    el, mu = events["Electron"], events["Muon"]
+    el_offsets, el_pt = offsets_and_content(el["pt"])
+    mu_offsets, mu_pt = offsets_and_content(mu["pt"])
+    el_eta, el_phi, el_mass, cut_based, el_sip3d = (
+        offsets_and_content(el[f])[1] for f in ("eta", "phi", "mass", "cutBased", "sip3d")
+    )
+    mu_eta, mu_phi, mu_mass, tight_id, mu_sip3d, iso = (
+        offsets_and_content(mu[f])[1] for f in ("eta", "phi", "mass", "tightId", "sip3d", "pfRelIso04_all")
+    )
+    out = np.full((len(el_offsets) - 1, 4), np.nan)
+    # muons first, then electrons over them: an event's first electron wins over its muons
+    for offsets, mask, columns in (
+        (mu_offsets, muon_mask(mu_pt, mu_eta, tight_id, mu_sip3d, iso, cuts), (mu_pt, mu_eta, mu_phi, mu_mass)),
+        (el_offsets, electron_mask(el_pt, el_eta, cut_based, el_sip3d, cuts), (el_pt, el_eta, el_phi, el_mass)),
+    ):
+        event, position = _first_set(offsets, np.asarray(mask, dtype=np.bool_))
+        for i, column in enumerate(columns):
+            out[event, i] = column[position]
+    return out
+
+
+def _first_set(offsets: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(events, flat positions) of each event's first set entry of ``mask`` (events without one
+    left out)."""
+    positions = np.flatnonzero(mask)
+    event = np.searchsorted(offsets, positions, side="right") - 1
+    first = np.ones(len(positions), dtype=np.bool_)
+    first[1:] = event[1:] != event[:-1]
+    return event[first], positions[first]
 
 
 def assignment_inputs(
-    events: Any, config: AnalysisConfig, sel: NanoSelection, variation: str = "nominal",
-    leptons: np.ndarray | None = None,
-) -> tuple[AssignmentInputs, np.ndarray]:  # fmt: skip
-    """The inputs of the selection's 4j2b events (chunk ``events``, NanoAOD, under the jet
-    ``variation`` of ``sel``) and the mask of those events in ``sel``; ``leptons``: the chunk's
-    :func:`chunk_leptons`, if already computed."""
+    events: Any, config: AnalysisConfig, sel: NanoSelection, leptons: np.ndarray | None = None
+) -> tuple[AssignmentInputs, np.ndarray]:
+    """The inputs of the selection's 4j2b events (chunk ``events``, NanoAOD, jets as the
+    selection ``sel`` varied and selected them) and the mask of those events in ``sel``;
+    ``leptons``: the chunk's :func:`chunk_leptons`, if already computed."""
     in_region = sel.region == config.region_names.index(REGION)
     rows = sel.index[in_region]
     if len(rows) == 0:
         return AssignmentInputs.concatenate([]), in_region
-    ev = events[rows]
-    jets = selected_jets(ev, config, variation)[:, :MAX_JETS]
-    qgl = ev.Jet.qgl[jets.index]
-    columns = [jets.pt, jets.eta, jets.phi, jets.mass, jets.btag, qgl]
-    stacked = np.stack([_padded(c, MAX_JETS) for c in columns], axis=-1)
-    lepton = chunk_leptons(ev, config) if leptons is None else leptons[rows]
-    n_jets = np.minimum(ak.to_numpy(ak.num(jets.pt)), MAX_JETS).astype(np.int64)
-    return AssignmentInputs(stacked, n_jets, lepton, ak.to_numpy(ev.event).astype(np.uint64)), in_region
+    jet = events["Jet"]
+    offsets, pt = offsets_and_content(jet["pt"])
+    # every jet of the rows' events, then those the selection kept: position, row, rank in the row
+    counts = offsets[rows + 1] - offsets[rows]
+    row = np.repeat(np.arange(len(rows)), counts)
+    position = np.repeat(offsets[rows] - (np.cumsum(counts) - counts), counts) + np.arange(int(counts.sum()))
+    kept = sel.jet_selected[position]
+    position, row = position[kept], row[kept]
+    n_kept = np.bincount(row, minlength=len(rows))
+    rank = np.arange(len(row)) - np.repeat(np.cumsum(n_kept) - n_kept, n_kept)
+    first = rank < MAX_JETS
+    position, row, rank = position[first], row[first], rank[first]
+    factor = sel.jet_factor[position]
+    columns = {
+        "pt": pt[position] * factor,
+        "mass": offsets_and_content(jet["mass"])[1][position] * factor,
+        "eta": offsets_and_content(jet["eta"])[1][position],
+        "phi": offsets_and_content(jet["phi"])[1][position],
+        "btag": offsets_and_content(jet["btagCSVV2"])[1][position],
+        "qgl": offsets_and_content(jet["qgl"])[1][position],
+    }
+    stacked = np.full((len(rows), MAX_JETS, len(JET_FIELDS)), np.nan)
+    for i, name in enumerate(JET_FIELDS):
+        stacked[row, rank, i] = columns[name]
+    lepton = chunk_leptons(events[rows], config) if leptons is None else leptons[rows]
+    n_jets = np.minimum(n_kept, MAX_JETS).astype(np.int64)
+    event = np.asarray(ak.to_numpy(events["event"]), dtype=np.uint64)[rows]
+    return AssignmentInputs(stacked, n_jets, lepton, event), in_region
