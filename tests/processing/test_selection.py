@@ -6,11 +6,11 @@ import numpy as np
 import pytest
 from handmade_events import CFG, EVENTS, TETRA_PT, make_events
 
+from utils.processing.randoms import jet_resolution_factors
 from utils.processing.selection import (
     FEATURE_NAMES,
     OPTIONAL_FEATURES,
     chunk_arrays,
-    jet_resolution_factors,
     select_events,
     select_variations,
 )

@@ -28,7 +28,8 @@ from utils.config import REPO_ROOT, AnalysisConfig
 from utils.datasets.fileset import DATA_PROCESS, TREE_NAME, normalisation
 from utils.errors import ModelError
 from utils.io import sha256_file
-from utils.processing.selection import FEATURE_NAMES, GOLDEN_GAMMA, chunk_arrays, select_events, splitmix64
+from utils.processing.randoms import GOLDEN_GAMMA, splitmix64
+from utils.processing.selection import FEATURE_NAMES, chunk_arrays, select_events
 
 log = logging.getLogger(__name__)
 

@@ -28,7 +28,8 @@ import numpy as np
 
 from utils.config import AnalysisConfig, NanoAODCuts
 from utils.errors import ConfigError
-from utils.processing.selection import GOLDEN_GAMMA, normal_of_key, offsets_and_content, splitmix64
+from utils.processing.randoms import GOLDEN_GAMMA, normal_of_key, splitmix64
+from utils.processing.selection import offsets_and_content
 
 TREE_NAME = "Events"
 

@@ -25,7 +25,8 @@ from coffea.analysis_tools import PackedSelection
 from coffea.nanoevents.methods import vector
 
 from utils.config import AnalysisConfig
-from utils.processing.selection import FEATURE_NAMES, JetMode, jet_mode, jet_resolution_factors
+from utils.processing.randoms import jet_resolution_factors
+from utils.processing.selection import FEATURE_NAMES, JetMode, jet_mode
 
 # names of the event cuts in the PackedSelection (the keys of ``event_selection`` in the
 # configuration); each region adds one more cut named after the region

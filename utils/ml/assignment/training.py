@@ -50,7 +50,7 @@ from utils.ml.card import DEFAULT_MODELS_DIR, sha256_bytes
 from utils.ml.features import display_path
 from utils.ml.model import Normalisation
 from utils.ml.training import deterministic_torch, input_normalisation, library_versions, serialise
-from utils.processing.selection import splitmix64
+from utils.processing.randoms import splitmix64
 
 log = logging.getLogger(__name__)
 
