@@ -29,7 +29,7 @@ import numpy as np
 from utils.config import AnalysisConfig, NanoAODCuts
 from utils.errors import ConfigError
 from utils.processing.randoms import GOLDEN_GAMMA, normal_of_key, splitmix64
-from utils.processing.selection import offsets_and_content
+from utils.processing.selection import offsets_and_content, region_btag_bounds
 
 TREE_NAME = "Events"
 
@@ -142,30 +142,40 @@ def varied_jets(jets: ak.Array, events: ak.Array, config: AnalysisConfig, variat
 
 def selected_leptons(events: ak.Array, cuts: NanoAODCuts) -> tuple[ak.Array, ak.Array]:
     """Masks of the selected electrons and muons."""
-    e, mu = events["Electron"], events["Muon"]
-    electrons = electron_mask(e["pt"], e["eta"], e["cutBased"], e["sip3d"], cuts)
-    muons = muon_mask(mu["pt"], mu["eta"], mu["tightId"], mu["sip3d"], mu["pfRelIso04_all"], cuts)
-    return electrons, muons
+    return electron_mask(events["Electron"], cuts), muon_mask(events["Muon"], cuts)
 
 
-# the lepton cuts, on awkward or flat numpy arrays alike (the same element-wise operations)
-def electron_mask(pt, eta, cut_based, sip3d, cuts: NanoAODCuts):
+#: the fields the lepton cuts read
+ELECTRON_CUT_FIELDS = ("pt", "eta", "cutBased", "sip3d")
+MUON_CUT_FIELDS = ("pt", "eta", "tightId", "sip3d", "pfRelIso04_all")
+
+
+# the lepton cuts, on an awkward collection or a mapping of flat numpy arrays alike (the same
+# element-wise operations on the same fields)
+def electron_mask(e, cuts: NanoAODCuts):
     return (
-        (pt > cuts.electron_pt_min)
-        & (abs(eta) < cuts.electron_abs_eta_max)
-        & (cut_based >= cuts.electron_cut_based)
-        & (sip3d < cuts.electron_sip3d_max)
+        (e["pt"] > cuts.electron_pt_min)
+        & (abs(e["eta"]) < cuts.electron_abs_eta_max)
+        & (e["cutBased"] >= cuts.electron_cut_based)
+        & (e["sip3d"] < cuts.electron_sip3d_max)
     )
 
 
-def muon_mask(pt, eta, tight_id, sip3d, iso, cuts: NanoAODCuts):
+def muon_mask(mu, cuts: NanoAODCuts):
     return (
-        (pt > cuts.muon_pt_min)
-        & (abs(eta) < cuts.muon_abs_eta_max)
-        & (tight_id | (not cuts.muon_tight_id))
-        & (sip3d < cuts.muon_sip3d_max)
-        & (iso < cuts.muon_iso_max)
+        (mu["pt"] > cuts.muon_pt_min)
+        & (abs(mu["eta"]) < cuts.muon_abs_eta_max)
+        & (mu["tightId"] | (not cuts.muon_tight_id))
+        & (mu["sip3d"] < cuts.muon_sip3d_max)
+        & (mu["pfRelIso04_all"] < cuts.muon_iso_max)
     )
+
+
+def flat_collection(collection: ak.Array, fields: tuple[str, ...]) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    """Offsets (from the first field) and the flat content of ``fields`` of one NanoAOD
+    collection (as stored; no record or vector behaviour)."""
+    offsets, first = offsets_and_content(collection[fields[0]])
+    return offsets, {fields[0]: first, **{f: offsets_and_content(collection[f])[1] for f in fields[1:]}}
 
 
 def _trijet_mass(jets: ak.Array, threshold: float) -> ak.Array:
@@ -240,6 +250,7 @@ def _select_kernel(offsets, pt, mass, cos_phi, sin_phi, sinh_eta, btag, jet_ok, 
     on entry) gets the selected jets of the selected events."""
     n_regions = region_min.shape[0]
     jets = np.empty(offsets[-1] - offsets[0], dtype=np.int64)  # the selected jets of one event
+    tag = np.empty(jets.shape[0], dtype=np.bool_)  # and their b-tags
     px = np.empty(jets.shape[0])
     py = np.empty(jets.shape[0])
     pz = np.empty(jets.shape[0])
@@ -270,6 +281,7 @@ def _select_kernel(offsets, pt, mass, cos_phi, sin_phi, sinh_eta, btag, jet_ok, 
             jet_selected[j] = True
             p = pt[j] * factor[j]
             m = mass[j] * factor[j]
+            tag[k] = btag[j] > threshold
             total += p
             px[k] = p * cos_phi[j]
             py[k] = p * sin_phi[j]
@@ -287,8 +299,7 @@ def _select_kernel(offsets, pt, mass, cos_phi, sin_phi, sinh_eta, btag, jet_ok, 
                 for c in range(b + 1, n):
                     sx = px[a] + px[b] + px[c]
                     sy = py[a] + py[b] + py[c]
-                    tagged = btag[jets[a]] > threshold or btag[jets[b]] > threshold or btag[jets[c]] > threshold
-                    pt2 = sx * sx + sy * sy if tagged else -1.0
+                    pt2 = sx * sx + sy * sy if tag[a] or tag[b] or tag[c] else -1.0
                     if pt2 > best:
                         best = pt2
                         sz = pz[a] + pz[b] + pz[c]
@@ -310,27 +321,19 @@ def select_nanoaod_variations(events: ak.Array, config: AnalysisConfig, variatio
     selection calls them) and the per-jet random numbers computed once for all variations. The
     branches are taken as flat arrays (no record or vector behaviour)."""
     cuts = nanoaod_cuts(config)
-    el, mu, jet = events["Electron"], events["Muon"], events["Jet"]
-    el_offsets, el_pt = offsets_and_content(el["pt"])
-    mu_offsets, mu_pt = offsets_and_content(mu["pt"])
-    el_eta, cut_based, el_sip3d = (offsets_and_content(el[f])[1] for f in ("eta", "cutBased", "sip3d"))
-    mu_eta, tight_id, mu_sip3d, iso = (
-        offsets_and_content(mu[f])[1] for f in ("eta", "tightId", "sip3d", "pfRelIso04_all")
+    el_offsets, el = flat_collection(events["Electron"], ELECTRON_CUT_FIELDS)
+    mu_offsets, mu = flat_collection(events["Muon"], MUON_CUT_FIELDS)
+    n_leptons = _count_per_event(el_offsets, electron_mask(el, cuts)) + _count_per_event(
+        mu_offsets, muon_mask(mu, cuts)
     )
-    electrons = electron_mask(el_pt, el_eta, cut_based, el_sip3d, cuts)
-    muons = muon_mask(mu_pt, mu_eta, tight_id, mu_sip3d, iso, cuts)
-    n_leptons = _count_per_event(el_offsets, electrons) + _count_per_event(mu_offsets, muons)
-    offsets, pt = offsets_and_content(jet["pt"])
+    offsets, jet = flat_collection(events["Jet"], ("pt", "mass", "phi", "eta", "btagCSVV2", "jetId"))
+    pt, mass, phi, eta, btag = jet["pt"], jet["mass"], jet["phi"], jet["eta"], jet["btagCSVV2"]
     counts = np.diff(offsets)
-    mass, phi, eta, btag, jet_id = (
-        offsets_and_content(jet[f])[1] for f in ("mass", "phi", "eta", "btagCSVV2", "jetId")
-    )
-    jet_ok = np.asarray(_static_jet_mask(eta, jet_id, cuts), dtype=np.bool_)
+    jet_ok = np.asarray(_static_jet_mask(eta, jet["jetId"], cuts), dtype=np.bool_)
     cos_phi, sin_phi, sinh_eta = np.cos(phi), np.sin(phi), np.sinh(eta)
     # awkward compares a float32 array with a Python float in float32 (NEP 50): the kernel does too
     threshold = np.asarray(config.btag_threshold, dtype=btag.dtype)[()]
-    region_min = np.array([r.min_btags for r in config.regions], dtype=np.int64)
-    region_max = np.array([-1 if r.max_btags is None else r.max_btags for r in config.regions], dtype=np.int64)
+    region_min, region_max = region_btag_bounds(config)
     n = len(counts)
     out: dict[str, Any] = {}
     for variation in variations:

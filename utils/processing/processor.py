@@ -184,6 +184,11 @@ class TtbarAnalysis(processor.ProcessorABC):
         self.input_format = input_format
         self.config = config
         self.classifier = classifier
+        # the features the classifier reads in each region (none without one): the kernel
+        # computes only those of its optional features
+        self._classifier_features: dict[str, tuple[str, ...]] = (
+            {} if classifier is None else {r: classifier.feature_names(r) or () for r in config.region_names}
+        )
         self.disable_processing = disable_processing
         if io_file_percent not in IO_BRANCH_SETS:
             raise ValueError(f"io_file_percent must be one of {sorted(IO_BRANCH_SETS)}, got {io_file_percent!r}")
@@ -233,12 +238,6 @@ class TtbarAnalysis(processor.ProcessorABC):
         s = self.scores(sel) if scores is None else scores
         return (s > self.classifier.threshold).astype(np.int64)
 
-    def _classifier_features(self) -> dict[str, tuple[str, ...]]:
-        """The features the classifier reads in each region (none without a classifier)."""
-        if self.classifier is None:
-            return {}
-        return {r: self.classifier.feature_names(r) or () for r in self.config.region_names}
-
     def _scored_regions(self) -> np.ndarray:
         """Indices of the regions that have a model (the classifier's)."""
         assert self.classifier is not None
@@ -279,7 +278,7 @@ class TtbarAnalysis(processor.ProcessorABC):
             insane = kinematics_problem(arrays, cfg.jet_pt_max)
             if insane is not None:
                 return self._bad_chunk(events, acc, f"entries {_range(meta)}: {insane}")
-            selections = select_variations(arrays, cfg, jet_variations, self._classifier_features())
+            selections = select_variations(arrays, cfg, jet_variations, self._classifier_features)
         selected: dict[str, int] = {}
         leptons = chunk_leptons(events, cfg) if ml_acc is not None else None
         for jet_variation, sel in selections.items():

@@ -396,6 +396,13 @@ def chunk_arrays(events) -> ChunkArrays:
                        el_offsets, el_pt, mu_offsets, mu_pt)  # fmt: skip
 
 
+def region_btag_bounds(config: AnalysisConfig) -> tuple[np.ndarray, np.ndarray]:
+    """Each region's least and most b-tags (int64; -1: no upper bound), for the kernels."""
+    least = np.array([r.min_btags for r in config.regions], dtype=np.int64)
+    most = np.array([-1 if r.max_btags is None else r.max_btags for r in config.regions], dtype=np.int64)
+    return least, most
+
+
 def select_variations(
     arrays: ChunkArrays,
     config: AnalysisConfig,
@@ -424,8 +431,7 @@ def select_variations(
     region = np.empty((nv, n), dtype=np.int64)
     rows = np.empty((nv, n, len(FEATURE_NAMES)), dtype=np.float64)
     weight_pt = np.empty((nv, n, config.btag_n_jets), dtype=np.float64)
-    min_b = np.array([r.min_btags for r in config.regions], dtype=np.int64)
-    max_b = np.array([-1 if r.max_btags is None else r.max_btags for r in config.regions], dtype=np.int64)
+    min_b, max_b = region_btag_bounds(config)
     _select_kernel(
         arrays.jet_offsets, arrays.jet_pt, arrays.jet_eta, arrays.jet_phi, arrays.jet_mass, arrays.jet_btag,
         arrays.el_offsets, arrays.el_pt, arrays.mu_offsets, arrays.mu_pt,

@@ -27,8 +27,15 @@ import awkward as ak
 import numpy as np
 
 from utils.config import AnalysisConfig
-from utils.processing.nanoaod import NanoSelection, electron_mask, muon_mask, nanoaod_cuts
-from utils.processing.selection import offsets_and_content
+from utils.processing.nanoaod import (
+    ELECTRON_CUT_FIELDS,
+    MUON_CUT_FIELDS,
+    NanoSelection,
+    electron_mask,
+    flat_collection,
+    muon_mask,
+    nanoaod_cuts,
+)
 
 #: the region whose events are assigned
 REGION = "4j2b"
@@ -240,24 +247,14 @@ def chunk_leptons(events: Any, config: AnalysisConfig) -> np.ndarray:
     """The first selected lepton (electrons, then muons) of every event of a chunk, ``[n, 4]``
     (pT, eta, phi, mass; NaN where none): the same under every jet variation, so computed once."""
     cuts = nanoaod_cuts(config)
-    el, mu = events["Electron"], events["Muon"]
-    el_offsets, el_pt = offsets_and_content(el["pt"])
-    mu_offsets, mu_pt = offsets_and_content(mu["pt"])
-    el_eta, el_phi, el_mass, cut_based, el_sip3d = (
-        offsets_and_content(el[f])[1] for f in ("eta", "phi", "mass", "cutBased", "sip3d")
-    )
-    mu_eta, mu_phi, mu_mass, tight_id, mu_sip3d, iso = (
-        offsets_and_content(mu[f])[1] for f in ("eta", "phi", "mass", "tightId", "sip3d", "pfRelIso04_all")
-    )
+    el_offsets, el = flat_collection(events["Electron"], (*ELECTRON_CUT_FIELDS, "phi", "mass"))
+    mu_offsets, mu = flat_collection(events["Muon"], (*MUON_CUT_FIELDS, "phi", "mass"))
     out = np.full((len(el_offsets) - 1, 4), np.nan)
     # muons first, then electrons over them: an event's first electron wins over its muons
-    for offsets, mask, columns in (
-        (mu_offsets, muon_mask(mu_pt, mu_eta, tight_id, mu_sip3d, iso, cuts), (mu_pt, mu_eta, mu_phi, mu_mass)),
-        (el_offsets, electron_mask(el_pt, el_eta, cut_based, el_sip3d, cuts), (el_pt, el_eta, el_phi, el_mass)),
-    ):
+    for offsets, mask, columns in ((mu_offsets, muon_mask(mu, cuts), mu), (el_offsets, electron_mask(el, cuts), el)):
         event, position = _first_set(offsets, np.asarray(mask, dtype=np.bool_))
-        for i, column in enumerate(columns):
-            out[event, i] = column[position]
+        for i, field in enumerate(("pt", "eta", "phi", "mass")):
+            out[event, i] = columns[field][position]
     return out
 
 
@@ -281,8 +278,7 @@ def assignment_inputs(
     rows = sel.index[in_region]
     if len(rows) == 0:
         return AssignmentInputs.concatenate([]), in_region
-    jet = events["Jet"]
-    offsets, pt = offsets_and_content(jet["pt"])
+    offsets, jet = flat_collection(events["Jet"], ("pt", "mass", "eta", "phi", "btagCSVV2", "qgl"))
     # every jet of the rows' events, then those the selection kept: position, row, rank in the row
     counts = offsets[rows + 1] - offsets[rows]
     row = np.repeat(np.arange(len(rows)), counts)
@@ -295,12 +291,12 @@ def assignment_inputs(
     position, row, rank = position[first], row[first], rank[first]
     factor = sel.jet_factor[position]
     columns = {
-        "pt": pt[position] * factor,
-        "mass": offsets_and_content(jet["mass"])[1][position] * factor,
-        "eta": offsets_and_content(jet["eta"])[1][position],
-        "phi": offsets_and_content(jet["phi"])[1][position],
-        "btag": offsets_and_content(jet["btagCSVV2"])[1][position],
-        "qgl": offsets_and_content(jet["qgl"])[1][position],
+        "pt": jet["pt"][position] * factor,
+        "mass": jet["mass"][position] * factor,
+        "eta": jet["eta"][position],
+        "phi": jet["phi"][position],
+        "btag": jet["btagCSVV2"][position],
+        "qgl": jet["qgl"][position],
     }
     stacked = np.full((len(rows), MAX_JETS, len(JET_FIELDS)), np.nan)
     for i, name in enumerate(JET_FIELDS):
